@@ -1,0 +1,50 @@
+# st_poetry: every command a user runs. Extra arguments pass through to the module (`just train --help`).
+
+set positional-arguments
+
+python := env("PYTHON", "python")
+# Where the raw data lives; override with RAW_DATA=... just prepare
+raw := env("RAW_DATA", "../shared/data")
+
+# list the recipes
+default:
+    @just --list
+
+# raw poetry data -> data/processed (train/eval pairs, corpus, stats)
+# (no arguments: the works files and CCPM train under RAW_DATA)
+prepare *args:
+    if [ "$#" -eq 0 ]; then set -- --works "{{raw}}/chinese-poetry-and-prose" --ccpm "{{raw}}/ccpm/train.jsonl"; fi; \
+    {{python}} -m st_poetry.data "$@"
+
+# data/processed -> data/mined (hard negatives)
+mine *args:
+    {{python}} -m st_poetry.mine "$@"
+
+# data/mined -> models/st-poetry (fine-tuned model, checkpoints, curves)
+train *args:
+    {{python}} -m st_poetry.train "$@"
+
+# models side by side on the eval split, CCPM and BM25
+evaluate *args:
+    {{python}} -m st_poetry.evaluate "$@"
+
+# encode the corpus into a searchable faiss index
+index *args:
+    {{python}} -m st_poetry.search build "$@"
+
+# find the poem lines for a description
+search *args:
+    {{python}} -m st_poetry.search query "$@"
+
+# the default (fast) test suite
+test *args:
+    {{python}} -m pytest "$@"
+
+# every test, the slow training runs included
+test-all *args:
+    {{python}} -m pytest -m "" "$@"
+
+# ruff lint and format check
+lint:
+    ruff check .
+    ruff format --check .

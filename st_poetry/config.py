@@ -1,0 +1,292 @@
+"""One typed config per pipeline stage, and the one place that turns a config file and CLI flags into it.
+
+Every field's default and help live here, so `--help` of every stage and a config file share a single
+source of truth. Precedence: dataclass default < `--config FILE` (JSON or TOML) < command-line flag.
+This module is stdlib-only: `python -m st_poetry.data` must stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+DEFAULT_MODEL = "BAAI/bge-base-zh-v1.5"
+BGE_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
+
+C = TypeVar("C")
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, bad input, bad value): reported in one line, no traceback."""
+
+
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A config field with its help text; a tuple default becomes a fresh list per instance."""
+    metadata = {"help": help, **extra}
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class PrepareConfig:
+    """Turn raw poetry data into (query, positive) pairs, a grouped train/eval split and a candidate corpus."""
+
+    works: list[str] = option((), "chinese-poetry-and-prose works*.json files or folders")
+    ccpm: list[str] = option((), "CCPM-format .jsonl files or folders (translation, choices, answer)")
+    ccpm_eval: list[str] = option((), "CCPM-format files that go wholly to eval (e.g. CCPM's official valid split)")
+    flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
+    flagembedding_eval: list[str] = option((), "FlagEmbedding-format files that go wholly to eval")
+    out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json")
+    kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
+    eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval")
+    seed: int = option(42, "seed of the grouped train/eval split")
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        _check(bool(self.kinds), "kinds must name at least one Kind (e.g. 诗 词 曲)")
+        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval
+        _check(bool(inputs), "no input given: pass --works, --ccpm or --flagembedding (files or folders)")
+
+
+@dataclass
+class MineConfig:
+    """Add hard negatives to prepared pairs with sentence-transformers' mine_hard_negatives (faiss)."""
+
+    data: str = option("data/processed", "folder written by `just prepare`")
+    out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json")
+    model: str = option(DEFAULT_MODEL, "model that scores candidates: Hub id or local path")
+    num_negatives: int = option(9, "negatives per row (given negatives first, mined ones fill up)")
+    range_min: int = option(10, "skip the top-ranked candidates, where false negatives live")
+    range_max: int = option(50, "consider candidates up to this rank")
+    relative_margin: float | None = option(
+        0.05, "drop candidates scoring within this fraction of the positive's score (None: off)"
+    )
+    sampling_strategy: Literal["top", "random"] = option(
+        "top", "take the hardest candidates in range, or sample among them", choices=("top", "random")
+    )
+    batch_size: int = option(128, "encoding batch size")
+    max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
+    cache_folder: str | None = option("data/cache", "where corpus embeddings are cached between runs (None: off)")
+    query_instruction: str | None = option(None, "instruction prepended to queries, e.g. bge's retrieval one")
+    seed: int = option(42, "seed for random sampling")
+
+    def __post_init__(self) -> None:
+        _check(self.num_negatives >= 1, f"num_negatives must be >= 1, got {self.num_negatives}")
+        _check(0 <= self.range_min < self.range_max, "need 0 <= range_min < range_max")
+        _check(self.range_max - self.range_min >= self.num_negatives, "range_max - range_min < num_negatives")
+        _check(self.relative_margin is None or 0 <= self.relative_margin < 1, "relative_margin must be in [0, 1)")
+        _check(self.batch_size >= 1 and self.max_seq_length >= 8, "batch_size >= 1 and max_seq_length >= 8")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
+
+    data: str = option("data/mined", "folder written by `just mine` (or `just prepare`), or a FlagEmbedding .jsonl")
+    model: str = option(DEFAULT_MODEL, "base model: Hub id or local path")
+    out: str = option("models/st-poetry", "output folder: final model, checkpoints, logs, curves")
+    epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)")
+    max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0")
+    batch_size: int = option(64, "queries per batch: every other row's texts are in-batch negatives")
+    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
+    lr: float = option(2e-5, "peak learning rate")
+    warmup: float = option(0.1, "warmup: a fraction of all steps when < 1, else a step count")
+    num_negatives: int = option(9, "use the first n negatives of each row; 0 = in-batch negatives only")
+    max_seq_length: int = option(64, "token limit for queries and lines")
+    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
+    eval_steps: int = option(100, "evaluate every this many steps")
+    save_every_evals: int = option(1, "save a checkpoint every this many evaluations")
+    patience: int = option(3, "early stopping: evaluations without NDCG@10 improvement before stopping")
+    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
+    query_instruction: str | None = option(None, "instruction prepended to queries everywhere (train, eval, inference)")
+    logging_steps: int = option(10, "log the training loss every this many steps")
+    seed: int = option(42, "seed for data order and initialisation")
+    resume: bool = option(False, "continue from the last checkpoint in --out")
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
+        _check(self.batch_size >= 2, f"batch_size must be >= 2 for in-batch negatives, got {self.batch_size}")
+        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+        _check(self.num_negatives >= 0, f"num_negatives must be >= 0, got {self.num_negatives}")
+        _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
+        _check(
+            self.eval_steps >= 1 and self.save_every_evals >= 1,
+            "eval_steps and save_every_evals must be >= 1",
+        )
+        _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
+
+
+@dataclass
+class EvaluateConfig:
+    """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
+
+    data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl")
+    model: list[str] = option((DEFAULT_MODEL,), "models to compare: Hub ids or local paths")
+    out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}")
+    ccpm: list[str] = option((), "CCPM-format .jsonl files to score accuracy on")
+    bm25: bool = option(True, "add BM25 baseline rows (jieba words and single characters)")
+    batch_size: int = option(128, "encoding batch size")
+    max_seq_length: int = option(64, "token limit when encoding")
+    max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
+    query_instruction: str | None = option(None, "instruction prepended to queries")
+    seed: int = option(42, "seed for distractor sampling")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "name at least one --model")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
+
+
+@dataclass
+class IndexConfig:
+    """Encode a corpus once and save a faiss index with its metadata."""
+
+    model: str = option(DEFAULT_MODEL, "model that encodes the corpus: Hub id or local path")
+    corpus: str = option("data/processed/corpus.jsonl", "corpus.jsonl written by `just prepare`")
+    out: str = option("indexes/poetry", "index folder")
+    index_type: Literal["flat", "hnsw"] = option(
+        "flat",
+        "flat = exact inner product; hnsw = approximate, for millions of lines",
+        choices=("flat", "hnsw"),
+    )
+    batch_size: int = option(128, "encoding batch size")
+    max_seq_length: int = option(64, "token limit when encoding")
+    query_instruction: str | None = option(None, "instruction prepended to queries (recorded in the index)")
+
+
+@dataclass
+class QueryConfig:
+    """Find the poem lines that a modern-Chinese description describes."""
+
+    queries: list[str] = option((), "descriptions to search for", positional=True)
+    index: str = option("indexes/poetry", "index folder written by `just index`")
+    file: str | None = option(None, "read queries from this file, one per line ('-' for stdin)")
+    model: str | None = option(None, "model to query with (default: the one that built the index)")
+    top_k: int = option(10, "lines to return per query")
+    json: bool = option(False, "print JSON lines instead of a table")
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing: dataclass fields -> argparse flags; a config file fills in before the flags override.
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(cls.__doc__ or "").strip(),
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of field values; flags override it")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        base = _unwrap_optional(tp)
+        optional = base is not tp
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is list:
+            item = typing.get_args(base)[0]
+            kwargs.update(nargs="*" if f.metadata.get("positional") else "+", type=item, metavar="VALUE")
+        elif typing.get_origin(base) is not Literal:
+            kwargs["type"] = _none_or(base) if optional else base
+        kwargs["help"] += f" (default: {default!r})" if default not in ([], None) or optional else ""
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, **kwargs)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+    return parser
+
+
+def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
+    """Read a JSON/TOML config; keys may use - or _; unknown keys are an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except (ValueError, ModuleNotFoundError) as error:
+        raise UserError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} config: {error}") from error
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a config file must hold a table/object of field values")
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return values
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | None = None) -> C:
+    """Defaults < config file < flags; a bad value exits with argparse's one-line usage error."""
+    parser = build_parser(cls, prog)
+    flags = vars(parser.parse_args(argv))
+    config_path = flags.pop("config", None)
+    try:
+        values = load_config_file(config_path, cls) if config_path else {}
+        return cls(**{**values, **flags})
+    except (UserError, ValueError, TypeError) as error:
+        parser.error(str(error))  # exits with status 2
+
+
+def run_cli(
+    cls: type[C], stage: Callable[[C], Any], argv: Sequence[str] | None = None, prog: str | None = None
+) -> None:
+    """The whole `__main__` of a stage: parse, run, turn a UserError into one line on stderr and exit code 2."""
+    config = parse_config(cls, argv, prog)
+    try:
+        stage(config)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

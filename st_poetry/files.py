@@ -1,0 +1,73 @@
+"""Small file helpers every stage shares: all-or-nothing output folders and JSONL with clear errors.
+
+Stdlib only, so the light `prepare` stage can use them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from st_poetry.config import UserError
+
+
+@contextmanager
+def atomic_output_dir(out: str | Path, marker: str) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `out`, on failure it is removed.
+
+    An interrupted run therefore never leaves a half-written set that looks complete. An existing `out`
+    is replaced only if it holds `marker` (a file this stage writes last), so a folder of the user's that
+    st_poetry did not write is never deleted.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / marker).exists():
+        raise UserError(f"refusing to overwrite {out}: it is not empty and has no {marker} (not written by this stage)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False))
+            handle.write("\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed value) for non-blank lines; a malformed line names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    Path(path).write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,83 @@
+"""Load a base or fine-tuned model the same way in every stage, with its prompts.
+
+- a sentence-transformers model (has `modules.json`) loads as it is: its pooling and prompts are kept;
+- a plain Hugging Face checkpoint becomes Transformer + Pooling(cls) + Normalize, bge's own recipe;
+- a Hub id that cannot be reached fails in one line that says what to pass instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+from st_poetry.config import UserError
+
+QUERY_PROMPT = "query"
+DOCUMENT_PROMPT = "document"
+
+
+def _is_sentence_transformer(name_or_path: str) -> bool:
+    """True when the model ships modules.json; raises a UserError when it cannot be found or reached."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        if not (local / "modules.json").is_file() and not (local / "config.json").is_file():
+            raise UserError(f"{local} is not a model folder (no modules.json or config.json)")
+        return (local / "modules.json").is_file()
+    if local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"model folder not found: {name_or_path}")
+    try:
+        hf_hub_download(name_or_path, "modules.json")
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"cannot download {name_or_path!r}: the Hugging Face Hub is out of reach and the model is not cached; "
+            "pass a local model folder instead: --model PATH"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(f"no model {name_or_path!r} on the Hugging Face Hub and no such local folder") from None
+    except EntryNotFoundError:
+        return False
+    return True
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    max_seq_length: int | None = None,
+    query_instruction: str | None = None,
+    device: str | None = None,
+) -> SentenceTransformer:
+    """Load `name_or_path` for encoding or training.
+
+    `query_instruction` becomes the model's "query" prompt, so training, evaluation, mining and the saved
+    model (its config stores prompts) all apply it the same way.
+    """
+    try:
+        if _is_sentence_transformer(name_or_path):
+            model = SentenceTransformer(name_or_path, device=device)
+        else:
+            transformer = Transformer(name_or_path)
+            pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
+            model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
+    except UserError:
+        raise
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from None
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    if query_instruction:
+        model.prompts[QUERY_PROMPT] = query_instruction
+    return model
+
+
+def query_prompt_name(model: SentenceTransformer) -> str | None:
+    """The prompt name to encode queries with, or None when the model defines none."""
+    return QUERY_PROMPT if model.prompts.get(QUERY_PROMPT) else None
+
+
+def document_prompt_name(model: SentenceTransformer) -> str | None:
+    """The prompt name to encode poetry lines (documents) with, or None when the model defines none."""
+    return DOCUMENT_PROMPT if model.prompts.get(DOCUMENT_PROMPT) else None

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+from st_poetry.config import UserError
+from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+
+
+def test_plain_checkpoint_gets_cls_pooling_and_normalize(tiny_hf_model):
+    model = load_model(tiny_hf_model, max_seq_length=32)
+    assert isinstance(model[1], Pooling) and model[1].pooling_mode == "cls"
+    assert isinstance(model[2], Normalize)
+    assert model.max_seq_length == 32
+    assert query_prompt_name(model) is None and document_prompt_name(model) is None
+
+
+def test_sentence_transformer_keeps_its_pooling_and_prompts(tiny_st_model):
+    model = load_model(tiny_st_model)
+    assert model[1].pooling_mode == "mean"
+    assert (query_prompt_name(model), document_prompt_name(model)) == ("query", "document")
+    assert model.prompts["query"] == "query: "
+
+
+def test_query_instruction_becomes_the_query_prompt(tiny_hf_model):
+    model = load_model(tiny_hf_model, query_instruction="为这个句子生成表示以用于检索相关文章：")
+    assert query_prompt_name(model) == "query"
+    assert model.prompts["query"].startswith("为这个句子")
+
+
+def test_missing_local_folder_is_one_clear_line(tmp_path):
+    with pytest.raises(UserError, match="model folder not found"):
+        load_model(str(tmp_path / "nope" / "model"))
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(UserError, match="not a model folder"):
+        load_model(str(tmp_path))
+
+
+def test_unreachable_hub_says_what_to_pass(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="--model PATH"):
+        load_model("some-org/not-cached-model")
