@@ -216,7 +216,6 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog,
         description=(cls.__doc__ or "").strip(),
         argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of field values; flags override it")
     hints = typing.get_type_hints(cls)
@@ -257,7 +256,8 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
         else:
             values = json.loads(text)
     except (ValueError, ModuleNotFoundError) as error:
-        raise UserError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} config: {error}") from error
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise UserError(f"{path}: not a valid {kind} config: {error}") from error
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config file must hold a table/object of field values")
     known = {f.name for f in dataclasses.fields(cls)}
