@@ -47,12 +47,12 @@ class PrepareConfig:
 
     works: list[str] = option((), "chinese-poetry-and-prose works*.json files or folders")
     ccpm: list[str] = option((), "CCPM-format .jsonl files or folders (translation, choices, answer)")
-    ccpm_eval: list[str] = option((), "CCPM-format files that go wholly to eval (e.g. CCPM's official valid split)")
+    ccpm_eval: list[str] = option((), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)")
     flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
-    flagembedding_eval: list[str] = option((), "FlagEmbedding-format files that go wholly to eval")
+    flagembedding_eval: list[str] = option((), "FlagEmbedding-format files or folders that go wholly to eval")
     out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json")
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
-    eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval")
+    eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash")
     seed: int = option(42, "seed of the grouped train/eval split")
 
     def __post_init__(self) -> None:
@@ -96,22 +96,34 @@ class MineConfig:
 class TrainConfig:
     """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
 
-    data: str = option("data/mined", "folder written by `just mine` (or `just prepare`), or a FlagEmbedding .jsonl")
+    data: str = option(
+        "data/mined",
+        "folder written by `just mine` (hard negatives) or `just prepare` (given negatives only), "
+        "or a FlagEmbedding train .jsonl (query, pos, neg)",
+    )
     model: str = option(DEFAULT_MODEL, "base model: Hub id or local path")
-    out: str = option("models/st-poetry", "output folder: final model, checkpoints, logs, curves")
+    out: str = option("models/st-poetry", "output folder: final model, checkpoints/, train_log.jsonl, curves")
     epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)")
     max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0")
-    batch_size: int = option(64, "queries per batch: every other row's texts are in-batch negatives")
+    batch_size: int = option(64, "queries per batch and process: every other row's texts are in-batch negatives")
     mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
     lr: float = option(2e-5, "peak learning rate")
     warmup: float = option(0.1, "warmup: a fraction of all steps when < 1, else a step count")
-    num_negatives: int = option(9, "use the first n negatives of each row; 0 = in-batch negatives only")
+    num_negatives: int = option(
+        9,
+        "use the first n negatives of each row (short rows: topped up with other rows' positives); 0 = in-batch only",
+    )
     max_seq_length: int = option(64, "token limit for queries and lines")
     scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
     eval_steps: int = option(100, "evaluate every this many steps")
-    save_every_evals: int = option(1, "save a checkpoint every this many evaluations")
+    save_every_evals: int = option(1, "save a checkpoint every this many evaluations (a new best is always saved)")
+    save_total_limit: int | None = option(2, "checkpoints kept on disk besides the best one (None: all)")
     patience: int = option(3, "early stopping: evaluations without NDCG@10 improvement before stopping")
     eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
+    eval_max_rows: int | None = option(
+        2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)"
+    )
+    eval_fraction: float = option(0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval")
     query_instruction: str | None = option(None, "instruction prepended to queries everywhere (train, eval, inference)")
     logging_steps: int = option(10, "log the training loss every this many steps")
     seed: int = option(42, "seed for data order and initialisation")
@@ -132,21 +144,30 @@ class TrainConfig:
         )
         _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
+        _check(self.eval_max_rows is None or self.eval_max_rows >= 1, "eval_max_rows must be >= 1")
+        _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1")
+        _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        _check(self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}")
+        _check(
+            self.max_steps <= 0 or self.max_steps >= self.eval_steps,
+            f"max_steps ({self.max_steps}) < eval_steps ({self.eval_steps}): no evaluation would pick a best model",
+        )
 
 
 @dataclass
 class EvaluateConfig:
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
-    data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl")
-    model: list[str] = option((DEFAULT_MODEL,), "models to compare: Hub ids or local paths")
+    data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
+    model: list[str] = option((DEFAULT_MODEL,), "models to compare side by side: Hub ids or local paths")
     out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}")
-    ccpm: list[str] = option((), "CCPM-format .jsonl files to score accuracy on")
+    ccpm: list[str] = option((), "CCPM-format .jsonl files to score multiple-choice accuracy on")
+    ccpm_eval_split: bool = option(True, "also score CCPM accuracy on the eval split's held-out CCPM records")
     bm25: bool = option(True, "add BM25 baseline rows (jieba words and single characters)")
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
     max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
-    query_instruction: str | None = option(None, "instruction prepended to queries")
+    query_instruction: str | None = option(None, "instruction prepended to queries of every model")
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
@@ -160,31 +181,47 @@ class IndexConfig:
     """Encode a corpus once and save a faiss index with its metadata."""
 
     model: str = option(DEFAULT_MODEL, "model that encodes the corpus: Hub id or local path")
-    corpus: str = option("data/processed/corpus.jsonl", "corpus.jsonl written by `just prepare`")
-    out: str = option("indexes/poetry", "index folder")
+    corpus: str = option(
+        "data/processed/corpus.jsonl", "corpus.jsonl: rows with text and optional id, title, author, dynasty, group"
+    )
+    out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)")
     index_type: Literal["flat", "hnsw"] = option(
         "flat",
-        "flat = exact inner product; hnsw = approximate, for millions of lines",
+        "flat = exact inner product; hnsw = approximate graph search, for millions of lines",
         choices=("flat", "hnsw"),
     )
+    hnsw_m: int = option(32, "hnsw: graph neighbours per node (more = better recall, more memory)")
+    hnsw_ef_construction: int = option(80, "hnsw: candidate list size while building (more = better graph, slower)")
+    hnsw_ef_search: int = option(128, "hnsw: default candidate list size per query (more = better recall, slower)")
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
     query_instruction: str | None = option(None, "instruction prepended to queries (recorded in the index)")
 
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        _check(self.hnsw_m >= 4, f"hnsw_m must be >= 4, got {self.hnsw_m}")
+        _check(
+            self.hnsw_ef_construction >= 1 and self.hnsw_ef_search >= 1,
+            "hnsw_ef_construction and hnsw_ef_search must be >= 1",
+        )
+
 
 @dataclass
 class QueryConfig:
-    """Find the poem lines that a modern-Chinese description describes."""
+    """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)
     index: str = option("indexes/poetry", "index folder written by `just index`")
-    file: str | None = option(None, "read queries from this file, one per line ('-' for stdin)")
-    model: str | None = option(None, "model to query with (default: the one that built the index)")
+    file: str | None = option(None, "also read queries from this file, one per line ('-' for stdin)")
+    model: str | None = option(None, "model to query with; None: the one that built the index")
     top_k: int = option(10, "lines to return per query")
-    json: bool = option(False, "print JSON lines instead of a table")
+    ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
+    json: bool = option(False, "print one JSON object per query instead of a table")
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,6 +269,8 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
         elif typing.get_origin(base) is list:
             item = typing.get_args(base)[0]
             kwargs.update(nargs="*" if f.metadata.get("positional") else "+", type=item, metavar="VALUE")
+            if not f.metadata.get("positional"):
+                kwargs["action"] = "extend"  # `--model A --model B` and `--model A B` both give [A, B]
         elif typing.get_origin(base) is not Literal:
             kwargs["type"] = _none_or(base) if optional else base
         kwargs["help"] += f" (default: {default!r})" if default not in ([], None) or optional else ""

@@ -1,0 +1,129 @@
+"""Time and peak memory of `prepare` on a synthetic works file of a million records, and on the real sample.
+
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py                    # 1,000,000 records
+    python scripts/bench_prepare.py --records 100000 --sample ../shared/data           # smaller, plus the sample
+
+The synthetic file is shaped like chinese-poetry-and-prose `works*.json` (all twelve fields, pretty-printed like
+the real files): mostly 诗 with a line-by-line translation, 4-line poems most often (real mean 4.5 lines, here 4.9;
+14 characters a line, translation lines 34), a tail of long poems, some translations whose line count differs,
+and some 文/赋 records the Kind filter drops. Each `prepare` runs in a fresh child process; its peak resident
+memory is the child's maxrss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KINDS = ["诗"] * 80 + ["词"] * 12 + ["曲"] * 2 + ["文"] * 4 + ["赋"] * 2
+LINE_COUNTS = [2] * 20 + [4] * 62 + [8] * 12 + [12] * 3 + [16] * 2 + [40]  # mean 4.9 lines
+# the 3,500 most common characters are roughly the first part of the CJK block; a shuffled pool of them
+# cut at random places gives distinct lines of realistic length without the cost of drawing every character
+POOL_SIZE = 20_000_000
+
+
+def synthetic_works(path: Path, records: int, seed: int) -> None:
+    rng = random.Random(seed)
+    pool = "".join(rng.choices([chr(c) for c in range(0x4E00, 0x4E00 + 3500)], k=POOL_SIZE))
+
+    def text(length: int) -> str:
+        start = rng.randrange(POOL_SIZE - length)
+        return pool[start : start + length]
+
+    def poem_line() -> str:
+        half = rng.choice((5, 7))
+        return f"{text(half)}，{text(half)}。"
+
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("[\n")
+        for index in range(records):
+            n = rng.choice(LINE_COUNTS)
+            lines = [poem_line() for _ in range(n)]
+            roll = rng.random()
+            if roll < 0.7:  # translated line by line
+                translation = [text(rng.randint(20, 48)) + "。" for _ in range(n)]
+            elif roll < 0.75:  # translated, but merged lines: counts differ
+                translation = [text(rng.randint(40, 90)) + "。" for _ in range(max(1, n // 2))]
+            else:
+                translation = []
+            annotated = rng.random() < 0.1
+            record = {
+                "Id": 10_000 + index,
+                "Title": text(rng.randint(2, 10)),
+                "Dynasty": "唐",
+                "Author": text(rng.randint(2, 3)),
+                "AuthorId": rng.randrange(50_000),
+                "Kind": rng.choice(KINDS),
+                "Content": "\r\n".join(lines),
+                "Translation": "\r\n".join(translation),
+                "Comment": "",
+                "Intro": text(rng.randint(60, 200)) if annotated else "",
+                "Annotation": "\r\n".join(f"{text(2)}：{text(20)}" for _ in range(6)) if annotated else "",
+                "PostsCount": rng.randrange(10),
+            }
+            body = json.dumps(record, ensure_ascii=False, indent=2)
+            handle.write("  " + body.replace("\n", "\n  ") + (",\n" if index < records - 1 else "\n"))
+        handle.write("]\n")
+
+
+def run_prepare(args: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (GiB) of one `python -m st_poetry.data` child process.
+
+    CPU time is reported too because the machine is shared: wall time grows when others run.
+    """
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "st_poetry.data", *args], stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    summary = child.stdout.read()
+    if status != 0:
+        raise SystemExit(f"prepare failed (status {status}):\n{summary}")
+    print(summary)
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000, help="records in the synthetic works file")
+    parser.add_argument("--workdir", default=".bench/prepare", help="where the synthetic file and outputs go")
+    parser.add_argument("--sample", default=None, help="raw data folder (works files + ccpm/train.jsonl) to time too")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per input; the fastest is reported")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    synthetic = workdir / f"works_synthetic_{args.records}_{args.seed}.json"
+    if not synthetic.exists():
+        start = time.perf_counter()
+        partial = synthetic.with_suffix(".partial")
+        synthetic_works(partial, args.records, args.seed)
+        partial.rename(synthetic)
+        print(f"wrote {synthetic} ({synthetic.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - start:.0f} s")
+
+    cases = {f"synthetic works, {args.records:,} records": ["--works", str(synthetic)]}
+    if args.sample:
+        raw = Path(args.sample)
+        cases["shared sample (works + CCPM train)"] = [
+            "--works",
+            str(raw / "chinese-poetry-and-prose"),
+            "--ccpm",
+            str(raw / "ccpm" / "train.jsonl"),
+        ]
+    results = []
+    for name, inputs in cases.items():
+        runs = [run_prepare([*inputs, "--out", str(workdir / "out")]) for _ in range(args.repeats)]
+        results.append((name, *min(runs)))
+    print("| input | wall time | CPU time | peak memory |\n| --- | ---: | ---: | ---: |")
+    for name, seconds, cpu, peak in results:
+        print(f"| {name} | {seconds:.1f} s | {cpu:.1f} s | {peak:.2f} GiB |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,427 @@
+"""Raw poetry data -> (query, positive) pairs, a grouped train/eval split and a candidate corpus.
+
+    just prepare            # the works files and CCPM train under RAW_DATA (default ../shared/data)
+    python -m st_poetry.data --works raw/works/ --ccpm ccpm/train.jsonl --ccpm-eval ccpm/valid.jsonl
+
+Three input formats, any mix, each given as files or folders:
+
+- chinese-poetry-and-prose `works*.json` (a JSON array): Content and Translation are split into lines and
+  aligned one to one, anchor = the modern-Chinese line, positive = the poem line;
+- CCPM `.jsonl` (translation, choices, answer): the correct choice is the positive, the others are given negatives;
+- FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives.
+
+The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
+same inputs always give the same files, and adding a file does not move the groups already there. This module
+is stdlib + tqdm only (no torch), so the stage takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _quote
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from st_poetry.config import PrepareConfig, UserError, run_cli
+from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+
+MARKER = "stats.json"
+_SECTION = re.compile(r"【[^】]*】")  # a whole line like 【其一】 heads a poem in a series; it is no verse
+_WHITESPACE = re.compile(r"[ \t\r\n]*")
+
+
+class Skip(Exception):
+    """A record that cannot be used; the message is the reason counted in stats.json."""
+
+
+@dataclass
+class Parsed:
+    """What one input record contributes."""
+
+    group: str
+    pairs: list[tuple[str, str]]  # (anchor, positive)
+    texts: list[str]  # candidate-corpus lines
+    negatives: tuple[str, ...] = ()  # given hard negatives, shared by the record's pairs
+    meta: tuple[str, str, str] = ("", "", "")  # title, author, dynasty
+    unpaired: str | None = None  # why a kept record made no pairs (its lines still join the corpus)
+
+
+@dataclass
+class SourceStats:
+    """Counts for one input format; records_read == records_kept + sum(skipped.values())."""
+
+    files: int = 0
+    records_read: int = 0
+    records_kept: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    kept_without_pairs: Counter[str] = field(default_factory=Counter)
+    pairs_made: int = 0
+    duplicate_pairs_removed: int = 0
+    eval_pairs_dropped_as_leak: int = 0
+    train_pairs: int = 0
+    eval_pairs: int = 0
+    first_skipped: dict[str, str] = field(default_factory=dict)  # reason -> where to find an example
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        self.first_skipped.setdefault(reason, where)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # asdict() mangles Counters
+
+    def __add__(self, other: SourceStats) -> SourceStats:
+        total = SourceStats()
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            setattr(total, f.name, {**theirs, **mine} if f.name == "first_skipped" else mine + theirs)
+        return total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cleaning and the three record formats
+
+
+def clean(text: str) -> str:
+    """Drop quote marks (a quotation often opens on one line and closes on another) and outer whitespace."""
+    return text.replace("“", "").replace("”", "").strip()
+
+
+def clean_lines(text: str) -> list[str]:
+    """Split on line breaks (\\r\\n or \\n) and clean; drop empty lines and section headers like 【其一】."""
+    lines = [line.strip() for line in text.replace("“", "").replace("”", "").splitlines()]
+    return [line for line in lines if line and not (line[0] == "【" and _SECTION.fullmatch(line))]
+
+
+def _require(record: dict, *keys: str) -> None:
+    for key in keys:
+        if record.get(key) is None:
+            raise Skip(f"missing {key}")
+
+
+def _text(record: dict, key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise Skip(f"{key} is not a text")
+    return value
+
+
+def _texts(record: dict, key: str) -> list[str]:
+    """A list of texts, cleaned, empty ones dropped."""
+    values = record.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise Skip(f"{key} is not a list of texts")
+    return [text for text in map(clean, values) if text]
+
+
+def parse_works(record: dict, file: str, index: int, kinds: frozenset[str]) -> Parsed:
+    _require(record, "Kind", "Content")
+    if _text(record, "Kind") not in kinds:
+        raise Skip("Kind not selected")
+    lines = clean_lines(_text(record, "Content"))
+    if not lines:
+        raise Skip("empty Content")
+    translation = record.get("Translation")
+    translations = clean_lines(translation) if isinstance(translation, str) else []
+    unpaired = None
+    if not translations:
+        unpaired = "no Translation"
+    elif len(translations) != len(lines):
+        unpaired = "line counts differ"
+    meta = tuple(value if isinstance(value, str) else "" for value in map(record.get, ("Title", "Author", "Dynasty")))
+    record_id = record.get("Id")
+    return Parsed(
+        group=f"{file}:{f'#{index}' if record_id is None else record_id}",
+        pairs=[] if unpaired else list(zip(translations, lines, strict=True)),
+        texts=lines,
+        meta=meta,
+        unpaired=unpaired,
+    )
+
+
+def parse_ccpm(record: dict, file: str, number: int) -> Parsed:
+    _require(record, "translation", "choices", "answer")
+    translation = clean(_text(record, "translation"))
+    choices = record["choices"]
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise Skip("choices is not a list of texts")
+    choices = [clean(choice) for choice in choices]
+    answer = record["answer"]
+    if type(answer) is not int or not 0 <= answer < len(choices):
+        raise Skip("answer out of range")
+    if not translation:
+        raise Skip("empty translation")
+    if not all(choices):
+        raise Skip("empty choice")
+    positive = choices[answer]
+    negatives = tuple(dict.fromkeys(choice for choice in choices if choice != positive))
+    return Parsed(group=f"{file}:{number}", pairs=[(translation, positive)], texts=choices, negatives=negatives)
+
+
+def parse_flagembedding(record: dict, file: str, number: int) -> Parsed:
+    _require(record, "query", "pos")
+    query = clean(_text(record, "query"))
+    positives, negatives = _texts(record, "pos"), _texts(record, "neg")
+    if not query:
+        raise Skip("empty query")
+    if not positives:
+        raise Skip("no non-empty pos")
+    return Parsed(
+        group=f"{file}:{number}",
+        pairs=[(query, positive) for positive in dict.fromkeys(positives)],
+        texts=positives + negatives,
+        negatives=tuple(dict.fromkeys(text for text in negatives if text not in positives)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (index, record) from a JSON array file, decoding one record at a time.
+
+    The text is read at once, but only one record at a time becomes Python objects: a million-record file
+    needs far less memory than the full `json.load` tree would.
+    """
+    text = path.read_text(encoding="utf-8-sig")
+    decoder = json.JSONDecoder()
+    position = _WHITESPACE.match(text).end()
+    if not text.startswith("[", position):
+        raise UserError(f"{path}: not a JSON array of records (a works*.json file starts with '[')")
+    position = _WHITESPACE.match(text, position + 1).end()
+    index = 0
+    while not text.startswith("]", position):
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{error.lineno}: record {index}: not valid JSON ({error.msg})") from None
+        yield index, record
+        index += 1
+        position = _WHITESPACE.match(text, position).end()
+        if text.startswith(",", position):
+            position = _WHITESPACE.match(text, position + 1).end()
+        elif not text.startswith("]", position):
+            line = text.count("\n", 0, position) + 1
+            raise UserError(f"{path}:{line}: not valid JSON (expected ',' or ']' after record {index - 1})")
+    if _WHITESPACE.match(text, position + 1).end() != len(text):
+        raise UserError(f"{path}: not valid JSON (extra data after the closing ']')")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input file and how to read it."""
+
+    source: str  # works | ccpm | flagembedding
+    path: Path
+    eval_only: bool
+
+
+def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
+    """Files as given; a folder stands for its `pattern` files, sorted so the order never depends on the disk."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.glob(pattern))
+            if not found:
+                raise UserError(f"--{flag}: no {pattern} files in {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"--{flag}: no such file or folder: {path}")
+    return files
+
+
+def resolve_inputs(config: PrepareConfig) -> list[Input]:
+    groups = [
+        ("works", config.works, "works*.json", "works", False),
+        ("ccpm", config.ccpm, "*.jsonl", "ccpm", False),
+        ("ccpm", config.ccpm_eval, "*.jsonl", "ccpm-eval", True),
+        ("flagembedding", config.flagembedding, "*.jsonl", "flagembedding", False),
+        ("flagembedding", config.flagembedding_eval, "*.jsonl", "flagembedding-eval", True),
+    ]
+    return [
+        Input(source, path, eval_only)
+        for source, paths, pattern, flag, eval_only in groups
+        for path in _files(paths, pattern, flag)
+    ]
+
+
+def read_records(
+    inputs: list[Input], kinds: frozenset[str], stats: dict[str, SourceStats]
+) -> Iterator[tuple[Input, Parsed]]:
+    """Parse every record of every input, counting what is read, kept and skipped (and why) into `stats`."""
+    parsers: dict[str, Callable[[dict, str, int], Parsed]] = {
+        "works": functools.partial(parse_works, kinds=kinds),
+        "ccpm": parse_ccpm,
+        "flagembedding": parse_flagembedding,
+    }
+    with tqdm(desc="reading", unit=" records", unit_scale=True) as bar:
+        for item in inputs:
+            counts = stats.setdefault(item.source, SourceStats())
+            counts.files += 1
+            bar.set_postfix_str(item.path.name)
+            parse, label = parsers[item.source], "record" if item.source == "works" else "line"
+            records = read_json_array(item.path) if item.source == "works" else read_jsonl(item.path)
+            try:
+                for number, record in records:
+                    if not isinstance(record, dict):
+                        raise UserError(f"{item.path} {label} {number}: not a JSON object")
+                    counts.records_read += 1
+                    bar.update()
+                    try:
+                        parsed = parse(record, item.path.name, number)
+                    except Skip as skip:
+                        counts.skip(str(skip), f"{item.path} {label} {number}")
+                        continue
+                    counts.records_kept += 1
+                    if parsed.unpaired:
+                        counts.kept_without_pairs[parsed.unpaired] += 1
+                    yield item, parsed
+            except UnicodeDecodeError as error:
+                raise UserError(f"{item.path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Split, deduplicate, write
+
+
+# Rows are written as text, the same text `json.dumps(row, ensure_ascii=False)` gives. The closing fields that a
+# record's rows share are encoded once per record, only the rest per row: a million-record input writes millions
+# of rows, and this is several times faster than encoding each row as a dict.
+
+
+def corpus_row_end(meta: tuple[str, str, str], group: str) -> str:
+    title, author, dynasty = map(_quote, meta)
+    return f', "title": {title}, "author": {author}, "dynasty": {dynasty}, "group": {_quote(group)}}}'
+
+
+def pair_row_end(negatives: tuple[str, ...], source: str, group: str) -> str:
+    return f', "negatives": [{", ".join(map(_quote, negatives))}], "source": "{source}", "group": {_quote(group)}}}'
+
+
+def is_eval_group(group: str, seed: int, fraction: float) -> bool:
+    """A seeded hash of the group id picks its side: stable across runs and independent of the other inputs."""
+    digest = hashlib.blake2b(f"{seed}:{group}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def prepare(config: PrepareConfig) -> dict[str, Any]:
+    """Read the inputs, split by group, deduplicate, and write train/eval/corpus.jsonl and stats.json."""
+    start = time.perf_counter()
+    inputs = resolve_inputs(config)
+    stats: dict[str, SourceStats] = {}
+    # (anchor, positive) -> (row end, source, group, is_eval); the first occurrence of a pair wins
+    pairs: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
+    corpus: dict[str, str] = {}  # text -> row end (title, author, dynasty, group); the first occurrence wins
+    for item, parsed in read_records(inputs, frozenset(config.kinds), stats):
+        corpus_end = corpus_row_end(parsed.meta, parsed.group)
+        for text in parsed.texts:
+            corpus.setdefault(text, corpus_end)
+        if not parsed.pairs:
+            continue
+        counts = stats[item.source]
+        counts.pairs_made += len(parsed.pairs)
+        is_eval = item.eval_only or is_eval_group(parsed.group, config.seed, config.eval_fraction)
+        pair_end = pair_row_end(parsed.negatives, item.source, parsed.group)
+        for pair in parsed.pairs:
+            if pair in pairs:
+                counts.duplicate_pairs_removed += 1
+            else:
+                pairs[pair] = (pair_end, item.source, parsed.group, is_eval)
+    if not pairs:
+        raise UserError("the inputs gave no pairs: " + "; ".join(_why(name, s) for name, s in stats.items()))
+
+    # Famous lines recur across works: an eval positive that is also trained on would flatter the scores.
+    train_positives = {positive for (_, positive), value in pairs.items() if not value[3]}
+    train, evaluation = [], []
+    for key, (_, source, _, is_eval) in pairs.items():
+        if not is_eval:
+            train.append(key)
+            stats[source].train_pairs += 1
+        elif key[1] in train_positives:
+            stats[source].eval_pairs_dropped_as_leak += 1
+        else:
+            evaluation.append(key)
+            stats[source].eval_pairs += 1
+
+    total = sum(stats.values(), SourceStats())
+    result = {
+        "inputs": [{"source": i.source, "path": str(i.path), "eval_only": i.eval_only} for i in inputs],
+        "settings": {"kinds": config.kinds, "eval_fraction": config.eval_fraction, "seed": config.seed},
+        "sources": {name: counts.as_dict() for name, counts in stats.items()},
+        "total": total.as_dict(),
+        "train_pairs": len(train),
+        "eval_pairs": len(evaluation),
+        "train_groups": len({pairs[key][2] for key in train}),
+        "eval_groups": len({pairs[key][2] for key in evaluation}),
+        "corpus_size": len(corpus),
+    }
+
+    def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
+        for anchor, positive in keys:
+            yield f'{{"anchor": {_quote(anchor)}, "positive": {_quote(positive)}{pairs[anchor, positive][0]}\n'
+
+    corpus_rows = (
+        f'{{"id": "c{index}", "text": {_quote(text)}{end}\n' for index, (text, end) in enumerate(corpus.items())
+    )
+    with atomic_output_dir(config.out, MARKER) as tmp:
+        for name, lines in (("train", pair_rows(train)), ("eval", pair_rows(evaluation)), ("corpus", corpus_rows)):
+            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+                handle.writelines(lines)
+        write_json(tmp / MARKER, result)
+    print(summary(result, config.out, time.perf_counter() - start))
+    return result
+
+
+def _why(source: str, counts: SourceStats) -> str:
+    reasons = counts.skipped + counts.kept_without_pairs
+    detail = ", ".join(f"{reason} x{count}" for reason, count in reasons.most_common())
+    return f"{source}: {counts.records_read} records read" + (f" ({detail})" if detail else "")
+
+
+def summary(result: dict[str, Any], out: str, seconds: float) -> str:
+    """One screen: per-source counts, the reasons records were skipped, split and corpus sizes."""
+    columns = ["records_read", "records_kept", "pairs_made", "duplicate_pairs_removed"]
+    columns += ["eval_pairs_dropped_as_leak", "train_pairs", "eval_pairs"]
+    headers = ["read", "kept", "pairs", "duplicates", "eval leaks", "train", "eval"]
+    table = [["source", *headers]]
+    table += [[name, *(f"{counts[c]:,}" for c in columns)] for name, counts in result["sources"].items()]
+    table.append(["total", *(f"{result['total'][c]:,}" for c in columns)])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [f"prepared {out} in {seconds:.1f} s"]
+    lines += [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    ]
+    for name, counts in result["sources"].items():
+        for reason, count in sorted(counts["skipped"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"skipped    {name}: {reason}: {count:,} (e.g. {counts['first_skipped'][reason]})")
+        for reason, count in sorted(counts["kept_without_pairs"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"no pairs   {name}: {reason}: {count:,} (lines still in the corpus)")
+    lines.append(
+        f"train {result['train_pairs']:,} pairs / {result['train_groups']:,} groups; "
+        f"eval {result['eval_pairs']:,} pairs / {result['eval_groups']:,} groups; "
+        f"corpus {result['corpus_size']:,} unique lines"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(PrepareConfig, prepare, argv, prog="just prepare")
+
+
+if __name__ == "__main__":
+    main()
