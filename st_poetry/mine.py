@@ -1,0 +1,326 @@
+"""Add hard negatives to the prepared (anchor, positive) pairs: `just mine` (python -m st_poetry.mine).
+
+1. Read the prepared train/eval/corpus files and load the model with its query/document prompts.
+2. For train and eval separately, ask sentence-transformers' `mine_hard_negatives` (faiss, whole corpus as
+   candidates) for *every* candidate in ranks [range_min, range_max) that passes the relative margin. The
+   library's "n-tuple" format would drop every row that lacks a full set, and could only hand us as many
+   candidates as we finally keep; "labeled-list" returns all surviving candidates in rank order, so the filters
+   below still leave enough.
+3. Filter what the library cannot know: another line of the positive's own poem, a text equal to the positive or
+   the anchor once punctuation and whitespace are ignored (or holding / held in the positive, as a couplet holds
+   its line), a repeat, and (train only) any eval text.
+4. Given negatives (CCPM's wrong choices, FlagEmbedding `neg`) come first; mined ones fill up to num_negatives
+   ("top": the hardest survivors, "random": a seeded sample of them). Short rows are kept with nulls.
+
+Corpus embeddings are cached under `cache_folder/<model fingerprint>`, so a rerun with other ranges (or the
+eval split, which shares the corpus) encodes nothing new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import shutil
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import mine_hard_negatives
+
+from st_poetry.config import MineConfig, UserError, run_cli
+from st_poetry.files import atomic_output_dir, read_jsonl, write_json, write_jsonl
+from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+
+MARKER = "mine_stats.json"
+SPLITS = ("train", "eval")
+# Above this share of rows short of num_negatives, the summary suggests widening the range.
+SHORT_ROWS_WARNING = 0.1
+# A candidate that contains the positive (its couplet) or is contained in it counts as the same text, down to
+# this many characters: the shortest classical lines (四言).
+MIN_CONTAINED_CHARS = 4
+
+
+def normalize(text: str) -> str:
+    """The text with punctuation and whitespace removed (after NFKC), to compare lines that differ only there."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch)[0] not in "PZ")
+
+
+def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """The prepared train/eval rows and corpus; a missing file or a malformed row names the file and line."""
+    if not folder.is_dir():
+        raise UserError(f"prepared data folder not found: {folder} (run `just prepare` or pass --data)")
+    data: dict[str, list[dict[str, Any]]] = {}
+    for name in (*SPLITS, "corpus"):
+        path = folder / f"{name}.jsonl"
+        if not path.is_file():
+            raise UserError(f"{path} is missing: --data must be a folder written by `just prepare`")
+        required = ("text",) if name == "corpus" else ("anchor", "positive")
+        rows = []
+        for line_no, row in read_jsonl(path):
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k] for k in required):
+                raise UserError(f"{path}:{line_no}: expected an object with non-empty {', '.join(required)}")
+            if not isinstance(row.get("negatives", []), list):
+                raise UserError(f"{path}:{line_no}: 'negatives' must be a list of texts")
+            rows.append(row)
+        data[name] = rows
+    if not data["corpus"]:
+        raise UserError(f"{folder / 'corpus.jsonl'} is empty: there is nothing to mine negatives from")
+    return data
+
+
+def groups_by_text(data: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
+    """normalize(text) -> every poem/record it belongs to (famous lines recur); "" (unknown) is left out."""
+    groups: dict[str, set[str]] = defaultdict(set)
+    for row in data["corpus"]:
+        if row.get("group"):
+            groups[normalize(row["text"])].add(row["group"])
+    for split in SPLITS:
+        for row in data[split]:
+            if row.get("group"):
+                groups[normalize(row["positive"])].add(row["group"])
+    return groups
+
+
+def candidate_texts(data: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The corpus plus any positive missing from it (the library would add a split's own anyway): one list for
+    both splits, so its embeddings are computed and cached once."""
+    texts = [row["text"] for row in data["corpus"]] + [row["positive"] for split in SPLITS for row in data[split]]
+    return list(dict.fromkeys(texts))
+
+
+def model_fingerprint(model: SentenceTransformer) -> str:
+    """A short hash of the weights, architecture and token limit: the library keys its cache on the model's Hub
+    name only, which is empty for a local folder, so two local models would otherwise share embeddings."""
+    digest = hashlib.sha256(f"{model!r}|{model.max_seq_length}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def count_encoding(model: SentenceTransformer, counter: Counter) -> Iterator[None]:
+    """Time and count what `model.encode` does (the library calls it for queries and corpus) for the stats."""
+    original = model.encode
+
+    def encode(inputs, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(inputs, *args, **kwargs)
+        finally:
+            counter["encode_seconds"] += time.perf_counter() - start
+            counter["encoded_texts"] += 1 if isinstance(inputs, str) else len(inputs)
+
+    model.encode = encode
+    try:
+        yield
+    finally:
+        del model.encode
+
+
+def mine_candidates(
+    rows: list[dict[str, Any]],
+    corpus: list[str],
+    model: SentenceTransformer,
+    config: MineConfig,
+    cache_folder: str | None,
+) -> tuple[dict[tuple[str, str], list[str]], dict[str, float | int]]:
+    """(anchor, positive) -> every candidate in [range_min, range_max) that passes the margin, hardest first."""
+    timing: Counter = Counter()
+    if not rows:
+        return {}, {"encode_seconds": 0.0, "search_seconds": 0.0, "encoded_texts": 0}
+    pairs = Dataset.from_dict({"anchor": [r["anchor"] for r in rows], "positive": [r["positive"] for r in rows]})
+    start = time.perf_counter()
+    with count_encoding(model, timing):
+        mined = mine_hard_negatives(
+            pairs,
+            model,
+            corpus=corpus,
+            range_min=config.range_min,
+            range_max=config.range_max,
+            relative_margin=config.relative_margin,
+            num_negatives=config.range_max - config.range_min,  # all of them: we filter and sample afterwards
+            sampling_strategy="top",
+            query_prompt_name=query_prompt_name(model),
+            corpus_prompt_name=document_prompt_name(model),
+            output_format="labeled-list",
+            batch_size=config.batch_size,
+            use_faiss=True,
+            cache_folder=cache_folder,
+        )
+    total = time.perf_counter() - start
+    # labeled-list rows: (anchor, [positive, candidate, ...], labels); rows left with no candidate are absent.
+    candidates = {(row["anchor"], row["positive"][0]): row["positive"][1:] for row in mined}
+    stats = {
+        "encode_seconds": round(timing["encode_seconds"], 2),
+        "search_seconds": round(total - timing["encode_seconds"], 2),
+        "encoded_texts": int(timing["encoded_texts"]),
+    }
+    return candidates, stats
+
+
+def assemble(
+    row: dict[str, Any],
+    candidates: list[str],
+    groups: dict[str, set[str]],
+    banned: set[str],
+    config: MineConfig,
+    rng: random.Random,
+    drops: dict[str, Counter],
+) -> tuple[list[str], int]:
+    """Given negatives first, then mined ones up to num_negatives; returns (negatives, how many were mined).
+
+    Given negatives are trusted (a CCPM choice shares its record's group by construction), so only the text
+    checks apply to them; mined candidates must also come from another poem than the positive. "Same text"
+    ignores punctuation and whitespace; a couplet holding the positive line (or a half of it) is no negative.
+    """
+    anchor, positive = normalize(row["anchor"]), normalize(row["positive"])
+    positive_groups = groups.get(positive, set()) | ({row["group"]} if row.get("group") else set())
+    seen: set[str] = set()
+
+    def reason(text: str, is_mined: bool) -> str | None:
+        key = normalize(text)
+        if key in (anchor, positive):
+            return "same_text"
+        shorter, longer = sorted((key, positive), key=len)
+        if len(shorter) >= MIN_CONTAINED_CHARS and shorter in longer:
+            return "contains_positive"
+        if key in seen:
+            return "repeat"
+        if key in banned:
+            return "eval_text"
+        if is_mined and groups.get(key, set()) & positive_groups:
+            return "same_poem"
+        seen.add(key)
+        return None
+
+    given = [text for text in row.get("negatives", []) if not _dropped(reason(text, False), drops["given"])]
+    if len(given) > config.num_negatives:
+        drops["given"]["over_num_negatives"] += len(given) - config.num_negatives
+        given = given[: config.num_negatives]
+    mined = [text for text in candidates if not _dropped(reason(text, True), drops["mined"])]
+    wanted = config.num_negatives - len(given)
+    if config.sampling_strategy == "random" and len(mined) > wanted:
+        mined = [mined[i] for i in sorted(rng.sample(range(len(mined)), wanted))]
+    mined = mined[:wanted]
+    return given + mined, len(mined)
+
+
+def _dropped(reason: str | None, counter: Counter) -> bool:
+    if reason is not None:
+        counter[reason] += 1
+    return reason is not None
+
+
+def mine_split(
+    split: str,
+    data: dict[str, list[dict[str, Any]]],
+    model: SentenceTransformer,
+    config: MineConfig,
+    cache_folder: str | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Mine one split against the whole corpus; train never sees an eval anchor or positive (any form)."""
+    banned: set[str] = set()
+    rows_dropped: Counter = Counter()
+    rows = data[split]
+    if split == "train":
+        banned = {normalize(r[key]) for r in data["eval"] for key in ("anchor", "positive")}
+        kept = []
+        for row in rows:
+            if normalize(row["positive"]) in banned:
+                rows_dropped["positive_is_eval_text"] += 1
+            elif normalize(row["anchor"]) in banned:
+                rows_dropped["anchor_is_eval_text"] += 1
+            else:
+                kept.append(row)
+        rows = kept
+    candidates, timing = mine_candidates(rows, candidate_texts(data), model, config, cache_folder)
+
+    groups = groups_by_text(data)
+    rng = random.Random(config.seed)
+    drops = {"given": Counter(), "mined": Counter()}
+    out, short, given_used, mined_used = [], 0, 0, 0
+    for row in rows:
+        pool = candidates.get((row["anchor"], row["positive"]), [])
+        negatives, n_mined = assemble(row, pool, groups, banned, config, rng, drops)
+        short += len(negatives) < config.num_negatives
+        given_used += len(negatives) - n_mined
+        mined_used += n_mined
+        padded = negatives + [None] * (config.num_negatives - len(negatives))
+        out.append(
+            {"anchor": row["anchor"], "positive": row["positive"]}
+            | {f"negative_{i}": text for i, text in enumerate(padded, start=1)}
+        )
+    stats = {
+        "rows_in": len(data[split]),
+        "rows_out": len(out),
+        "rows_dropped": dict(rows_dropped),
+        "short_rows": short,
+        "short_fraction": round(short / len(out), 4) if out else 0.0,
+        "negatives_given": given_used,
+        "negatives_mined": mined_used,
+        "negatives_missing": len(out) * config.num_negatives - given_used - mined_used,
+        "rows_without_candidates": sum((r["anchor"], r["positive"]) not in candidates for r in rows),
+        "dropped_given": dict(drops["given"]),
+        "dropped_mined": dict(drops["mined"]),
+        **timing,
+    }
+    return out, stats
+
+
+def mine(config: MineConfig) -> dict[str, Any]:
+    """Mine hard negatives for the prepared train and eval splits into `config.out`; returns the stats."""
+    data_dir = Path(config.data)
+    data = read_prepared(data_dir)
+    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
+    cache_folder = str(Path(config.cache_folder) / model_fingerprint(model)) if config.cache_folder else None
+
+    stats: dict[str, Any] = {"corpus_size": len(data["corpus"])}
+    with atomic_output_dir(config.out, MARKER) as tmp:
+        for split in SPLITS:
+            print(f"Mining {split} ({len(data[split]):,} rows) against {len(data['corpus']):,} corpus lines")
+            rows, stats[split] = mine_split(split, data, model, config, cache_folder)
+            write_jsonl(tmp / f"{split}.jsonl", rows)
+        shutil.copyfile(data_dir / "corpus.jsonl", tmp / "corpus.jsonl")
+        stats["config"] = dataclasses.asdict(config)
+        write_json(tmp / MARKER, stats)
+    print_summary(stats, config)
+    return stats
+
+
+def print_summary(stats: dict[str, Any], config: MineConfig) -> None:
+    print(f"\nMined into {config.out} (ranks {config.range_min}-{config.range_max}, {config.sampling_strategy})")
+    columns = ("rows in", "rows out", "given", "mined", "short", "encode s", "search s")
+    print(f"{'split':<6}" + "".join(f"{c:>10}" for c in columns))
+    for split in SPLITS:
+        s = stats[split]
+        print(
+            f"{split:<6}{s['rows_in']:>10,}{s['rows_out']:>10,}{s['negatives_given']:>10,}{s['negatives_mined']:>10,}"
+            f"{s['short_rows']:>10,}{s['encode_seconds']:>10.1f}{s['search_seconds']:>10.1f}"
+        )
+        dropped = {**s["rows_dropped"], **{f"mined {k}": v for k, v in s["dropped_mined"].items()}}
+        dropped |= {f"given {k}": v for k, v in s["dropped_given"].items()}
+        if dropped:
+            print("      dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
+        if s["short_fraction"] > SHORT_ROWS_WARNING:
+            print(
+                f"warning: {s['short_fraction']:.0%} of {split} rows have fewer than {config.num_negatives} negatives"
+                " (null-padded); widen the range (--range-max) or lower --relative-margin for more candidates"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(MineConfig, mine, argv, prog="just mine")
+
+
+if __name__ == "__main__":
+    main()
