@@ -1,0 +1,66 @@
+"""The figures st_poetry writes.
+
+Drawn on `matplotlib.figure.Figure` objects, which save through the Agg canvas without pyplot: no display
+needed and no global figure state between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+def plot_metric_bars(values: Mapping[str, Mapping[str, float]], path: str | Path, title: str = "") -> None:
+    """Grouped bars: one group per metric, one bar per model (or baseline), each labelled with its value.
+
+    `values` maps a row name to {metric: value in [0, 1]}; a metric a row lacks leaves a gap.
+    """
+    rows = list(values)
+    metrics = list(dict.fromkeys(metric for row in values.values() for metric in row))
+    width = 0.8 / len(rows)
+    figure = Figure(figsize=(max(6.0, 1.1 * len(metrics) * max(1, len(rows) / 2.5)), 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    for index, row in enumerate(rows):
+        positions = [m + (index - (len(rows) - 1) / 2) * width for m in range(len(metrics))]
+        heights = [values[row].get(metric, float("nan")) for metric in metrics]
+        bars = axes.bar(positions, heights, width, label=row)
+        axes.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    axes.set_xticks(range(len(metrics)), metrics)
+    axes.set_ylim(0, 1.08)
+    axes.set_ylabel("score")
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    if title:
+        axes.set_title(title)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=min(len(rows), 4), frameon=False)
+    figure.savefig(path, dpi=120)
+
+
+def plot_training_curves(
+    log: Sequence[Mapping[str, float]], path: str | Path, metric: str, metric_label: str = "score"
+) -> None:
+    """Train loss and eval loss (left axis) and the eval `metric` (right axis) against steps, on one figure.
+
+    `log` is the trainer's log_history (records with "step" and some of "loss", "eval_loss", `metric`).
+    """
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        points = [(record["step"], record[key]) for record in log if key in record]
+        return [step for step, _ in points], [value for _, value in points]
+
+    figure = Figure(figsize=(8.0, 4.5), layout="constrained")
+    losses = figure.add_subplot()
+    losses.plot(*series("loss"), color="tab:blue", alpha=0.8, label="train loss")
+    losses.plot(*series("eval_loss"), "o-", color="tab:orange", label="eval loss")
+    losses.set_xlabel("step")
+    losses.set_ylabel("loss")
+    losses.grid(alpha=0.3)
+    scores = losses.twinx()
+    scores.plot(*series(metric), "s-", color="tab:green", label=f"eval {metric_label}")
+    scores.set_ylabel(f"eval {metric_label}")
+    handles = [*losses.get_legend_handles_labels()[0], *scores.get_legend_handles_labels()[0]]
+    losses.legend(handles=handles, loc="best")
+    losses.set_title(f"training curves (eval {metric_label} at step 0 = the base model)")
+    figure.savefig(path, dpi=120)

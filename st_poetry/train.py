@@ -1,0 +1,445 @@
+"""`just train`: fine-tune a sentence-embedding model so a modern-Chinese description retrieves its poetry line.
+
+    python -m st_poetry.train --data data/mined --model ../shared/models/e5-small-zh --out models/e5-small-zh-poetry
+    torchrun --nproc_per_node 2 -m st_poetry.train ...   # several GPUs: same flags, negatives gathered across them
+
+The steps follow sentence-transformers' training examples: 1. load the base model (with its prompts), 2. load
+the data, 3. the training arguments, 4. the loss, 5. evaluate the base model, 6. train, 7. evaluate again and
+check that the kept model is the best one, 8. save.
+
+`--data` is a mined folder (anchor, positive, negative_1..n), a prepared folder (anchor, positive, negatives)
+or a FlagEmbedding .jsonl (query, pos, neg; a seeded share of the queries is held out for eval). Each row
+keeps its first `--num-negatives` negatives, capped at the longest row's count; a shorter row is topped up
+with positives of other rows drawn at random (seeded, counted): random negatives are valid negatives, and the
+loss needs every row to have the same columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.sampler import BatchSamplers
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MultipleNegativesRankingLoss,
+)
+from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from st_poetry.config import TrainConfig, UserError, run_cli
+from st_poetry.data import Skip, is_eval_group, parse_flagembedding
+from st_poetry.evaluation import build_ir_evaluator, metric_key
+from st_poetry.files import read_jsonl, write_json, write_jsonl
+from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+from st_poetry.plots import plot_training_curves
+
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train_log.jsonl"
+CURVES = "training_curves.png"
+SUMMARY = "train_summary.json"
+BEST_METRIC = "ndcg@10"
+HEADLINE = {"Recall@1": "recall@1", "Recall@10": "recall@10", "MRR@10": "mrr@10", "NDCG@10": "ndcg@10"}
+# The final model is re-evaluated after training; it must score what its checkpoint scored when it was best.
+BEST_TOLERANCE = 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class TrainingData:
+    train: list[dict]  # anchor, positive, negative_1..k: the training rows
+    eval: list[dict]  # the same columns: the eval loss
+    corpus: list[dict]  # id, text: the retrieval evaluator's candidates
+    stats: dict[str, Any]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """A prepared (negatives list) or mined (negative_1..n, null when short) split as {anchor, positive, negatives}."""
+    rows = []
+    for number, record in read_jsonl(path):
+        if not isinstance(record, dict) or not all(
+            isinstance(record.get(key), str) and record[key] for key in ("anchor", "positive")
+        ):
+            raise UserError(f"{path}:{number}: a row needs non-empty texts 'anchor' and 'positive'")
+        if "negatives" in record:
+            negatives = record["negatives"]
+        else:
+            negatives = [value for key, value in record.items() if key.startswith("negative_")]
+        if not isinstance(negatives, list) or not all(value is None or isinstance(value, str) for value in negatives):
+            raise UserError(f"{path}:{number}: negatives must be texts (or null)")
+        rows.append(
+            {"anchor": record["anchor"], "positive": record["positive"], "negatives": [n for n in negatives if n]}
+        )
+    return rows
+
+
+def _read_flagembedding(path: Path, config: TrainConfig) -> tuple[list[dict], list[dict], list[dict], Counter]:
+    """FlagEmbedding rows -> (train, eval, corpus, skipped): a row per (query, pos); queries split by seeded hash."""
+    train, evaluation, texts, skipped = [], [], {}, Counter()
+    for number, record in read_jsonl(path):
+        try:
+            if not isinstance(record, dict):
+                raise Skip("not a JSON object")
+            parsed = parse_flagembedding(record, path.name, number)
+        except Skip as reason:
+            skipped[str(reason)] += 1
+            continue
+        query = parsed.pairs[0][0]
+        side = evaluation if is_eval_group(query, config.seed, config.eval_fraction) else train
+        side.extend({"anchor": a, "positive": p, "negatives": list(parsed.negatives)} for a, p in parsed.pairs)
+        texts.update(dict.fromkeys(parsed.texts))
+    if not train or not evaluation:
+        raise UserError(f"{path}: too few usable queries to hold out {config.eval_fraction:.0%} for eval")
+    corpus = [{"id": f"c{index}", "text": text} for index, text in enumerate(texts)]
+    return train, evaluation, corpus, skipped
+
+
+def with_negative_columns(rows: list[dict], k: int, pool: Sequence[str], seed: int) -> tuple[list[dict], int]:
+    """Rows as anchor, positive, negative_1..k; short rows are topped up from `pool` at random (seeded).
+
+    Returns the rows and how many negatives were drawn from the pool.
+    """
+    pool = list(dict.fromkeys(pool))
+    if k and len(pool) <= k:
+        raise UserError(f"only {len(pool)} distinct positives: too few to top up rows to {k} negatives")
+    rng = random.Random(seed)
+    filled, out = 0, []
+    for row in rows:
+        negatives = row["negatives"][:k]
+        taken = {row["positive"], *negatives}
+        while len(negatives) < k:
+            candidate = rng.choice(pool)
+            if candidate not in taken:
+                negatives.append(candidate)
+                taken.add(candidate)
+                filled += 1
+        columns = {f"negative_{index}": text for index, text in enumerate(negatives, start=1)}
+        out.append({"anchor": row["anchor"], "positive": row["positive"], **columns})
+    return out, filled
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """Read --data (mined folder, prepared folder or FlagEmbedding .jsonl) into equal-width training rows."""
+    data = Path(config.data)
+    skipped: Counter = Counter()
+    if data.is_file() and data.suffix == ".jsonl":
+        kind = "flagembedding"
+        train, evaluation, corpus, skipped = _read_flagembedding(data, config)
+    elif (data / "mine_stats.json").is_file() or (data / "stats.json").is_file():
+        kind = "mined" if (data / "mine_stats.json").is_file() else "prepared"
+        train, evaluation = _read_rows(data / "train.jsonl"), _read_rows(data / "eval.jsonl")
+        corpus = [record for _, record in read_jsonl(data / "corpus.jsonl")]
+    else:
+        raise UserError(
+            f"--data {data}: expected a folder from `just mine` (mine_stats.json) or `just prepare` (stats.json), "
+            "or a FlagEmbedding .jsonl file"
+        )
+    if not train or not evaluation:
+        raise UserError(f"--data {data}: the train or eval split is empty")
+
+    full_eval = len(evaluation)
+    if config.eval_max_rows is not None and len(evaluation) > config.eval_max_rows:
+        keep = sorted(random.Random(config.seed).sample(range(len(evaluation)), config.eval_max_rows))
+        evaluation = [evaluation[index] for index in keep]
+
+    k = min(config.num_negatives, max(len(row["negatives"]) for row in train))
+    train_positives = [row["positive"] for row in train]
+    train_rows, train_filled = with_negative_columns(train, k, train_positives, config.seed)
+    eval_pool = [row["positive"] for row in evaluation] + train_positives
+    eval_rows, eval_filled = with_negative_columns(evaluation, k, eval_pool, config.seed)
+    stats = {
+        "data": str(data),
+        "kind": kind,
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "eval_rows_in_split": full_eval,
+        "corpus": len(corpus),
+        "negatives_per_row": k,
+        "negatives_topped_up": {"train": train_filled, "eval": eval_filled},
+        "skipped": dict(skipped),
+    }
+    return TrainingData(train_rows, eval_rows, corpus, stats)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class SaveEachNewBest(TrainerCallback):
+    """Checkpoint every evaluation that beats the best so far, even between regular saves.
+
+    `load_best_model_at_end` can only load a saved step: with `save_every_evals > 1` the best evaluation could
+    otherwise fall between checkpoints. Runs before the trainer records the new best and decides to save.
+    """
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(args.metric_for_best_model)
+        if value is not None and (state.best_metric is None or value > state.best_metric):
+            control.should_save = True
+
+
+class JsonlLog(TrainerCallback):
+    """Rewrite train_log.jsonl from the trainer's own log_history at every log (restored on resume, so it stays whole).
+
+    `first` holds records from before training (the base model's evaluation, at step 0).
+    """
+
+    def __init__(self, path: Path, first: list[dict]) -> None:
+        self.path, self.first = path, first
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            write_jsonl(self.path, [*self.first, *state.log_history])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def _device_args() -> dict[str, bool]:
+    """bf16 where the GPU supports it, else fp16 on a GPU; fp32 on CPU. The weights stay fp32 either way.
+
+    On CPU `use_cpu` is what makes transformers run DDP (gloo) under torchrun instead of one process per copy.
+    """
+    if not torch.cuda.is_available():
+        return {"use_cpu": True}
+    return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+
+
+def column_prompts(model: SentenceTransformer, columns: Sequence[str]) -> dict[str, str] | None:
+    """The anchor gets the model's query prompt, every other column its document prompt, as at inference."""
+    prompts = {}
+    if name := query_prompt_name(model):
+        prompts[columns[0]] = model.prompts[name]
+    if name := document_prompt_name(model):
+        prompts.update(dict.fromkeys(columns[1:], model.prompts[name]))
+    return prompts or None
+
+
+def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
+    """The checkpoint to resume from; a fresh run refuses a non-empty --out rather than mixing two runs."""
+    if resume:
+        last = get_last_checkpoint(str(out / CHECKPOINTS)) if (out / CHECKPOINTS).is_dir() else None
+        if last is None:
+            raise UserError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
+        return last
+    if is_main and out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty: pass --resume to continue its last checkpoint, or choose another --out")
+    return None
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
+    return {label: metrics[metric_key(metric)] for label, metric in HEADLINE.items()}
+
+
+def _publish_model(model: SentenceTransformer, out: Path) -> None:
+    """Save the final model into `out` so it never looks complete before it is.
+
+    Everything is written to a hidden staging folder first, then moved in with config.json and modules.json
+    last: without modules.json a folder does not load as this model.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".final-partial-", dir=out))
+    last = ("config.json", "modules.json")
+    try:
+        model.save_pretrained(str(staging))
+        for name in last:
+            (out / name).unlink(missing_ok=True)
+        for entry in sorted(staging.iterdir(), key=lambda path: last.index(path.name) + 1 if path.name in last else 0):
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            entry.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Fine-tune `config.model` on `config.data` into `config.out`; returns the summary (also train_summary.json).
+
+    `callbacks` are added to the trainer's (tests use one to interrupt a run).
+    """
+    started = time.time()
+    out = Path(config.out)
+
+    # 1. The base model. A plain HF checkpoint becomes Transformer + CLS pooling + Normalize; a
+    #    sentence-transformers model keeps its pooling and prompts; --query-instruction becomes its query prompt.
+    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
+    model.model_card_data.set_language("zh")
+    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
+    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+
+    # 2. The data: every row has the same columns, anchor, positive, negative_1..k.
+    data = load_training_data(config)
+    columns = list(data.train[0])
+
+    # 3. Training arguments. --batch-size is per process; CachedMNRL keeps memory flat at any batch size, since
+    #    only --mini-batch-size texts go through the model at once.
+    metric_for_best = f"eval_{metric_key(BEST_METRIC)}"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / CHECKPOINTS),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup,  # transformers 5: a float below 1 is a share of all steps
+        seed=config.seed,
+        **_device_args(),
+        prompts=column_prompts(model, columns),
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # famous lines recur: no duplicate text within a batch
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.eval_steps * config.save_every_evals,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric_for_best,
+        greater_is_better=True,
+        restore_callback_states_from_checkpoint=True,  # early stopping resumes with its patience count
+        logging_steps=config.logging_steps,
+        report_to=["tensorboard"] if find_spec("tensorboard") else "none",
+        run_name=out.name,
+    )
+    is_main = args.process_index == 0
+    resume_from = _resume_checkpoint(out, config.resume, is_main)
+    steps_per_epoch = math.ceil(len(data.train) / (config.batch_size * args.world_size))
+    total_steps = config.max_steps if config.max_steps > 0 else math.floor(config.epochs * steps_per_epoch)
+    if total_steps < config.eval_steps:
+        raise UserError(
+            f"training runs {total_steps} steps, fewer than --eval-steps {config.eval_steps}: no evaluation would run"
+        )
+
+    # 4. The loss: InfoNCE over the positive, the row's negatives and every other text in the batch (on every
+    #    process when several run, like FlagEmbedding's --negatives_cross_device), at bge's temperature 0.02.
+    #    The cached variant adds a forward pass without gradients so that memory no longer grows with the batch.
+    gather = args.world_size > 1
+    if config.cached_loss:
+        loss = CachedMultipleNegativesRankingLoss(
+            model, scale=config.scale, mini_batch_size=config.mini_batch_size, gather_across_devices=gather
+        )
+    else:
+        loss = MultipleNegativesRankingLoss(model, scale=config.scale, gather_across_devices=gather)
+
+    # 5. Evaluate the base model. This is the "before" score, and it proves that the evaluator reports the key
+    #    metric_for_best_model names (a missing key is what broke the FlagEmbedding seed run).
+    evaluator = build_ir_evaluator(
+        [{"anchor": row["anchor"], "positive": row["positive"]} for row in data.eval],
+        data.corpus,
+        model,
+        max_corpus=config.eval_max_corpus,
+        seed=config.seed,
+    )
+    before = evaluator(model)
+    if metric_key(BEST_METRIC) not in before:
+        raise RuntimeError(
+            f"the evaluator reports {sorted(before)}, not {metric_key(BEST_METRIC)!r}: "
+            f"metric_for_best_model={metric_for_best!r} would never be found"
+        )
+    base_record = {"epoch": 0.0, "step": 0, **{f"eval_{key}": value for key, value in before.items()}}
+
+    # 6. Train, keeping the best checkpoint by NDCG@10 and stopping when it stops improving.
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(data.train),
+        eval_dataset=Dataset.from_list(data.eval),
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=config.patience),
+            SaveEachNewBest(),
+            JsonlLog(out / TRAIN_LOG, [base_record]),
+            *callbacks,
+        ],
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    if not trainer.is_world_process_zero():
+        return {}
+
+    # 7. Evaluate the model that will be saved: it must be the best checkpoint, with the score it had then.
+    state = trainer.state
+    after = evaluator(model)
+    best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1]) if state.best_model_checkpoint else None
+    if best_step is None or abs(after[metric_key(BEST_METRIC)] - state.best_metric) > BEST_TOLERANCE:
+        raise RuntimeError(
+            f"the final model scores NDCG@10 {after[metric_key(BEST_METRIC)]:.4f}, but the best evaluation "
+            f"recorded {state.best_metric} (checkpoint {state.best_model_checkpoint}): the best model was not "
+            "loaded, so nothing is saved as final"
+        )
+
+    # 8. Save: logs, curves, summary, then the model itself (its card carries the before/after scores).
+    log = [base_record, *state.log_history]
+    write_jsonl(out / TRAIN_LOG, log)
+    plot_training_curves(log, out / CURVES, metric=f"eval_{metric_key(BEST_METRIC)}", metric_label="NDCG@10")
+    speed = next((entry for entry in reversed(state.log_history) if "train_samples_per_second" in entry), {})
+    summary = {
+        "model": config.model,
+        "out": str(out),
+        "data": data.stats,
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "loss": type(loss).__name__,
+        "stopped_early": state.global_step < state.max_steps,
+        "best_step": best_step,
+        "before": _headline(before),
+        "after": _headline(after),
+        "before_all": before,
+        "after_all": after,
+        "train_runtime_s": speed.get("train_runtime"),
+        "train_samples_per_second": speed.get("train_samples_per_second"),
+        "wall_s": round(time.time() - started, 1),
+        "config": vars(config),
+    }
+    write_json(out / SUMMARY, summary)
+    _publish_model(model, out)
+    print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    data = summary["data"]
+    topped = data["negatives_topped_up"]
+    lines = [
+        f"trained {summary['model']} -> {summary['out']}",
+        f"  data: {data['kind']} {data['data']}: {data['train_rows']:,} train rows, {data['eval_rows']:,} eval rows "
+        f"(of {data['eval_rows_in_split']:,}), corpus {data['corpus']:,}",
+        f"  negatives per row: {data['negatives_per_row']} (+ in-batch); topped up with random positives: "
+        f"{topped['train']:,} train, {topped['eval']:,} eval",
+    ]
+    if data["skipped"]:
+        lines.append(f"  skipped records: {json.dumps(data['skipped'], ensure_ascii=False)}")
+    stop = "early stopping" if summary["stopped_early"] else "the step budget"
+    lines.append(
+        f"  steps: {summary['global_step']} of {summary['max_steps']} (ended by {stop}), best {summary['best_step']}"
+    )
+    if summary["train_samples_per_second"]:
+        lines.append(f"  speed: {summary['train_samples_per_second']:.2f} samples/s; wall {summary['wall_s']:.0f} s")
+    lines.append(f"  {'eval split':<10} " + " ".join(f"{label:>9}" for label in HEADLINE))
+    for name in ("before", "after"):
+        lines.append(f"  {name:<10} " + " ".join(f"{summary[name][label]:>9.4f}" for label in HEADLINE))
+    lines.append(f"  written: model files, {CHECKPOINTS}/, {TRAIN_LOG}, {CURVES}, {SUMMARY}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(TrainConfig, train, argv, prog="python -m st_poetry.train")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""`just train` on the tiny models: what lands in --out, the data readers, best model, early stopping, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import prepared_rows
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+from transformers import TrainerCallback
+
+from st_poetry.config import BGE_QUERY_INSTRUCTION, TrainConfig, UserError, parse_config
+from st_poetry.train import (
+    CHECKPOINTS,
+    CURVES,
+    SUMMARY,
+    TRAIN_LOG,
+    column_prompts,
+    load_training_data,
+    train,
+    with_negative_columns,
+)
+
+NDCG = "eval_poetry-eval_cosine_ndcg@10"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+@pytest.fixture
+def mined_dir(tmp_path) -> Path:
+    """A folder shaped like `just mine` output: negative_1..3, null where a row ran short."""
+    train, evaluation, corpus = prepared_rows()
+    lines = [row["text"] for row in corpus]
+    folder = tmp_path / "mined"
+    folder.mkdir()
+    for name, rows in (("train", train), ("eval", evaluation)):
+        mined = []
+        for index, row in enumerate(rows):
+            candidates = [line for line in lines if line != row["positive"]][index % 5 :][:3]
+            negatives = candidates[: 3 - index % 3]  # 3, 2 or 1 negatives
+            mined.append(
+                {
+                    "anchor": row["anchor"],
+                    "positive": row["positive"],
+                    **{f"negative_{i}": negatives[i - 1] if i <= len(negatives) else None for i in (1, 2, 3)},
+                }
+            )
+        _write_jsonl(folder / f"{name}.jsonl", mined)
+    _write_jsonl(folder / "corpus.jsonl", corpus)
+    (folder / "mine_stats.json").write_text("{}")
+    return folder
+
+
+def _config(data, model, out, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(data),
+        model=str(model),
+        out=str(out),
+        max_steps=2,
+        eval_steps=2,
+        batch_size=4,
+        mini_batch_size=2,
+        num_negatives=2,
+        logging_steps=1,
+        save_total_limit=None,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config and data (no model)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mini-batch-size", "0"], "mini_batch_size must be >= 1"),
+        (["--num-negatives", "-1"], "num_negatives must be >= 0"),
+        (["--max-steps", "50", "--eval-steps", "100"], "no evaluation would pick a best model"),
+        (["--patience", "0"], "patience must be >= 1"),
+        (["--eval-fraction", "1"], "eval_fraction must be in (0, 1)"),
+        (["--save-total-limit", "0"], "save_total_limit must be >= 1"),
+    ],
+)
+def test_bad_values_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(TrainConfig, argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flags_the_issue_names():
+    config = parse_config(
+        TrainConfig,
+        "--data d --model m --out o --epochs 2 --max-steps 300 --batch-size 32 --mini-batch-size 8 --lr 5e-5 "  # noqa: SIM905
+        "--num-negatives 0 --eval-steps 100 --resume".split(),
+    )
+    assert (config.max_steps, config.batch_size, config.mini_batch_size, config.num_negatives) == (300, 32, 8, 0)
+    assert config.lr == 5e-5 and config.resume and config.epochs == 2
+
+
+def test_short_rows_are_topped_up_with_other_rows_positives():
+    rows = [
+        {"anchor": "a1", "positive": "p1", "negatives": ["n1", "n2", "n3"]},
+        {"anchor": "a2", "positive": "p2", "negatives": ["n4"]},
+        {"anchor": "a3", "positive": "p3", "negatives": []},
+    ]
+    out, filled = with_negative_columns(rows, 2, [row["positive"] for row in rows], seed=0)
+    assert filled == 1 + 2
+    assert [list(row) for row in out] == [["anchor", "positive", "negative_1", "negative_2"]] * 3
+    assert (out[0]["negative_1"], out[0]["negative_2"]) == ("n1", "n2")  # the first n, in order
+    assert out[1]["negative_1"] == "n4" and out[1]["negative_2"] in {"p1", "p3"}
+    assert {out[2]["negative_1"], out[2]["negative_2"]} == {"p1", "p2"}  # never its own positive
+    assert out == with_negative_columns(rows, 2, ["p1", "p2", "p3"], seed=0)[0]  # seeded
+    assert with_negative_columns(rows, 0, [], seed=0)[0][0] == {"anchor": "a1", "positive": "p1"}
+    with pytest.raises(UserError, match="too few"):
+        with_negative_columns(rows, 3, ["p1", "p2", "p3"], seed=0)
+
+
+def test_mined_folder(mined_dir, tmp_path):
+    data = load_training_data(_config(mined_dir, "unused", tmp_path / "out", num_negatives=9))
+    assert data.stats["kind"] == "mined" and data.stats["negatives_per_row"] == 3  # capped at the longest row
+    assert list(data.train[0]) == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert all(value for row in data.train + data.eval for value in row.values())  # no nulls left
+    # rows with 2 and 1 negatives are topped up: 24 train rows in thirds -> 8 * 1 + 8 * 2
+    assert data.stats["negatives_topped_up"]["train"] == 24
+    assert len(data.eval) == 8 and len(data.corpus) == 38
+
+
+def test_prepared_folder_without_negatives_is_in_batch_only(prepared_dir, tmp_path):
+    data = load_training_data(_config(prepared_dir, "unused", tmp_path / "out", num_negatives=9, eval_max_rows=5))
+    assert data.stats["kind"] == "prepared" and data.stats["negatives_per_row"] == 0
+    assert list(data.train[0]) == ["anchor", "positive"]
+    assert (len(data.eval), data.stats["eval_rows_in_split"]) == (5, 8)
+
+
+def test_flagembedding_file_is_split_by_query(tmp_path):
+    train, _, _ = prepared_rows()
+    lines = [{"query": row["anchor"], "pos": [row["positive"]], "neg": ["大漠孤烟直", "长河落日圆"]} for row in train]
+    lines.append({"query": "", "pos": ["x"]})  # skipped and counted
+    path = tmp_path / "fe.jsonl"
+    _write_jsonl(path, lines)
+    data = load_training_data(_config(path, "unused", tmp_path / "out", eval_fraction=0.25))
+    assert data.stats["kind"] == "flagembedding" and data.stats["skipped"] == {"empty query": 1}
+    assert data.stats["negatives_per_row"] == 2 and data.train[0]["negative_1"] == "大漠孤烟直"
+    assert not {row["anchor"] for row in data.train} & {row["anchor"] for row in data.eval}
+    assert len(data.train) + len(data.eval) == len(train)
+    assert {row["positive"] for row in data.eval} <= {row["text"] for row in data.corpus}
+
+
+def test_unknown_data_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="expected a folder from `just mine`"):
+        load_training_data(_config(tmp_path, "unused", tmp_path / "out"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _write_jsonl(bad / "train.jsonl", [{"anchor": "a", "positive": ""}])
+    _write_jsonl(bad / "eval.jsonl", [])
+    (bad / "stats.json").write_text("{}")
+    with pytest.raises(UserError, match=r"train.jsonl:1: a row needs non-empty texts"):
+        load_training_data(_config(bad, "unused", tmp_path / "out"))
+
+
+def test_prompts_follow_the_model(tiny_st_model, tiny_hf_model):
+    columns = ["anchor", "positive", "negative_1"]
+    prompts = column_prompts(SentenceTransformer(tiny_st_model), columns)
+    assert prompts == {"anchor": "query: ", "positive": "passage: ", "negative_1": "passage: "}
+    assert column_prompts(SentenceTransformer(tiny_hf_model), columns) is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training runs
+
+
+def test_a_few_steps_give_a_loadable_model(tiny_st_model, mined_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = train(_config(mined_dir, tiny_st_model, out))
+
+    model = SentenceTransformer(str(out))
+    assert [type(module) for module in model][1:] == [Pooling, Normalize]
+    assert model[1].pooling_mode == "mean"  # the ST model's own pooling is kept
+    assert model.prompts["query"] == "query: " and model.prompts["document"] == "passage: "
+    assert model.encode(["床前明月光"], prompt_name="document").shape == (1, 32)
+    for name in ("1_Pooling/config.json", "2_Normalize", "README.md", TRAIN_LOG, CURVES, SUMMARY):
+        assert (out / name).exists(), name
+    assert (out / CHECKPOINTS / "checkpoint-2").is_dir()
+    assert not list(out.glob(".final-partial-*"))
+    card = (out / "README.md").read_text()
+    assert "language:\n- zh" in card and "CachedMultipleNegativesRankingLoss" in card
+
+    log = _log(out)
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]  # every logged step
+    assert log[0]["step"] == 0 and NDCG in log[0]  # the base model's score
+    assert any("eval_loss" in r for r in log)
+    assert summary["global_step"] == 2 and summary["best_step"] == 2
+    assert summary["loss"] == "CachedMultipleNegativesRankingLoss"
+    assert summary["after"]["NDCG@10"] == pytest.approx(max(r[NDCG] for r in log[1:] if NDCG in r), abs=1e-3)
+    assert json.loads((out / SUMMARY).read_text())["after"] == summary["after"]
+
+
+@pytest.mark.slow
+def test_plain_checkpoint_gets_cls_pooling_and_the_query_instruction(tiny_hf_model, prepared_dir, tmp_path):
+    out = tmp_path / "out"
+    train(_config(prepared_dir, tiny_hf_model, out, query_instruction=BGE_QUERY_INSTRUCTION))
+    model = SentenceTransformer(str(out))
+    assert model[1].pooling_mode == "cls" and isinstance(model[2], Normalize)
+    assert model.prompts["query"] == BGE_QUERY_INSTRUCTION
+
+
+def test_output_folder_rules(tiny_st_model, prepared_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty: pass --resume"):
+        train(_config(prepared_dir, tiny_st_model, tmp_path / "out"))
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(_config(prepared_dir, tiny_st_model, tmp_path / "out", resume=True))
+
+
+class _BreakTheBestModel(TrainerCallback):
+    """Pretend a better evaluation was recorded than any the kept model can reproduce."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        state.best_metric = 2.0
+
+
+def test_a_final_model_that_is_not_the_best_is_not_saved(tiny_st_model, prepared_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="the best model was not loaded"):
+        train(_config(prepared_dir, tiny_st_model, out), callbacks=[_BreakTheBestModel()])
+    assert not (out / "modules.json").exists()
+
+
+@pytest.mark.slow
+def test_early_stopping_stops(tiny_st_model, prepared_dir, tmp_path):
+    # A learning rate too small to move any weight: NDCG@10 never improves after the first evaluation.
+    summary = train(_config(prepared_dir, tiny_st_model, tmp_path / "out", max_steps=20, patience=1, lr=1e-12))
+    assert summary["global_step"] == 4 and summary["stopped_early"] and summary["best_step"] == 2
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _InterruptAfterSave(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Interrupt
+
+
+@pytest.mark.slow
+def test_resume_ends_where_an_uninterrupted_run_would(tiny_st_model, mined_dir, tmp_path):
+    steps = dict(max_steps=6, eval_steps=2, lr=1e-3)
+    whole = train(_config(mined_dir, tiny_st_model, tmp_path / "whole", **steps))
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(_Interrupt):
+        train(_config(mined_dir, tiny_st_model, interrupted, **steps), callbacks=[_InterruptAfterSave(4)])
+    assert not (interrupted / "modules.json").exists()  # no final model after a crash
+    resumed = train(_config(mined_dir, tiny_st_model, interrupted, resume=True, **steps))
+
+    assert resumed["global_step"] == whole["global_step"] == 6
+    assert resumed["best_step"] == whole["best_step"]
+    last = f"{CHECKPOINTS}/checkpoint-6/model.safetensors"
+    a, b = load_file(tmp_path / "whole" / last), load_file(interrupted / last)
+    assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
+    losses = [[r.get("loss") for r in _log(out) if "loss" in r] for out in (tmp_path / "whole", interrupted)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_flagembedding_file_trains(tiny_st_model, tmp_path):
+    train_rows, _, _ = prepared_rows()
+    path = tmp_path / "fe.jsonl"
+    _write_jsonl(path, [{"query": r["anchor"], "pos": [r["positive"]], "neg": ["大漠孤烟直"]} for r in train_rows])
+    summary = train(_config(path, tiny_st_model, tmp_path / "out", eval_fraction=0.25, cached_loss=False))
+    assert summary["data"]["kind"] == "flagembedding" and (tmp_path / "out" / "modules.json").is_file()
+    assert summary["loss"] == "MultipleNegativesRankingLoss"
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(tiny_st_model, mined_dir, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "st_poetry.train"]
+    command += ["--data", str(mined_dir), "--model", tiny_st_model, "--out", str(out)]
+    command += "--max-steps 2 --eval-steps 2 --batch-size 4 --mini-batch-size 2 --num-negatives 1".split()  # noqa: SIM905
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["global_step"] == 2
+    assert SentenceTransformer(str(out)).prompts["query"] == "query: "
