@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
@@ -66,7 +67,7 @@ def load_model(
         raise
     except (OSError, ValueError, RuntimeError) as error:
         raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from None
-    if max_seq_length is not None:
+    if max_seq_length is not None and model.max_seq_length != math.inf:  # a static embedding has no token limit
         model.max_seq_length = max_seq_length
     if query_instruction:
         model.prompts[QUERY_PROMPT] = query_instruction

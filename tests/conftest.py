@@ -124,9 +124,8 @@ def _build_tiny_bert(folder: Path) -> Path:
     cjk = [chr(c) for c in range(0x4E00, 0x9FA6)]
     punctuation = list("，。、；：？！“”‘’（）《》…—")
     (folder / "vocab.txt").write_text("\n".join(specials + ascii_chars + punctuation + cjk) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(
-        vocab_file=str(folder / "vocab.txt"), do_lower_case=False, tokenize_chinese_chars=True
-    )
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=False, tokenize_chinese_chars=True)
+    assert tokenizer.tokenize("明月") == ["明", "月"], "the tiny tokenizer lost its vocabulary"
     tokenizer.model_max_length = 128
     tokenizer.save_pretrained(folder)
     config = BertConfig(

@@ -1,0 +1,307 @@
+"""Find the classical poetry lines a modern-Chinese description describes: build a faiss index once, then query it.
+
+    python -m st_poetry.search build --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
+    python -m st_poetry.search query --index indexes/poetry "山中下雨后傍晚的秋天"
+
+An index folder holds
+- `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default or an
+  approximate `IndexHNSWFlat` for corpora of millions;
+- `lines/`: the corpus metadata (id, text, title, author, dynasty, group) as a memory-mapped `datasets` table whose
+  row i is faiss id i, so opening a large index does not parse the whole corpus;
+- `index.json`, written last: the model, the exact prompt strings, the embedding size and the embedding of a fixed
+  probe line. A query checks its model against that record and refuses one that encodes differently, because
+  scores between two models' embeddings mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from datasets import Dataset, load_from_disk
+from sentence_transformers import SentenceTransformer
+
+from st_poetry.config import IndexConfig, QueryConfig, UserError, run_cli
+from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+
+INDEX_INFO = "index.json"
+FAISS_FILE = "index.faiss"
+LINES_DIR = "lines"
+METADATA = ("id", "text", "title", "author", "dynasty", "group")
+# Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
+PROBE_TEXT = "空山新雨后，天气晚来秋。"
+# The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
+# model moves the probe further than this.
+PROBE_MIN_COSINE = 0.999
+
+
+# ---------------------------------------------------------------------------------------------------------
+# build
+
+
+def read_corpus(path: str | Path) -> list[dict[str, str]]:
+    """Corpus rows with every metadata field as a string ("" when absent); a row without text is an error."""
+    rows = []
+    for line_no, row in read_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise UserError(f"{path}:{line_no}: a corpus row needs a non-empty string field 'text'")
+        rows.append({key: "" if row.get(key) is None else str(row[key]) for key in METADATA})
+    if not rows:
+        raise UserError(f"{path}: the corpus is empty")
+    return rows
+
+
+def encode_lines(model: SentenceTransformer, texts: Sequence[str], batch_size: int = 32, **kwargs: Any) -> np.ndarray:
+    """Poetry lines as normalized float32 rows, encoded with the model's document prompt."""
+    embeddings = model.encode(
+        list(texts),
+        prompt_name=document_prompt_name(model),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        **kwargs,
+    )
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+def encode_queries(model: SentenceTransformer, queries: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Descriptions as normalized float32 rows, encoded with the model's query prompt."""
+    embeddings = model.encode(
+        list(queries),
+        prompt_name=query_prompt_name(model),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+    )
+    return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+
+def model_record(model: SentenceTransformer) -> dict[str, Any]:
+    """What a querying model must reproduce: the prompt strings, the embedding size and the probe's embedding."""
+    query_name, document_name = query_prompt_name(model), document_prompt_name(model)
+    return {
+        "prompts": {
+            "query": model.prompts[query_name] if query_name else None,
+            "document": model.prompts[document_name] if document_name else None,
+        },
+        "embedding_dim": model.get_embedding_dimension(),
+        "probe": encode_lines(model, [PROBE_TEXT])[0].round(6).tolist(),
+    }
+
+
+def new_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
+    """Exact inner product, or an HNSW graph over the same inner product."""
+    if config.index_type == "flat":
+        return faiss.IndexFlatIP(dim)
+    index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = config.hnsw_ef_construction
+    index.hnsw.efSearch = config.hnsw_ef_search  # stored in index.faiss: the query-time default
+    return index
+
+
+def build_index(config: IndexConfig) -> dict[str, Any]:
+    """Encode every corpus line, index the embeddings and write the index folder; returns what index.json records."""
+    rows = read_corpus(config.corpus)  # bad input fails before the slow model load
+    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
+    record = model_record(model)
+
+    start = time.perf_counter()
+    embeddings = encode_lines(model, [row["text"] for row in rows], config.batch_size, show_progress_bar=True)
+    encode_seconds = time.perf_counter() - start
+    index = new_faiss_index(config, embeddings.shape[1])
+    index.add(embeddings)
+    index_seconds = time.perf_counter() - start - encode_seconds
+
+    info = {
+        "model": config.model,
+        "query_instruction": config.query_instruction,
+        "max_seq_length": config.max_seq_length,
+        **record,
+        "index_type": config.index_type,
+        "hnsw": (
+            {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search}
+            if config.index_type == "hnsw"
+            else None
+        ),
+        "corpus": str(config.corpus),
+        "size": index.ntotal,
+        "encode_seconds": round(encode_seconds, 1),
+        "index_seconds": round(index_seconds, 1),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_output_dir(config.out, INDEX_INFO) as tmp:
+        faiss.write_index(index, str(tmp / FAISS_FILE))
+        Dataset.from_dict({key: [row[key] for row in rows] for key in METADATA}).save_to_disk(str(tmp / LINES_DIR))
+        write_json(tmp / INDEX_INFO, info)
+
+    size_mb = sum(f.stat().st_size for f in Path(config.out).rglob("*") if f.is_file()) / 2**20
+    print(
+        f"indexed {index.ntotal:,} lines from {config.corpus} with {config.model}\n"
+        f"  {info['embedding_dim']}-dim, {config.index_type} index, prompts {info['prompts']}\n"
+        f"  encoding {encode_seconds:.1f}s ({index.ntotal / max(encode_seconds, 1e-9):.0f} lines/s), "
+        f"indexing {index_seconds:.1f}s\n"
+        f"  wrote {config.out} ({size_mb:.1f} MB)"
+    )
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------
+# query
+
+
+class PoetryIndex:
+    """An index folder opened for search, with a model checked to encode like the one that built it."""
+
+    def __init__(self, folder: str | Path, model: str | None = None, ef_search: int | None = None) -> None:
+        self.folder = Path(folder)
+        info_path = self.folder / INDEX_INFO
+        if not info_path.is_file():
+            raise UserError(
+                f"no index at {self.folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"
+            )
+        self.info = json.loads(info_path.read_text(encoding="utf-8"))
+        self.index = faiss.read_index(str(self.folder / FAISS_FILE))
+        self.lines = load_from_disk(str(self.folder / LINES_DIR))
+        if ef_search is not None:
+            if not isinstance(self.index, faiss.IndexHNSW):
+                raise UserError(f"--ef-search applies to hnsw indexes; {self.folder} is {self.info['index_type']}")
+            self.index.hnsw.efSearch = ef_search
+
+        name = model or self.info["model"]
+        try:
+            self.model = load_model(
+                name, max_seq_length=self.info["max_seq_length"], query_instruction=self.info["query_instruction"]
+            )
+        except UserError as error:
+            if model:
+                raise
+            raise UserError(
+                f"{self.folder} was built with {name!r}, which cannot be loaded ({error}); "
+                "pass the model with --model PATH"
+            ) from None
+        self._check_model(name, given=model is not None)
+
+    def _check_model(self, name: str, given: bool) -> None:
+        built = f"{self.folder} was built with {self.info['model']!r}"
+        rebuild = f"just index --model {name} --out {self.folder}"
+        fix = f"query with that model (omit --model) or rebuild: {rebuild}" if given else f"rebuild: {rebuild}"
+        record = model_record(self.model)
+        if record["embedding_dim"] != self.info["embedding_dim"]:
+            raise UserError(
+                f"{built} ({self.info['embedding_dim']}-dim embeddings), but {name!r} gives "
+                f"{record['embedding_dim']}-dim ones: {fix}"
+            )
+        if record["prompts"] != self.info["prompts"]:
+            raise UserError(f"{built} and prompts {self.info['prompts']}, but {name!r} has {record['prompts']}: {fix}")
+        cosine = float(np.dot(record["probe"], self.info["probe"]))
+        if cosine < PROBE_MIN_COSINE:
+            now = f"{name!r} encodes differently" if given else "that model has changed since"
+            raise UserError(f"{built}, and {now} (probe cosine {cosine:.4f}): {fix}")
+
+    def search(self, queries: Sequence[str], top_k: int = 10) -> list[list[dict[str, Any]]]:
+        """For each query, its top_k lines best first: rank, score (cosine) and the line's metadata."""
+        scores, ids = self.index.search(encode_queries(self.model, queries), min(top_k, self.index.ntotal))
+        found = np.unique(ids[ids >= 0])  # an HNSW search may return fewer than k: id -1
+        columns = self.lines[found.tolist()]
+        metadata = {int(i): {key: columns[key][n] for key in METADATA} for n, i in enumerate(found)}
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            keep = row_ids >= 0
+            ranked = enumerate(zip(row_scores[keep], row_ids[keep], strict=True), start=1)
+            results.append([{"rank": rank, "score": float(s), **metadata[int(i)]} for rank, (s, i) in ranked])
+        return results
+
+
+def read_queries(config: QueryConfig) -> list[str]:
+    """Positional queries, then one per non-blank line of --file ('-' = stdin); an empty query is an error."""
+    queries = [query.strip() for query in config.queries]
+    if not all(queries):
+        raise UserError('empty query: describe what you are looking for, e.g. "山中下雨后傍晚的秋天"')
+    if config.file is not None:
+        if config.file == "-":
+            source, text = "stdin", sys.stdin.read()
+        elif Path(config.file).is_file():
+            source, text = config.file, Path(config.file).read_text(encoding="utf-8")
+        else:
+            raise UserError(f"query file not found: {config.file}")
+        from_file = [line.strip() for line in text.splitlines() if line.strip()]
+        if not from_file:
+            raise UserError(f"{source}: no queries in it (one description per line)")
+        queries += from_file
+    if not queries:
+        raise UserError("no query given: pass descriptions as arguments, or --file FILE (--file - reads stdin)")
+    return queries
+
+
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
+    header = ("#", "score", "line", "title", "author", "dynasty")
+    rows = [header] + [
+        (str(hit["rank"]), f"{hit['score']:.3f}", hit["text"], hit["title"], hit["author"], hit["dynasty"])
+        for hit in hits
+    ]
+    widths = [max(_width(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        "  ".join(cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)) for row in rows
+    ]
+    return "\n".join([f"» {query}", *(line.rstrip() for line in lines)])
+
+
+def query(config: QueryConfig) -> list[dict[str, Any]]:
+    """Search the index for every query and print a table per query (or one JSON object per line)."""
+    queries = read_queries(config)  # before the slow model load
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
+    results = [
+        {"query": query, "results": hits}
+        for query, hits in zip(queries, index.search(queries, config.top_k), strict=True)
+    ]
+    for result in results:
+        if config.json:
+            print(json.dumps(result, ensure_ascii=False))
+        else:
+            print(format_table(result["query"], result["results"]), end="\n\n")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# command line: `build` and `query` subcommands, each parsed from its own config dataclass
+
+COMMANDS = {"build": (IndexConfig, build_index), "query": (QueryConfig, query)}
+PROG = "python -m st_poetry.search"
+
+
+def usage() -> str:
+    lines = [f"usage: {PROG} {{{','.join(COMMANDS)}}} [options]", "", "commands:"]
+    lines += [f"  {name:<7}{(cls.__doc__ or '').strip()}" for name, (cls, _) in COMMANDS.items()]
+    lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage())
+        return
+    if not argv or argv[0] not in COMMANDS:
+        given = f"unknown command {argv[0]!r}" if argv else "missing command"
+        print(f"{usage()}\n\nerror: {given}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
+    cls, stage = COMMANDS[argv[0]]
+    run_cli(cls, stage, argv[1:], prog=f"{PROG} {argv[0]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from st_poetry.config import IndexConfig, QueryConfig, UserError, parse_config
+from st_poetry.modeling import load_model
+from st_poetry.search import INDEX_INFO, PoetryIndex, build_index, main, query, read_corpus
+
+
+@pytest.fixture
+def index_dir(tmp_path, tiny_hf_model, prepared_dir):
+    """An exact index built by a model without prompts: a query equal to a corpus line encodes exactly like it."""
+    out = tmp_path / "index"
+    build_index(IndexConfig(model=tiny_hf_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    return out
+
+
+def _query(capsys, index_dir, *queries, **fields):
+    """Run `query` and return its results and what it printed (and only that)."""
+    capsys.readouterr()
+    results = query(QueryConfig(queries=list(queries), index=str(index_dir), **fields))
+    return results, capsys.readouterr().out
+
+
+def test_build_writes_index_and_records_model_and_prompts(capsys, tmp_path, tiny_st_model, prepared_dir):
+    out = tmp_path / "index"
+    build_index(IndexConfig(model=tiny_st_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    info = json.loads((out / INDEX_INFO).read_text(encoding="utf-8"))
+    assert info["model"] == tiny_st_model
+    assert info["prompts"] == {"query": "query: ", "document": "passage: "}
+    assert info["embedding_dim"] == 32 and len(info["probe"]) == 32
+    assert info["index_type"] == "flat" and info["hnsw"] is None
+    assert info["size"] == len(read_corpus(prepared_dir / "corpus.jsonl")) == 38
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", INDEX_INFO}
+    # the recorded model is found again and passes its own check
+    results, _ = _query(capsys, out, "山中下雨后傍晚的秋天", top_k=38)
+    assert sorted(hit["text"] for hit in results[0]["results"]) == sorted(
+        row["text"] for row in read_corpus(prepared_dir / "corpus.jsonl")
+    )
+
+
+def test_query_instruction_is_recorded_and_reapplied(capsys, tmp_path, tiny_hf_model, prepared_dir):
+    out = tmp_path / "index"
+    instruction = "为这个句子生成表示以用于检索相关文章："
+    corpus = str(prepared_dir / "corpus.jsonl")
+    build_index(IndexConfig(model=tiny_hf_model, corpus=corpus, out=str(out), query_instruction=instruction))
+    assert json.loads((out / INDEX_INFO).read_text())["prompts"] == {"query": instruction, "document": None}
+    index = PoetryIndex(out)
+    assert index.model.prompts["query"] == instruction
+
+
+def test_a_corpus_line_finds_itself_first_with_its_metadata(capsys, index_dir):
+    # No prompts: the query is encoded exactly like the line, so it comes first with cosine 1.
+    results, out = _query(capsys, index_dir, "空山新雨后", "独钓寒江雪", top_k=3)
+    first = results[0]["results"][0]
+    assert first["text"] == "空山新雨后" and first["rank"] == 1
+    assert (first["title"], first["author"], first["dynasty"], first["group"]) == ("山居秋暝", "王维", "唐", "p7")
+    assert results[1]["results"][0]["title"] == "江雪"
+    assert [len(result["results"]) for result in results] == [3, 3]
+    scores = [hit["score"] for hit in results[0]["results"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0, abs=1e-5)
+    # the table: a header and one row per hit under each query
+    assert "» 空山新雨后" in out and "山居秋暝" in out and "王维" in out
+    assert out.count("score") == 2
+
+
+def test_json_output_is_one_object_per_query(capsys, index_dir):
+    _, out = _query(capsys, index_dir, "床前明月光", "春眠不觉晓", top_k=2, json=True)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["query"] for row in rows] == ["床前明月光", "春眠不觉晓"]
+    assert rows[0]["results"][0]["text"] == "床前明月光" and rows[0]["results"][0]["author"] == "李白"
+    assert set(rows[1]["results"][0]) == {"rank", "score", "id", "text", "title", "author", "dynasty", "group"}
+
+
+def test_top_k_larger_than_the_corpus_returns_every_line(capsys, index_dir):
+    results, _ = _query(capsys, index_dir, "明月", top_k=1000)
+    assert len(results[0]["results"]) == 38
+
+
+def test_queries_from_a_file_and_from_stdin(capsys, monkeypatch, tmp_path, index_dir):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("春眠不觉晓\n\n  锄禾日当午  \n", encoding="utf-8")
+    results, _ = _query(capsys, index_dir, "白日依山尽", file=str(queries), top_k=1)
+    assert [result["query"] for result in results] == ["白日依山尽", "春眠不觉晓", "锄禾日当午"]
+    assert [result["results"][0]["title"] for result in results] == ["登鹳雀楼", "春晓", "悯农"]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("红豆生南国\n"))
+    results, _ = _query(capsys, index_dir, file="-", top_k=1)
+    assert results[0]["results"][0]["title"] == "相思"
+
+
+def test_a_model_with_other_prompts_is_refused(index_dir, tiny_st_model):
+    # The same weights with prompts and mean pooling: the prompts check fires first.
+    with pytest.raises(UserError, match=r"was built with .* and prompts"):
+        PoetryIndex(index_dir, model=tiny_st_model)
+
+
+def test_same_prompts_but_other_weights_are_refused(tmp_path, prepared_dir, tiny_hf_model):
+    model = tmp_path / "model"
+    load_model(tiny_hf_model).save(str(model))
+    out = tmp_path / "index"
+    build_index(IndexConfig(model=str(model), corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    other = load_model(tiny_hf_model)
+    other[0].auto_model.embeddings.word_embeddings.weight.data.mul_(-1.0)
+    other.save(str(tmp_path / "other"))
+    with pytest.raises(UserError, match="encodes differently"):
+        PoetryIndex(out, model=str(tmp_path / "other"))
+    # the very same weights under another name are welcome
+    assert PoetryIndex(out, model=tiny_hf_model).search(["千山鸟飞绝"], 1)[0][0]["text"] == "千山鸟飞绝"
+    # the recorded model retrained in place since the index was built
+    other.save(str(model))
+    with pytest.raises(UserError, match="has changed since"):
+        PoetryIndex(out)
+
+
+def test_a_recorded_model_that_is_gone_says_to_pass_one(tmp_path, tiny_hf_model, prepared_dir):
+    model = tmp_path / "moved-model"
+    load_model(tiny_hf_model).save(str(model))
+    out = tmp_path / "index"
+    build_index(IndexConfig(model=str(model), corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    model.rename(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=r"cannot be loaded .*--model PATH"):
+        PoetryIndex(out)
+    assert PoetryIndex(out, model=str(tmp_path / "elsewhere")).info["size"] == 38
+
+
+def test_bad_input_gives_clear_messages(tmp_path, index_dir, capsys):
+    with pytest.raises(UserError, match=r"no index at .*just index"):
+        query(QueryConfig(queries=["秋天"], index=str(tmp_path / "missing")))
+    with pytest.raises(UserError, match="empty query"):
+        query(QueryConfig(queries=["  "], index=str(index_dir)))
+    with pytest.raises(UserError, match="no query given"):
+        query(QueryConfig(index=str(index_dir)))
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(UserError, match="no queries in it"):
+        query(QueryConfig(file=str(blank), index=str(index_dir)))
+    with pytest.raises(UserError, match="applies to hnsw"):
+        query(QueryConfig(queries=["秋天"], index=str(index_dir), ef_search=64))
+
+
+def test_corpus_row_without_text_names_file_and_line(tmp_path, tiny_st_model):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "床前明月光"}\n{"title": "静夜思"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"corpus.jsonl:2: .*'text'"):
+        build_index(IndexConfig(model=tiny_st_model, corpus=str(corpus), out=str(tmp_path / "index")))
+    assert not (tmp_path / "index").exists()
+
+
+def test_hnsw_index_builds_and_finds_the_same_lines(capsys, tmp_path, tiny_hf_model, prepared_dir):
+    out = tmp_path / "hnsw"
+    config = IndexConfig(
+        model=tiny_hf_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out), index_type="hnsw", hnsw_m=8
+    )
+    info = build_index(config)
+    assert info["hnsw"] == {"m": 8, "ef_construction": 80, "ef_search": 128}
+    results, _ = _query(capsys, out, "举头望明月", "大漠孤烟直", top_k=5, ef_search=64)
+    assert [result["results"][0]["text"] for result in results] == ["举头望明月", "大漠孤烟直"]
+
+
+def test_command_line_subcommands(capsys, tmp_path, tiny_hf_model, prepared_dir):
+    out = tmp_path / "cli-index"
+    main(["build", "--model", tiny_hf_model, "--corpus", str(prepared_dir / "corpus.jsonl"), "--out", str(out)])
+    assert "indexed 38 lines" in capsys.readouterr().out
+    main(["query", "--index", str(out), "--top-k", "1", "--json", "疑是地上霜"])
+    assert json.loads(capsys.readouterr().out)["results"][0]["title"] == "静夜思"
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "--index", str(tmp_path / "nowhere"), "秋天"])
+    assert exit_info.value.code == 2 and "error: no index at" in capsys.readouterr().err
+
+    main(["--help"])
+    assert "build" in (usage := capsys.readouterr().out) and "query" in usage
+    for argv in ([], ["serve"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and "choose one of build, query" in capsys.readouterr().err
+
+
+def test_config_validation_without_a_model():
+    with pytest.raises(SystemExit):
+        parse_config(IndexConfig, ["--index-type", "ivf"])
+    with pytest.raises(ValueError, match="top_k"):
+        QueryConfig(top_k=0)
+    config = parse_config(QueryConfig, ["a", "b", "--top-k", "3"])
+    assert config.queries == ["a", "b"] and config.top_k == 3
