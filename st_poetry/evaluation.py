@@ -1,15 +1,29 @@
-"""Retrieval evaluation shared by training and `st_poetry.evaluate`: one builder, so both score the same way."""
+"""Retrieval evaluation shared by training and `st_poetry.evaluate`: one builder, so both score the same way.
+
+Also here: CCPM multiple-choice accuracy and the BM25 baselines (bm25s, jieba words or single characters),
+whose rankings go through the evaluator's own metric code so every row of a report is computed alike.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
+import bm25s
+import jieba
+import numpy as np
+import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from st_poetry.config import UserError
+from st_poetry.files import read_jsonl
 from st_poetry.modeling import document_prompt_name, query_prompt_name
+
+jieba.setLogLevel(logging.WARNING)  # not its "Building prefix dict" chatter on every run
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
@@ -74,3 +88,160 @@ def build_ir_evaluator(
 def metric_key(metric: str, name: str = EVALUATOR_NAME) -> str:
     """The key an evaluator built here reports `metric` (e.g. "ndcg@10", "recall@1") under."""
     return f"{name}_{SCORE_FUNCTION}_{metric}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics `st_poetry.evaluate` reports, CCPM multiple-choice accuracy, and the BM25 baselines.
+
+RETRIEVAL_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "map@100")
+
+
+def _reported(scores: Mapping[str, Mapping[int, float]]) -> dict[str, float]:
+    """Pick RETRIEVAL_METRICS out of InformationRetrievalEvaluator.compute_metrics' {"recall@k": {1: ...}} dict."""
+    picked = {}
+    for metric in RETRIEVAL_METRICS:
+        family, k = metric.split("@")
+        picked[metric] = float(scores[f"{family}@k"][int(k)])
+    return picked
+
+
+def retrieval_metrics(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> dict[str, float]:
+    """Run the evaluator on `model` (it encodes the queries and the whole corpus once) and keep the reported metrics."""
+    results = evaluator(model)
+    prefix = f"{evaluator.name}_{model.similarity_fn_name}_"
+    return {metric: float(results[prefix + metric]) for metric in RETRIEVAL_METRICS}
+
+
+class CCPMRecord(NamedTuple):
+    translation: str
+    choices: list[str]
+    answer: int
+
+
+def _ccpm_problem(row: object) -> str | None:
+    if not isinstance(row, dict):
+        return "a CCPM record must be a JSON object"
+    translation, choices, answer = row.get("translation"), row.get("choices"), row.get("answer")
+    if not isinstance(translation, str):
+        return '"translation" must be a string'
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        return '"choices" must be a list of two or more non-empty strings'
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        return f'"answer" must be an index into "choices" (0..{len(choices) - 1}), got {answer!r}'
+    return None
+
+
+def read_ccpm(path: str | Path) -> tuple[list[CCPMRecord], int]:
+    """Read a CCPM-format .jsonl file (translation, choices, answer) -> (records, skipped).
+
+    A malformed record names its file:line. Records with an empty translation (CCPM's own train file has
+    14) are skipped and counted: there is nothing to match.
+    """
+    records, skipped = [], 0
+    for line_no, row in read_jsonl(path):
+        problem = _ccpm_problem(row)
+        if problem:
+            raise UserError(f"{path}:{line_no}: {problem}")
+        if row["translation"].strip():
+            records.append(CCPMRecord(row["translation"], row["choices"], row["answer"]))
+        else:
+            skipped += 1
+    if not records:
+        raise UserError(f"{path}: no CCPM records")
+    return records, skipped
+
+
+def ccpm_records_from_eval(eval_rows: Iterable[Mapping]) -> list[CCPMRecord]:
+    """The CCPM records held out in a prepared eval split: the translation against its original four choices.
+
+    `just prepare` keeps a CCPM record's wrong choices as the row's given negatives. The choices are sorted
+    so the answer's position carries no hint (a scorer that ties would otherwise always pick it).
+    """
+    records = []
+    for row in eval_rows:
+        if row.get("source") == "ccpm" and row.get("negatives"):
+            choices = sorted({row["positive"], *row["negatives"]})
+            records.append(CCPMRecord(row["anchor"], choices, choices.index(row["positive"])))
+    return records
+
+
+def ccpm_accuracy(
+    model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
+) -> float:
+    """Share of records whose answer is the choice most similar to the translation (the CCPM paper's bi-encoder task).
+
+    Only the records' own texts are encoded: the translation as a query, the choices as documents.
+    """
+    queries = model.encode_query(
+        [record.translation for record in records],
+        prompt_name=query_prompt_name(model),
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        convert_to_tensor=True,
+    )
+    choices = model.encode_document(
+        [choice for record in records for choice in record.choices],
+        prompt_name=document_prompt_name(model),
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        convert_to_tensor=True,
+    )
+    counts = [len(record.choices) for record in records]
+    repeats = torch.tensor(counts, device=queries.device)
+    scores = model.similarity_pairwise(queries.repeat_interleave(repeats, dim=0), choices)
+    predictions = [int(row.argmax()) for row in scores.split(counts)]
+    return sum(p == r.answer for p, r in zip(predictions, records, strict=True)) / len(records)
+
+
+def jieba_words(text: str) -> list[str]:
+    """jieba word segmentation, punctuation and spaces dropped."""
+    return [word for word in jieba.lcut(text) if any(ch.isalnum() for ch in word)]
+
+
+def single_chars(text: str) -> list[str]:
+    """Every letter/character on its own: classical poetry has no reliable word boundaries."""
+    return [ch for ch in text if ch.isalnum()]
+
+
+BM25_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"bm25-jieba": jieba_words, "bm25-chars": single_chars}
+
+
+def bm25_retrieval_metrics(
+    evaluator: InformationRetrievalEvaluator, tokenize: Callable[[str], list[str]], *, show_progress_bar: bool = False
+) -> dict[str, float]:
+    """BM25 (bm25s) over the evaluator's own queries and corpus, scored by the evaluator's own metric code.
+
+    Documents sharing no token with the query (score 0) are not ranked at all.
+    """
+    retriever = bm25s.BM25()
+    retriever.index([tokenize(text) for text in evaluator.corpus], show_progress=show_progress_bar)
+    cutoffs = (evaluator.mrr_at_k, evaluator.ndcg_at_k, evaluator.accuracy_at_k, evaluator.map_at_k)
+    max_k = max(max(ks) for ks in (*cutoffs, evaluator.precision_recall_at_k))
+    indices, scores = retriever.retrieve(
+        [tokenize(query) for query in evaluator.queries],
+        k=min(max_k, len(evaluator.corpus)),
+        show_progress=show_progress_bar,
+    )
+    ranked = [
+        [
+            {"corpus_id": evaluator.corpus_ids[index], "score": float(score)}
+            for index, score in zip(row_indices, row_scores, strict=True)
+            if score > 0
+        ]
+        for row_indices, row_scores in zip(indices.tolist(), scores.tolist(), strict=True)
+    ]
+    return _reported(evaluator.compute_metrics(ranked))
+
+
+def bm25_ccpm_accuracy(records: Sequence[CCPMRecord], tokenize: Callable[[str], list[str]]) -> float:
+    """CCPM accuracy when the choice with the highest BM25 score (IDF over all the file's choices) is the prediction."""
+    retriever = bm25s.BM25()
+    retriever.index([tokenize(choice) for record in records for choice in record.choices], show_progress=False)
+    correct, start = 0, 0
+    for record in records:
+        tokens = tokenize(record.translation)
+        stop = start + len(record.choices)
+        scores = retriever.get_scores(tokens)[start:stop] if tokens else np.zeros(len(record.choices))
+        correct += int(scores.argmax()) == record.answer
+        start = stop
+    return correct / len(records)

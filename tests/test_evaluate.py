@@ -1,0 +1,192 @@
+"""Evaluation: metric values against hand-computed ranks, CCPM accuracy, BM25 rows, the report files, bad input.
+
+Hand-checkable scores come from a real SentenceTransformer whose similarity we can compute on paper: a
+StaticEmbedding with one-hot character embeddings, i.e. the cosine of the two texts' character counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+
+from st_poetry.config import EvaluateConfig, UserError
+from st_poetry.evaluate import _short_names, evaluate, main
+from st_poetry.evaluation import (
+    CCPMRecord,
+    bm25_ccpm_accuracy,
+    bm25_retrieval_metrics,
+    build_ir_evaluator,
+    ccpm_accuracy,
+    ccpm_records_from_eval,
+    read_ccpm,
+    retrieval_metrics,
+    single_chars,
+)
+
+# Cosine of character counts, query against each line (c0..c4), worked out by hand:
+#   "甲乙丙丁丁" (positive c1): c0 5/(√7·2)=.945, c1 3/(√7·2)=.567, c2 .378, c3 .189   -> c1 at rank 2
+#   "甲乙丙丁子" (positive c3): c0 4/(√5·2)=.894, c1 .671, c2 .447, c3 1/(√5·2)=.224, c4 1/(√5·√7)=.169 -> rank 4
+#   "甲乙丙丁"   (positive c0): identical text, cosine 1                                  -> rank 1
+#   "丑寅"       (positive c4): the only line sharing a character                         -> rank 1
+CORPUS = ["甲乙丙丁", "甲乙丙戊", "甲乙己庚", "甲辛壬癸", "子丑寅卯卯"]
+PAIRS = [("甲乙丙丁丁", "甲乙丙戊"), ("甲乙丙丁子", "甲辛壬癸"), ("甲乙丙丁", "甲乙丙丁"), ("丑寅", "子丑寅卯卯")]
+RANKS = [2, 4, 1, 1]
+CCPM = [  # the most similar choice is the first one each time: right, right, wrong -> 2/3
+    {"translation": "甲乙丙", "choices": ["甲乙丙", "丁戊己", "庚辛壬"], "answer": 0},
+    {"translation": "子丑", "choices": ["子丑", "寅卯", "辰巳"], "answer": 0},
+    {"translation": "甲乙", "choices": ["甲乙", "丙丁", "戊己"], "answer": 2},
+]
+
+
+def corpus_rows(texts=CORPUS):
+    return [{"id": f"c{i}", "text": text} for i, text in enumerate(texts)]
+
+
+def eval_rows(pairs=PAIRS):
+    return [{"anchor": anchor, "positive": positive} for anchor, positive in pairs]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bag_of_chars_model(tmp_path_factory) -> str:
+    """A saved SentenceTransformer whose embedding is a text's normalized character-count vector."""
+    chars = sorted(set("".join(CORPUS) + "".join(a for a, _ in PAIRS) + "甲乙丙丁戊己庚辛壬子丑寅卯辰巳"))
+    vocab = {"[UNK]": 0, **{char: i + 1 for i, char in enumerate(chars)}}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True)  # one token per CJK character
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    weights = torch.eye(len(vocab))
+    weights[0] = 0
+    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights), Normalize()])
+    folder = tmp_path_factory.mktemp("models") / "bag-of-chars"
+    model.save(str(folder))
+    return str(folder)
+
+
+def test_retrieval_metrics_match_hand_computed_ranks(bag_of_chars_model):
+    model = SentenceTransformer(bag_of_chars_model)
+    metrics = retrieval_metrics(build_ir_evaluator(eval_rows(), corpus_rows(), model), model)
+
+    reciprocal = [1 / rank for rank in RANKS]
+    assert metrics["recall@1"] == pytest.approx(0.5)
+    assert metrics["recall@5"] == metrics["recall@10"] == pytest.approx(1.0)
+    assert metrics["mrr@10"] == pytest.approx(sum(reciprocal) / 4)  # 0.6875
+    assert metrics["map@100"] == pytest.approx(sum(reciprocal) / 4)  # one relevant line per query
+    assert metrics["ndcg@10"] == pytest.approx(sum(1 / math.log2(rank + 1) for rank in RANKS) / 4)
+
+
+def test_bm25_ranks_the_line_sharing_characters_first_and_leaves_unmatched_lines_unranked(bag_of_chars_model):
+    model = SentenceTransformer(bag_of_chars_model)
+    shared = build_ir_evaluator(eval_rows([("丑寅", "子丑寅卯卯")]), corpus_rows(), model)
+    assert bm25_retrieval_metrics(shared, single_chars)["recall@1"] == 1.0
+    # No shared character with any line: every BM25 score is 0, so nothing is retrieved (c0 would otherwise
+    # win the tie on its id and count as a hit).
+    unmatched = build_ir_evaluator(eval_rows([("辰巳", "甲乙丙丁")]), corpus_rows(), model)
+    assert bm25_retrieval_metrics(unmatched, single_chars)["recall@10"] == 0.0
+
+
+def test_ccpm_accuracy_on_three_records(tmp_path, bag_of_chars_model):
+    empty = {"translation": " ", "choices": ["甲", "乙"], "answer": 0}  # skipped and counted, as prepare does
+    records, skipped = read_ccpm(write_jsonl(tmp_path / "ccpm.jsonl", [*CCPM, empty]))
+    assert (len(records), skipped) == (3, 1)
+    assert records[1] == CCPMRecord("子丑", ["子丑", "寅卯", "辰巳"], 0)
+    assert ccpm_accuracy(SentenceTransformer(bag_of_chars_model), records) == pytest.approx(2 / 3)
+    assert bm25_ccpm_accuracy(records, single_chars) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"translation": None, "choices": ["甲", "乙"], "answer": 0}, '"translation" must be a string'),
+        ({"translation": "甲", "choices": ["甲"], "answer": 0}, '"choices" must be a list of two or more'),
+        ({"translation": "甲", "choices": ["甲", "乙"], "answer": 2}, r'"answer" must be an index into "choices"'),
+        ({"translation": "甲", "choices": ["甲", "乙"], "answer": True}, r'"answer" must be an index'),
+        (["甲"], "a CCPM record must be a JSON object"),
+    ],
+)
+def test_malformed_ccpm_record_names_file_and_line(tmp_path, bad, message):
+    path = write_jsonl(tmp_path / "ccpm.jsonl", [CCPM[0], bad])
+    with pytest.raises(UserError, match=rf"ccpm.jsonl:2: {message}"):
+        read_ccpm(path)
+
+
+def test_held_out_ccpm_records_come_from_prepared_eval_rows():
+    rows = [
+        {"anchor": "子丑", "positive": "戊己", "negatives": ["甲乙", "丙丁"], "source": "ccpm"},
+        {"anchor": "子丑", "positive": "寅卯", "negatives": [], "source": "works"},
+    ]
+    # Choices are sorted, so the answer's position says nothing about which one is right.
+    assert ccpm_records_from_eval(rows) == [CCPMRecord("子丑", ["丙丁", "戊己", "甲乙"], 1)]
+
+
+def test_short_names_keep_the_full_path_only_where_names_clash():
+    assert _short_names(["../models/e5-small-zh/", "BAAI/bge-base-zh-v1.5"]) == ["e5-small-zh", "bge-base-zh-v1.5"]
+    assert _short_names(["a/final", "b/final"]) == ["a/final", "b/final"]
+
+
+def test_evaluate_writes_side_by_side_report(tmp_path, prepared_dir, tiny_st_model, bag_of_chars_model, capsys):
+    ccpm = write_jsonl(tmp_path / "ccpm.jsonl", CCPM)
+    out = tmp_path / "evaluation"
+    models = ["--model", tiny_st_model, "--model", bag_of_chars_model]
+    main(["--data", str(prepared_dir), *models, "--ccpm", str(ccpm), "--out", str(out)])
+
+    report = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert [row["name"] for row in report["rows"]] == ["bm25-jieba", "bm25-chars", "tiny-st", "bag-of-chars"]
+    assert report["queries"] == 8 and report["corpus"] == 38  # eval groups p7, p8 against every line
+    for row in report["rows"]:
+        assert set(row["retrieval"]) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "map@100"}
+        assert all(0.0 <= value <= 1.0 for value in row["retrieval"].values())
+        assert set(row["ccpm"]) == {"ccpm.jsonl"} and row["seconds"] >= 0
+    by_name = {row["name"]: row for row in report["rows"]}
+    assert by_name["bag-of-chars"]["ccpm"]["ccpm.jsonl"] == pytest.approx(2 / 3)
+    # Character overlap alone finds these lines: every translation shares characters with its line.
+    assert by_name["bm25-chars"]["retrieval"]["recall@10"] > 0.5
+
+    printed = capsys.readouterr().out
+    table = (out / "evaluation.md").read_text(encoding="utf-8")
+    assert "| bm25-chars |" in printed and "| bag-of-chars |" in table and "82.60%" in table
+    assert (out / "evaluation.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_eval_split_ccpm_records_are_scored_without_a_ccpm_file(tmp_path, prepared_dir, bag_of_chars_model):
+    rows = [json.loads(line) for line in (prepared_dir / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows[0].update(source="ccpm", negatives=["大漠孤烟直", "长河落日圆", "野火烧不尽"])
+    write_jsonl(prepared_dir / "eval.jsonl", rows)
+    config = EvaluateConfig(data=str(prepared_dir), model=[bag_of_chars_model], bm25=False, out=str(tmp_path / "o"))
+    report = evaluate(config)
+    assert report["ccpm_records"] == {"eval split": 1}
+    assert [row["name"] for row in report["rows"]] == ["bag-of-chars"]
+
+
+def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir, tiny_st_model, capsys):
+    broken_model = tmp_path / "broken-model"
+    broken_model.mkdir()
+    (broken_model / "config.json").write_text("{not json")
+    ccpm = write_jsonl(tmp_path / "ccpm.jsonl", [CCPM[0], {"translation": "甲", "choices": "甲乙", "answer": 0}])
+    no_eval = tmp_path / "no-eval"
+    no_eval.mkdir()
+    out = tmp_path / "evaluation"
+    cases = [
+        (["--model", str(tmp_path / "missing")], "model folder not found"),
+        (["--model", str(broken_model)], "cannot load model"),
+        (["--model", tiny_st_model, "--ccpm", str(ccpm)], 'ccpm.jsonl:2: "choices" must be a list'),
+        (["--model", tiny_st_model, "--data", str(no_eval)], "has no eval.jsonl"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--data", str(prepared_dir), "--out", str(out), "--no-bm25", *flags])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: ") and message in error and "\n" not in error
+        assert not out.exists()
