@@ -60,27 +60,10 @@ def read_corpus(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def encode_lines(model: SentenceTransformer, texts: Sequence[str], batch_size: int = 32, **kwargs: Any) -> np.ndarray:
-    """Poetry lines as normalized float32 rows, encoded with the model's document prompt."""
+def encode(model: SentenceTransformer, texts: Sequence[str], prompt_name: str | None, **kwargs: Any) -> np.ndarray:
+    """Normalized float32 rows, contiguous for faiss; `prompt_name` is the model's query or document prompt."""
     embeddings = model.encode(
-        list(texts),
-        prompt_name=document_prompt_name(model),
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        **kwargs,
-    )
-    return np.ascontiguousarray(embeddings, dtype=np.float32)
-
-
-def encode_queries(model: SentenceTransformer, queries: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    """Descriptions as normalized float32 rows, encoded with the model's query prompt."""
-    embeddings = model.encode(
-        list(queries),
-        prompt_name=query_prompt_name(model),
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
+        list(texts), prompt_name=prompt_name, normalize_embeddings=True, convert_to_numpy=True, **kwargs
     )
     return np.ascontiguousarray(embeddings, dtype=np.float32)
 
@@ -94,7 +77,7 @@ def model_record(model: SentenceTransformer) -> dict[str, Any]:
             "document": model.prompts[document_name] if document_name else None,
         },
         "embedding_dim": model.get_embedding_dimension(),
-        "probe": encode_lines(model, [PROBE_TEXT])[0].round(6).tolist(),
+        "probe": encode(model, [PROBE_TEXT], document_prompt_name(model))[0].round(6).tolist(),
     }
 
 
@@ -115,7 +98,13 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
     record = model_record(model)
 
     start = time.perf_counter()
-    embeddings = encode_lines(model, [row["text"] for row in rows], config.batch_size, show_progress_bar=True)
+    embeddings = encode(
+        model,
+        [row["text"] for row in rows],
+        document_prompt_name(model),
+        batch_size=config.batch_size,
+        show_progress_bar=True,
+    )
     encode_seconds = time.perf_counter() - start
     index = new_faiss_index(config, embeddings.shape[1])
     index.add(embeddings)
@@ -209,7 +198,9 @@ class PoetryIndex:
 
     def search(self, queries: Sequence[str], top_k: int = 10) -> list[list[dict[str, Any]]]:
         """For each query, its top_k lines best first: rank, score (cosine) and the line's metadata."""
-        scores, ids = self.index.search(encode_queries(self.model, queries), min(top_k, self.index.ntotal))
+        scores, ids = self.index.search(
+            encode(self.model, queries, query_prompt_name(self.model)), min(top_k, self.index.ntotal)
+        )
         found = np.unique(ids[ids >= 0])  # an HNSW search may return fewer than k: id -1
         columns = self.lines[found.tolist()]
         metadata = {int(i): {key: columns[key][n] for key in METADATA} for n, i in enumerate(found)}

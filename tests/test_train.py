@@ -87,6 +87,9 @@ def _log(out: Path) -> list[dict]:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--batch-size", "1"], "batch_size must be >= 2"),
+        (["--lr", "0"], "lr must be > 0"),
+        (["--epochs", "0"], "epochs > 0 or max_steps > 0"),
         (["--mini-batch-size", "0"], "mini_batch_size must be >= 1"),
         (["--num-negatives", "-1"], "num_negatives must be >= 0"),
         (["--max-steps", "50", "--eval-steps", "100"], "no evaluation would pick a best model"),
