@@ -36,6 +36,7 @@ from st_poetry.config import PrepareConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, read_jsonl, write_json
 
 MARKER = "stats.json"
+EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
 _SECTION = re.compile(r"【[^】]*】")  # a whole line like 【其一】 heads a poem in a series; it is no verse
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
 
@@ -159,7 +160,7 @@ def parse_ccpm(record: dict, file: str, number: int) -> Parsed:
     if type(answer) is not int or not 0 <= answer < len(choices):
         raise Skip("answer out of range")
     if not translation:
-        raise Skip("empty translation")
+        raise Skip(EMPTY_TRANSLATION)
     if not all(choices):
         raise Skip("empty choice")
     positive = choices[answer]

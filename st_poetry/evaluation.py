@@ -20,6 +20,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from st_poetry.config import UserError
+from st_poetry.data import EMPTY_TRANSLATION, Skip, parse_ccpm
 from st_poetry.files import read_jsonl
 from st_poetry.modeling import document_prompt_name, query_prompt_name
 
@@ -118,34 +119,25 @@ class CCPMRecord(NamedTuple):
     answer: int
 
 
-def _ccpm_problem(row: object) -> str | None:
-    if not isinstance(row, dict):
-        return "a CCPM record must be a JSON object"
-    translation, choices, answer = row.get("translation"), row.get("choices"), row.get("answer")
-    if not isinstance(translation, str):
-        return '"translation" must be a string'
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
-        return '"choices" must be a list of two or more non-empty strings'
-    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-        return f'"answer" must be an index into "choices" (0..{len(choices) - 1}), got {answer!r}'
-    return None
-
-
 def read_ccpm(path: str | Path) -> tuple[list[CCPMRecord], int]:
     """Read a CCPM-format .jsonl file (translation, choices, answer) -> (records, skipped).
 
-    A malformed record names its file:line. Records with an empty translation (CCPM's own train file has
-    14) are skipped and counted: there is nothing to match.
+    Records are checked and cleaned by the same parser as `just prepare`; a malformed one names its file:line.
+    Records with an empty translation (CCPM's own train file has 14) are skipped and counted: nothing to match.
     """
     records, skipped = [], 0
     for line_no, row in read_jsonl(path):
-        problem = _ccpm_problem(row)
-        if problem:
-            raise UserError(f"{path}:{line_no}: {problem}")
-        if row["translation"].strip():
-            records.append(CCPMRecord(row["translation"], row["choices"], row["answer"]))
-        else:
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line_no}: a CCPM record must be a JSON object")
+        try:
+            parsed = parse_ccpm(row, str(path), line_no)
+        except Skip as reason:
+            if str(reason) != EMPTY_TRANSLATION:
+                raise UserError(f"{path}:{line_no}: {reason}") from None
             skipped += 1
+            continue
+        ((translation, _),) = parsed.pairs
+        records.append(CCPMRecord(translation, parsed.texts, row["answer"]))
     if not records:
         raise UserError(f"{path}: no CCPM records")
     return records, skipped
