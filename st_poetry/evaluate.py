@@ -30,7 +30,7 @@ from st_poetry.evaluation import (
     read_ccpm,
     retrieval_metrics,
 )
-from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry.files import atomic_output_dir, read_rows, write_json
 from st_poetry.modeling import load_model
 from st_poetry.plots import plot_metric_bars
 
@@ -47,15 +47,6 @@ HEADERS = {
 PLOTTED = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
 # Li et al. 2021, "CCPM: A Chinese Classical Poetry Matching Dataset", accuracy on the CCPM test split.
 CCPM_REFERENCE = {"BERT-Match (bi-encoder, bert-base-chinese)": 0.8260, "BERT-Cls (cross-encoder)": 0.8496}
-
-
-def _read_rows(path: Path, keys: Sequence[str]) -> list[dict]:
-    rows = []
-    for line_no, row in read_jsonl(path):
-        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) and row[key] for key in keys):
-            raise UserError(f"{path}:{line_no}: expected an object with non-empty text fields {', '.join(keys)}")
-        rows.append(row)
-    return rows
 
 
 def _short_names(names: Sequence[str]) -> list[str]:
@@ -106,8 +97,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     for name in ("eval.jsonl", "corpus.jsonl"):
         if not (data / name).is_file():
             raise UserError(f"{data} has no {name}: pass --data a folder written by `just prepare` or `just mine`")
-    eval_rows = _read_rows(data / "eval.jsonl", ("anchor", "positive"))
-    corpus_rows = _read_rows(data / "corpus.jsonl", ("id", "text"))
+    eval_rows = read_rows(data / "eval.jsonl", ("anchor", "positive"))
+    corpus_rows = read_rows(data / "corpus.jsonl", ("id", "text"))
     ccpm_sets, ccpm_skipped = {}, {}
     for label, path in zip(_short_names(config.ccpm), config.ccpm, strict=True):
         ccpm_sets[label], ccpm_skipped[label] = read_ccpm(path)

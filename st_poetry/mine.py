@@ -36,7 +36,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
 from st_poetry.config import MineConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_jsonl, write_json, write_jsonl
+from st_poetry.files import atomic_output_dir, read_rows, write_json, write_jsonl
 from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
 
 MARKER = "mine_stats.json"
@@ -64,14 +64,10 @@ def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
         if not path.is_file():
             raise UserError(f"{path} is missing: --data must be a folder written by `just prepare`")
         required = ("text",) if name == "corpus" else ("anchor", "positive")
-        rows = []
-        for line_no, row in read_jsonl(path):
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k] for k in required):
-                raise UserError(f"{path}:{line_no}: expected an object with non-empty {', '.join(required)}")
+        data[name] = read_rows(path, required)
+        for line_no, row in enumerate(data[name], start=1):
             if not isinstance(row.get("negatives", []), list):
-                raise UserError(f"{path}:{line_no}: 'negatives' must be a list of texts")
-            rows.append(row)
-        data[name] = rows
+                raise UserError(f"{path}: row {line_no}: 'negatives' must be a list of texts")
     if not data["corpus"]:
         raise UserError(f"{folder / 'corpus.jsonl'} is empty: there is nothing to mine negatives from")
     return data

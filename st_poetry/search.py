@@ -30,7 +30,7 @@ from datasets import Dataset, load_from_disk
 from sentence_transformers import SentenceTransformer
 
 from st_poetry.config import IndexConfig, QueryConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry.files import atomic_output_dir, read_rows, write_json
 from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
 
 INDEX_INFO = "index.json"
@@ -50,11 +50,9 @@ PROBE_MIN_COSINE = 0.999
 
 def read_corpus(path: str | Path) -> list[dict[str, str]]:
     """Corpus rows with every metadata field as a string ("" when absent); a row without text is an error."""
-    rows = []
-    for line_no, row in read_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise UserError(f"{path}:{line_no}: a corpus row needs a non-empty string field 'text'")
-        rows.append({key: "" if row.get(key) is None else str(row[key]) for key in METADATA})
+    rows = [
+        {key: "" if row.get(key) is None else str(row[key]) for key in METADATA} for row in read_rows(path, ("text",))
+    ]
     if not rows:
         raise UserError(f"{path}: the corpus is empty")
     return rows

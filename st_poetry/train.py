@@ -43,7 +43,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from st_poetry.config import TrainConfig, UserError, run_cli
 from st_poetry.data import Skip, is_eval_group, parse_flagembedding
 from st_poetry.evaluation import build_ir_evaluator, metric_key
-from st_poetry.files import read_jsonl, write_json, write_jsonl
+from st_poetry.files import read_jsonl, read_rows, write_json, write_jsonl
 from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
 from st_poetry.plots import plot_training_curves
 
@@ -72,17 +72,13 @@ class TrainingData:
 def _read_rows(path: Path) -> list[dict]:
     """A prepared (negatives list) or mined (negative_1..n, null when short) split as {anchor, positive, negatives}."""
     rows = []
-    for number, record in read_jsonl(path):
-        if not isinstance(record, dict) or not all(
-            isinstance(record.get(key), str) and record[key] for key in ("anchor", "positive")
-        ):
-            raise UserError(f"{path}:{number}: a row needs non-empty texts 'anchor' and 'positive'")
+    for number, record in enumerate(read_rows(path, ("anchor", "positive")), start=1):
         if "negatives" in record:
             negatives = record["negatives"]
         else:
             negatives = [value for key, value in record.items() if key.startswith("negative_")]
         if not isinstance(negatives, list) or not all(value is None or isinstance(value, str) for value in negatives):
-            raise UserError(f"{path}:{number}: negatives must be texts (or null)")
+            raise UserError(f"{path}: row {number}: negatives must be texts (or null)")
         rows.append(
             {"anchor": record["anchor"], "positive": record["positive"], "negatives": [n for n in negatives if n]}
         )

@@ -172,7 +172,7 @@ def test_unknown_data_is_a_clear_error(tmp_path):
     _write_jsonl(bad / "train.jsonl", [{"anchor": "a", "positive": ""}])
     _write_jsonl(bad / "eval.jsonl", [])
     (bad / "stats.json").write_text("{}")
-    with pytest.raises(UserError, match=r"train.jsonl:1: a row needs non-empty texts"):
+    with pytest.raises(UserError, match=r"train.jsonl:1: expected an object with non-empty anchor, positive"):
         load_training_data(_config(bad, "unused", tmp_path / "out"))
 
 
