@@ -109,8 +109,7 @@ def _reported(scores: Mapping[str, Mapping[int, float]]) -> dict[str, float]:
 def retrieval_metrics(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> dict[str, float]:
     """Run the evaluator on `model` (it encodes the queries and the whole corpus once) and keep the reported metrics."""
     results = evaluator(model)
-    prefix = f"{evaluator.name}_{model.similarity_fn_name}_"
-    return {metric: float(results[prefix + metric]) for metric in RETRIEVAL_METRICS}
+    return {metric: float(results[metric_key(metric, evaluator.name)]) for metric in RETRIEVAL_METRICS}
 
 
 class CCPMRecord(NamedTuple):
