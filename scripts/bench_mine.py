@@ -21,26 +21,13 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_measured(command: list[str], log: Path) -> dict[str, float]:
-    """Run `command` (output to `log`); its wall seconds and peak resident memory in MiB."""
-    start = time.perf_counter()
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{command[0]} ... failed; see {log}")
-    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+from benchlib import ROOT, run_measured
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchlib import run_measured
 
 KINDS = ["诗"] * 80 + ["词"] * 12 + ["曲"] * 2 + ["文"] * 4 + ["赋"] * 2
 LINE_COUNTS = [2] * 20 + [4] * 62 + [8] * 12 + [12] * 3 + [16] * 2 + [40]  # mean 4.9 lines
@@ -72,20 +72,11 @@ def synthetic_works(path: Path, records: int, seed: int) -> None:
         handle.write("]\n")
 
 
-def run_prepare(args: list[str]) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds and peak RSS (GiB) of one `python -m st_poetry.data` child process.
-
-    CPU time is reported too because the machine is shared: wall time grows when others run.
-    """
-    start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "st_poetry.data", *args], stdout=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    summary = child.stdout.read()
-    if status != 0:
-        raise SystemExit(f"prepare failed (status {status}):\n{summary}")
-    print(summary)
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+def run_prepare(args: list[str], log: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (GiB) of one `python -m st_poetry.data` child process."""
+    cost = run_measured([sys.executable, "-m", "st_poetry.data", *args], log)
+    print(log.read_text(encoding="utf-8"))
+    return cost["seconds"], cost["cpu_seconds"], cost["peak_rss_mib"] / 1024
 
 
 def main() -> None:
@@ -118,7 +109,9 @@ def main() -> None:
         ]
     results = []
     for name, inputs in cases.items():
-        runs = [run_prepare([*inputs, "--out", str(workdir / "out")]) for _ in range(args.repeats)]
+        runs = [
+            run_prepare([*inputs, "--out", str(workdir / "out")], workdir / "prepare.log") for _ in range(args.repeats)
+        ]
         results.append((name, *min(runs)))
     print("| input | wall time | CPU time | peak memory |\n| --- | ---: | ---: | ---: |")
     for name, seconds, cpu, peak in results:

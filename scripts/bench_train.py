@@ -1,17 +1,27 @@
-"""Training speed: `st_poetry.train` against FlagEmbedding's own fine-tuning, in one run.
+"""Training speed: `st_poetry.train` against FlagEmbedding's own fine-tuning, measured alike, in one run.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_train.py \
         --model ../shared/models/e5-small-zh --fe-python .bench/fe4-venv/bin/python
 
-Both fine-tune the same base on the same FlagEmbedding-format file (rows of `data/processed/train.jsonl` that
-carry at least --num-negatives given negatives), with the same batch size, group size (1 positive + n
-negatives), max length, temperature, pooling and prompts, for the same number of steps; st_poetry runs
-twice, with the default cached loss and with `--no-cached-loss`. Each reports
-transformers' `train_samples_per_second`; st_poetry's run also evaluates once at its last step (it must,
-to pick the best model), so its `eval_runtime` is taken out of its training time.
+All trainers fine-tune the same base on the same FlagEmbedding-format file (rows of `data/processed/train.jsonl`
+with at least --num-negatives given negatives) with the same batch size, group size (1 positive + n negatives),
+max length, learning rate, temperature, pooling and prompts, for the same number of steps:
 
-FlagEmbedding needs its own virtual environment (it does not import under transformers 5); the figure is
-samples/s of the optimizer steps only, model loading excluded on both sides.
+- flagembedding:      FlagEmbedding's encoder-only fine-tuning, in-batch + group negatives, no memory saving;
+- flagembedding_gc:   the same with `--gradient_checkpointing`, as FlagEmbedding's own example scripts run it:
+                      its memory saving, which, like a cached loss, pays for itself with a second forward pass;
+- st_poetry:          `just train` defaults: CachedMultipleNegativesRankingLoss;
+- st_poetry_no_cache: `--no-cached-loss`: MultipleNegativesRankingLoss.
+
+Each runs through `scripts/step_timer.py`, which times optimizer steps 2..n the same way for every trainer
+and counts the real tokens they trained on; the kernel gives each process's peak RSS. The trainers run
+--rounds times in alternating order, so a slower or faster spell of the machine does not favour one of them;
+a ratio is taken within a round and the table shows the median. A step's time depends on how its batch pads
+(the longest query and line in it), and each trainer groups rows into batches its own way: one seed could
+hand one of them the luckier batches every round, so each round uses another seed (--seed + round) for all.
+Tokens/s (real tokens, from the attention masks) is the throughput with the batches' text lengths taken out.
+
+FlagEmbedding needs its own virtual environment (1.4.2 does not import under transformers 5).
 """
 
 from __future__ import annotations
@@ -20,14 +30,16 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
-import subprocess
+import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
+from benchlib import ROOT, run_measured
 from sentence_transformers import SentenceTransformer
+
+STEP_TIMER = str(ROOT / "scripts" / "step_timer.py")
 
 
 def write_bench_data(prepared: Path, path: Path, rows: int, negatives: int, seed: int) -> int:
@@ -43,48 +55,25 @@ def write_bench_data(prepared: Path, path: Path, rows: int, negatives: int, seed
     return len(picked)
 
 
-def run(command: list[str], log: Path, env: dict[str, str]) -> str:
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    log.write_text(result.stdout + "\n" + result.stderr, encoding="utf-8")
-    if result.returncode != 0:
-        sys.exit(f"{command[0]} ... failed ({result.returncode}); see {log}\n{result.stderr[-2000:]}")
-    print(f"  {' '.join(command[:4])} ... took {time.time() - started:.0f} s (log: {log})", flush=True)
-    return result.stdout + result.stderr
-
-
-def st_poetry_speed(args: argparse.Namespace, data: Path, work: Path, env: dict[str, str], cached: bool) -> dict:
-    name = "st_poetry" if cached else "st_poetry_no_cache"
-    out = work / name
-    shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "st_poetry.train", "--data", str(data), "--model", args.model]
+def st_poetry_command(args: argparse.Namespace, data: Path, out: Path, seed: int, cached: bool) -> list[str]:
+    """`just train` (module and arguments) on the benchmark file; it evaluates once, at the last step."""
+    command = ["st_poetry.train", "--data", str(data), "--model", args.model]
     command += ["--cached-loss" if cached else "--no-cached-loss"]
     command += ["--out", str(out), "--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
     command += ["--batch-size", str(args.batch_size), "--mini-batch-size", str(args.mini_batch_size)]
     command += ["--num-negatives", str(args.num_negatives), "--max-seq-length", str(args.max_length)]
     command += ["--lr", "2e-5", "--eval-max-rows", "64", "--eval-max-corpus", "512", "--logging-steps", "5"]
-    run(command, work / f"{name}.log", env)
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    final = next(entry for entry in reversed(log) if "train_runtime" in entry)
-    eval_s = sum(entry["eval_runtime"] for entry in log if "eval_runtime" in entry)
-    seconds = final["train_runtime"] - eval_s
-    return {"steps_s": round(seconds, 1), "eval_s_excluded": round(eval_s, 1), "samples_per_s": samples(args) / seconds}
+    return [*command, "--seed", str(seed)]
 
 
-def flagembedding_speed(args: argparse.Namespace, data: Path, work: Path, env: dict[str, str]) -> dict:
+def flagembedding_command(args: argparse.Namespace, data: Path, out: Path, seed: int, checkpointing: bool) -> list[str]:
     """FlagEmbedding 1.x's encoder-only fine-tuning, configured like st_poetry's run (single process, CPU)."""
     model = SentenceTransformer(args.model, device="cpu")
     pooling = "mean" if model[1].pooling_mode == "mean" else "cls"
-    out = work / "flagembedding"
-    shutil.rmtree(out, ignore_errors=True)
-    command = [args.fe_python, "-m", "FlagEmbedding.finetune.embedder.encoder_only.base"]
+    command = ["FlagEmbedding.finetune.embedder.encoder_only.base"]
     command += ["--model_name_or_path", args.model, "--train_data", str(data), "--output_dir", str(out)]
-    command += [
-        "--train_group_size",
-        str(args.num_negatives + 1),
-        "--per_device_train_batch_size",
-        str(args.batch_size),
-    ]
+    command += ["--train_group_size", str(args.num_negatives + 1)]
+    command += ["--per_device_train_batch_size", str(args.batch_size)]
     command += ["--query_max_len", str(args.max_length), "--passage_max_len", str(args.max_length)]
     command += ["--max_steps", str(args.steps), "--learning_rate", "2e-5", "--temperature", "0.02"]
     command += ["--sentence_pooling_method", pooling, "--normalize_embeddings", "True"]
@@ -92,14 +81,23 @@ def flagembedding_speed(args: argparse.Namespace, data: Path, work: Path, env: d
         if prompt := model.prompts.get(name):
             command += [f"--{side}_instruction_for_retrieval", prompt]
     command += ["--use_cpu", "True", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "5"]
-    command += ["--dataloader_drop_last", "True", "--seed", "42"]
-    output = run(command, work / "flagembedding.log", env)
-    runtime = float(re.findall(r"'train_runtime': '?([\d.]+)", output)[-1])
-    return {"steps_s": round(runtime, 1), "samples_per_s": samples(args) / runtime}
+    command += ["--dataloader_drop_last", "True", "--seed", str(seed)]
+    if checkpointing:
+        command += ["--gradient_checkpointing", "True"]
+    return command
 
 
-def samples(args: argparse.Namespace) -> int:
-    return args.steps * args.batch_size
+def measure(name: str, python: str, module_args: list[str], work: Path, env: dict[str, str]) -> dict:
+    """Run one trainer (module and arguments) under the step timer; its step timings and process cost."""
+    times = work / f"{name}.times.json"
+    cost = run_measured([python, STEP_TIMER, str(times), *module_args], work / f"{name}.log", env)
+    timed = json.loads(times.read_text(encoding="utf-8"))
+    print(
+        f"  {name:<20} {timed['samples_per_s']:6.2f} samples/s {timed['tokens_per_s']:7.0f} tokens/s "
+        f"peak RSS {cost['peak_rss_mib']:5d} MiB  ({cost['seconds']:.0f} s)",
+        flush=True,
+    )
+    return {**timed, "process": cost}
 
 
 def main() -> None:
@@ -107,9 +105,11 @@ def main() -> None:
     parser.add_argument("--model", default="../shared/models/e5-small-zh")
     parser.add_argument("--prepared", default="data/processed", help="folder written by `just prepare`")
     parser.add_argument("--fe-python", default=".bench/fe4-venv/bin/python", help="python with FlagEmbedding 1.x")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--mini-batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=42, help="round i runs every trainer with seed + i")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--mini-batch-size", type=int, default=16)
     parser.add_argument("--num-negatives", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--work", default=".bench/bench_train", help="scratch folder (data, runs, logs)")
@@ -120,17 +120,48 @@ def main() -> None:
     rows = write_bench_data(Path(args.prepared), data, args.steps * args.batch_size * 2, args.num_negatives, seed=0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
     print(f"{rows} rows, {args.steps} steps x batch {args.batch_size}, group 1 + {args.num_negatives}, {args.model}")
-    results = {
-        "flagembedding": flagembedding_speed(args, data, work, env),
-        "st_poetry": st_poetry_speed(args, data, work, env, cached=True),
-        "st_poetry_no_cache": st_poetry_speed(args, data, work, env, cached=False),
+    trainers = {
+        "flagembedding": (args.fe_python, partial(flagembedding_command, args, data, checkpointing=False)),
+        "flagembedding_gc": (args.fe_python, partial(flagembedding_command, args, data, checkpointing=True)),
+        "st_poetry": (sys.executable, partial(st_poetry_command, args, data, cached=True)),
+        "st_poetry_no_cache": (sys.executable, partial(st_poetry_command, args, data, cached=False)),
     }
-    baseline = results["flagembedding"]["samples_per_s"]
-    print(f"{'trainer':<20}{'samples/s':>10}{'step time s':>13}{'vs FlagEmbedding':>18}")
-    for name, result in results.items():
-        result["ratio"] = result["samples_per_s"] / baseline
-        print(f"{name:<20}{result['samples_per_s']:>10.2f}{result['steps_s']:>13.1f}{result['ratio']:>17.2f}x")
-    summary = {"args": vars(args), "rows": rows, "results": results}
+    rounds = []
+    for round_index in range(args.rounds):
+        order = list(trainers) if round_index % 2 == 0 else list(reversed(trainers))
+        seed = args.seed + round_index
+        print(f"round {round_index + 1}, seed {seed}: {', '.join(order)}", flush=True)
+        results = {}
+        for name in order:
+            python, command = trainers[name]
+            out = work / name
+            shutil.rmtree(out, ignore_errors=True)
+            results[name] = measure(name, python, command(out, seed), work, env)
+        rounds.append(results)
+
+    def median(name: str, key: str, baseline: str | None = None) -> float:
+        values = [r[name][key] / (r[baseline][key] if baseline else 1) for r in rounds]
+        return statistics.median(values)
+
+    print(f"\n{'trainer':<20}{'samples/s':>10}{'tokens/s':>10}{'peak RSS':>10}{'vs FE':>8}{'vs FE+GC':>10}")
+    table = {}
+    for name in trainers:
+        table[name] = {
+            "samples_per_s": median(name, "samples_per_s"),
+            "tokens_per_s": median(name, "tokens_per_s"),
+            "tokens_per_step": median(name, "tokens_per_step"),
+            "peak_rss_mib": statistics.median(r[name]["process"]["peak_rss_mib"] for r in rounds),
+            "samples_ratio_vs_flagembedding": median(name, "samples_per_s", "flagembedding"),
+            "samples_ratio_vs_flagembedding_gc": median(name, "samples_per_s", "flagembedding_gc"),
+            "tokens_ratio_vs_flagembedding": median(name, "tokens_per_s", "flagembedding"),
+            "tokens_ratio_vs_flagembedding_gc": median(name, "tokens_per_s", "flagembedding_gc"),
+        }
+        row = table[name]
+        print(
+            f"{name:<20}{row['samples_per_s']:>10.2f}{row['tokens_per_s']:>10.0f}{row['peak_rss_mib']:>7.0f} MiB"
+            f"{row['samples_ratio_vs_flagembedding']:>7.2f}x{row['samples_ratio_vs_flagembedding_gc']:>9.2f}x"
+        )
+    summary = {"args": vars(args), "rows": rows, "median": table, "rounds": rounds}
     (work / "bench_train.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 

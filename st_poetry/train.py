@@ -240,6 +240,28 @@ def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
     return None
 
 
+def _checkpoint_step(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
+
+
+def _training_speed(log: list[dict], resumed_at: int | None, samples_per_step: int) -> dict[str, float | None]:
+    """This run's training time and samples/s with its evaluations taken out.
+
+    The trainer's own train_samples_per_second counts the evaluations inside training as training time.
+    """
+    end = next((entry for entry in reversed(log) if "train_runtime" in entry), None)
+    if end is None:
+        return {"train_runtime_s": None, "eval_runtime_s": None, "train_samples_per_second": None}
+    start = resumed_at or 0
+    eval_s = sum(entry["eval_runtime"] for entry in log if "eval_runtime" in entry and entry["step"] > start)
+    steps_s = end["train_runtime"] - eval_s
+    return {
+        "train_runtime_s": end["train_runtime"],
+        "eval_runtime_s": round(eval_s, 3),
+        "train_samples_per_second": (end["step"] - start) * samples_per_step / steps_s if steps_s > 0 else None,
+    }
+
+
 def _headline(metrics: dict[str, float]) -> dict[str, float]:
     return {label: metrics[metric_key(metric)] for label, metric in HEADLINE.items()}
 
@@ -371,7 +393,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     # 7. Evaluate the model that will be saved: it must be the best checkpoint, with the score it had then.
     state = trainer.state
     after = evaluator(model)
-    best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1]) if state.best_model_checkpoint else None
+    best_step = _checkpoint_step(state.best_model_checkpoint)
     if best_step is None or abs(after[metric_key(BEST_METRIC)] - state.best_metric) > BEST_TOLERANCE:
         raise RuntimeError(
             f"the final model scores NDCG@10 {after[metric_key(BEST_METRIC)]:.4f}, but the best evaluation "
@@ -383,7 +405,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     log = [base_record, *state.log_history]
     write_jsonl(out / TRAIN_LOG, log)
     plot_training_curves(log, out / CURVES, metric=f"eval_{metric_key(BEST_METRIC)}", metric_label="NDCG@10")
-    speed = next((entry for entry in reversed(state.log_history) if "train_samples_per_second" in entry), {})
+    speed = _training_speed(state.log_history, _checkpoint_step(resume_from), config.batch_size * args.world_size)
     summary = {
         "model": config.model,
         "out": str(out),
@@ -397,8 +419,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         "after": _headline(after),
         "before_all": before,
         "after_all": after,
-        "train_runtime_s": speed.get("train_runtime"),
-        "train_samples_per_second": speed.get("train_samples_per_second"),
+        **speed,
         "wall_s": round(time.time() - started, 1),
         "config": vars(config),
     }
@@ -425,7 +446,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  steps: {summary['global_step']} of {summary['max_steps']} (ended by {stop}), best {summary['best_step']}"
     )
     if summary["train_samples_per_second"]:
-        lines.append(f"  speed: {summary['train_samples_per_second']:.2f} samples/s; wall {summary['wall_s']:.0f} s")
+        lines.append(
+            f"  speed: {summary['train_samples_per_second']:.2f} samples/s (the {summary['eval_runtime_s']:.0f} s "
+            f"of evaluations excluded); wall {summary['wall_s']:.0f} s"
+        )
     lines.append(f"  {'eval split':<10} " + " ".join(f"{label:>9}" for label in HEADLINE))
     for name in ("before", "after"):
         lines.append(f"  {name:<10} " + " ".join(f"{summary[name][label]:>9.4f}" for label in HEADLINE))

@@ -22,6 +22,7 @@ from st_poetry.train import (
     CURVES,
     SUMMARY,
     TRAIN_LOG,
+    _training_speed,
     column_prompts,
     load_training_data,
     train,
@@ -211,6 +212,7 @@ def test_a_few_steps_give_a_loadable_model(tiny_st_model, mined_dir, tmp_path):
     assert summary["loss"] == "CachedMultipleNegativesRankingLoss"
     assert summary["after"]["NDCG@10"] == pytest.approx(max(r[NDCG] for r in log[1:] if NDCG in r), abs=1e-3)
     assert json.loads((out / SUMMARY).read_text())["after"] == summary["after"]
+    assert summary["eval_runtime_s"] > 0 and summary["train_samples_per_second"] > 0
 
 
 @pytest.mark.slow
@@ -312,3 +314,17 @@ def test_two_process_gloo_run(tiny_st_model, mined_dir, tmp_path):
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["global_step"] == 2
     assert SentenceTransformer(str(out)).prompts["query"] == "query: "
+
+
+def test_training_speed_leaves_out_evaluations_and_the_part_before_a_resume():
+    log = [
+        {"loss": 2.0, "step": 1},
+        {"eval_runtime": 1.5, "step": 2},
+        {"eval_runtime": 0.5, "step": 4},
+        {"train_runtime": 10.0, "step": 4},
+    ]
+    speed = _training_speed(log, None, samples_per_step=8)
+    assert speed == {"train_runtime_s": 10.0, "eval_runtime_s": 2.0, "train_samples_per_second": 4 * 8 / 8.0}
+    resumed = _training_speed(log, 2, samples_per_step=8)  # the run resumed at checkpoint-2: steps 3-4 only
+    assert resumed["eval_runtime_s"] == 0.5 and resumed["train_samples_per_second"] == 2 * 8 / 9.5
+    assert _training_speed(log[:3], None, samples_per_step=8)["train_samples_per_second"] is None

@@ -1,0 +1,95 @@
+"""Memory and speed of the default `just train` config with a base-sized BERT, on the CPU: the GPU estimate's basis.
+
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_train_memory.py --data data/mined
+
+bge-base-zh-v1.5 cannot be downloaded here, so the script builds a randomly initialised BERT of its shape
+(12 layers, hidden 768, 12 heads, FFN 3072) as a plain Hugging Face folder, with the tokenizer of
+--tokenizer-from (a BERT-style Chinese tokenizer that splits CJK text into characters, as bge's does). A plain
+folder takes the same path as the default model: Transformer + CLS pooling + Normalize. Then it trains a few
+steps of the default config (batch 64, 9 negatives, mini-batch 32, max length 64) and variants, each in its own
+process under `scripts/step_timer.py`; the kernel gives each process's peak RSS. `--runs` picks some of them;
+results of earlier calls stay in the summary JSON (the model is built once, seeded).
+
+On a GPU the step timer also records torch's peak GPU memory. On a CPU everything is fp32; on a GPU the
+weights, gradients and AdamW moments stay fp32 while bf16 autocast halves most activations. What the CPU runs
+show that carries over: how peak memory moves with the batch size, with and without the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from benchlib import ROOT, run_measured
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+STEP_TIMER = str(ROOT / "scripts" / "step_timer.py")
+# name: (what it is, flags over the defaults). "floor" has next to no activations: weights, gradients, AdamW
+# moments, the data and the libraries, i.e. what every other run's peak holds besides activations.
+RUNS = {
+    "default": ("default (batch 64, cached, mini-batch 32)", []),
+    "batch128": ("batch 128, cached, mini-batch 32", ["--batch-size", "128"]),
+    "no_cache": ("batch 64, --no-cached-loss", ["--no-cached-loss"]),
+    "no_cache_b16": ("batch 16, --no-cached-loss", ["--no-cached-loss", "--batch-size", "16"]),
+    "floor": ("batch 2, mini-batch 1 (floor)", ["--batch-size", "2", "--mini-batch-size", "1"]),
+}
+BGE_BASE_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+
+
+def base_sized_model(folder: Path, tokenizer_from: str) -> int:
+    """A random-init BERT of bge-base's shape with `tokenizer_from`'s tokenizer; returns its parameter count."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **BGE_BASE_SHAPE)
+    torch.manual_seed(0)
+    model = BertModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/mined", help="a `just mine` (or `just prepare`) folder")
+    parser.add_argument("--tokenizer-from", default="../shared/models/e5-small-zh")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is not timed")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--work", default=".bench/bench_train_memory")
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    model = work / "bert-base-random"
+    work.mkdir(parents=True, exist_ok=True)
+    summary_path = work / "bench_train_memory.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {"runs": {}}
+    if not (model / "config.json").is_file():
+        summary["parameters"] = base_sized_model(model, args.tokenizer_from)
+    print(f"random-init BERT, {summary['parameters'] / 1e6:.0f}M parameters, at {model}", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    chosen = {name: RUNS[name] for name in args.runs}
+    for name, (label, flags) in chosen.items():
+        times = work / f"{name}.times.json"
+        shutil.rmtree(work / name, ignore_errors=True)
+        times.unlink(missing_ok=True)
+        command = [sys.executable, STEP_TIMER, str(times), "st_poetry.train", "--data", args.data]
+        command += ["--model", str(model), "--out", str(work / name), "--max-steps", str(args.steps)]
+        command += ["--eval-steps", str(args.steps), "--eval-max-rows", "32", "--eval-max-corpus", "256", *flags]
+        cost = run_measured(command, work / f"{name}.log", env, check=False)  # an out-of-memory kill is a result
+        # a killed process writes no timings
+        timed = json.loads(times.read_text(encoding="utf-8")) if times.exists() else {"samples_per_s": None}
+        summary["runs"][name] = {"label": label, "flags": flags, **timed, "process": cost}
+        outcome = "ok" if cost["exit_code"] == 0 else f"FAILED, exit code {cost['exit_code']}"
+        speed = f"{timed['samples_per_s']:5.2f} samples/s" if timed["samples_per_s"] else "no step timed"
+        peak = f"peak RSS {cost['peak_rss_mib'] / 1024:5.2f} GiB"
+        if "cuda_peak_allocated_gib" in timed:
+            peak += f", GPU {timed['cuda_peak_allocated_gib']:.2f} GiB allocated"
+        print(f"  {label:<45} {peak}  {speed}  ({cost['seconds']:.0f} s, {outcome})", flush=True)
+        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")  # runs of earlier calls stay
+
+
+if __name__ == "__main__":
+    main()
