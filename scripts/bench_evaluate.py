@@ -17,7 +17,7 @@ from pathlib import Path
 
 from st_poetry.evaluation import build_ir_evaluator, retrieval_metrics
 from st_poetry.files import read_jsonl
-from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+from st_poetry.modeling import load_model
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     corpus_rows = [row for _, row in read_jsonl(data / "corpus.jsonl")]
     model = load_model(args.model, max_seq_length=args.max_seq_length)
     evaluator = build_ir_evaluator(
-        eval_rows, corpus_rows, model, max_corpus=args.lines, batch_size=args.batch_size, show_progress_bar=False
+        eval_rows, corpus_rows, max_corpus=args.lines, batch_size=args.batch_size, show_progress_bar=False
     )
     texts = len(evaluator.queries) + len(evaluator.corpus)
 
@@ -44,8 +44,8 @@ def main() -> None:
         retrieval_metrics(evaluator, model)
 
     def raw() -> None:
-        model.encode(evaluator.queries, prompt_name=query_prompt_name(model), batch_size=args.batch_size)
-        model.encode(evaluator.corpus, prompt_name=document_prompt_name(model), batch_size=args.batch_size)
+        model.encode_query(evaluator.queries, batch_size=args.batch_size)
+        model.encode_document(evaluator.corpus, batch_size=args.batch_size)
 
     model.encode(evaluator.corpus[:256], batch_size=args.batch_size)  # warm-up: allocator, thread pools
     best = {"evaluate": float("inf"), "raw_encode": float("inf")}

@@ -29,13 +29,7 @@ from pathlib import Path
 
 from benchlib import ROOT, run_measured
 
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from st_poetry.files import read_jsonl, write_jsonl
 
 
 def mine_command(data: Path, out: Path, model: str, args: argparse.Namespace) -> list[str]:
@@ -74,7 +68,7 @@ def bench_ranges(args: argparse.Namespace) -> dict:
 
     from st_poetry.config import MineConfig
     from st_poetry.mine import assemble, candidate_texts, groups_by_text, model_fingerprint, read_prepared
-    from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+    from st_poetry.modeling import load_model
 
     data = read_prepared(Path(args.data))
     rows = data["eval"]
@@ -89,8 +83,6 @@ def bench_ranges(args: argparse.Namespace) -> dict:
         range_min=0,
         range_max=args.max_rank,
         num_negatives=args.max_rank,
-        query_prompt_name=query_prompt_name(model),
-        corpus_prompt_name=document_prompt_name(model),
         output_format="labeled-list",
         output_scores=True,
         batch_size=args.batch_size,
@@ -208,9 +200,9 @@ def bench_flagembedding(args: argparse.Namespace) -> dict:
 
     data = Path(args.data)
     rng = random.Random(args.seed)
-    train = read_jsonl(data / "train.jsonl")
+    train = [row for _, row in read_jsonl(data / "train.jsonl")]
     pairs = rng.sample(train, min(args.pairs, len(train)))
-    corpus = read_jsonl(data / "corpus.jsonl")
+    corpus = [row for _, row in read_jsonl(data / "corpus.jsonl")]
     needed = {r["positive"] for r in pairs}
     others = [r for r in corpus if r["text"] not in needed]
     pool = [r for r in corpus if r["text"] in needed] + rng.sample(others, max(0, args.corpus - len(needed)))

@@ -36,10 +36,10 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from benchlib import ROOT, run_measured
+from benchlib import run_timed
 from sentence_transformers import SentenceTransformer
 
-STEP_TIMER = str(ROOT / "scripts" / "step_timer.py")
+from st_poetry.modeling import document_prompt, load_model, query_prompt
 
 
 def write_bench_data(prepared: Path, path: Path, rows: int, negatives: int, seed: int) -> int:
@@ -66,20 +66,26 @@ def st_poetry_command(args: argparse.Namespace, data: Path, out: Path, seed: int
     return [*command, "--seed", str(seed)]
 
 
-def flagembedding_command(args: argparse.Namespace, data: Path, out: Path, seed: int, checkpointing: bool) -> list[str]:
+def flagembedding_model_flags(model: SentenceTransformer) -> list[str]:
+    """FlagEmbedding's flags for the pooling and prompts that st_poetry's loading gives the same model."""
+    flags = ["--sentence_pooling_method", "mean" if model[1].pooling_mode == "mean" else "cls"]
+    for side, prompt in (("query", query_prompt(model)), ("passage", document_prompt(model))):
+        if prompt:
+            flags += [f"--{side}_instruction_for_retrieval", prompt]
+    return flags
+
+
+def flagembedding_command(
+    args: argparse.Namespace, model_flags: list[str], data: Path, out: Path, seed: int, checkpointing: bool
+) -> list[str]:
     """FlagEmbedding 1.x's encoder-only fine-tuning, configured like st_poetry's run (single process, CPU)."""
-    model = SentenceTransformer(args.model, device="cpu")
-    pooling = "mean" if model[1].pooling_mode == "mean" else "cls"
     command = ["FlagEmbedding.finetune.embedder.encoder_only.base"]
     command += ["--model_name_or_path", args.model, "--train_data", str(data), "--output_dir", str(out)]
     command += ["--train_group_size", str(args.num_negatives + 1)]
     command += ["--per_device_train_batch_size", str(args.batch_size)]
     command += ["--query_max_len", str(args.max_length), "--passage_max_len", str(args.max_length)]
     command += ["--max_steps", str(args.steps), "--learning_rate", "2e-5", "--temperature", "0.02"]
-    command += ["--sentence_pooling_method", pooling, "--normalize_embeddings", "True"]
-    for side, name in (("query", "query"), ("passage", "document")):
-        if prompt := model.prompts.get(name):
-            command += [f"--{side}_instruction_for_retrieval", prompt]
+    command += [*model_flags, "--normalize_embeddings", "True"]
     command += ["--use_cpu", "True", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "5"]
     command += ["--dataloader_drop_last", "True", "--seed", str(seed)]
     if checkpointing:
@@ -88,16 +94,15 @@ def flagembedding_command(args: argparse.Namespace, data: Path, out: Path, seed:
 
 
 def measure(name: str, python: str, module_args: list[str], work: Path, env: dict[str, str]) -> dict:
-    """Run one trainer (module and arguments) under the step timer; its step timings and process cost."""
-    times = work / f"{name}.times.json"
-    cost = run_measured([python, STEP_TIMER, str(times), *module_args], work / f"{name}.log", env)
-    timed = json.loads(times.read_text(encoding="utf-8"))
+    """Run one trainer under the step timer and print its line."""
+    timed = run_timed(python, module_args, work, name, env)
+    cost = timed["process"]
     print(
         f"  {name:<20} {timed['samples_per_s']:6.2f} samples/s {timed['tokens_per_s']:7.0f} tokens/s "
         f"peak RSS {cost['peak_rss_mib']:5d} MiB  ({cost['seconds']:.0f} s)",
         flush=True,
     )
-    return {**timed, "process": cost}
+    return timed
 
 
 def main() -> None:
@@ -120,9 +125,10 @@ def main() -> None:
     rows = write_bench_data(Path(args.prepared), data, args.steps * args.batch_size * 2, args.num_negatives, seed=0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
     print(f"{rows} rows, {args.steps} steps x batch {args.batch_size}, group 1 + {args.num_negatives}, {args.model}")
+    fe_flags = flagembedding_model_flags(load_model(args.model, max_seq_length=args.max_length))
     trainers = {
-        "flagembedding": (args.fe_python, partial(flagembedding_command, args, data, checkpointing=False)),
-        "flagembedding_gc": (args.fe_python, partial(flagembedding_command, args, data, checkpointing=True)),
+        "flagembedding": (args.fe_python, partial(flagembedding_command, args, fe_flags, data, checkpointing=False)),
+        "flagembedding_gc": (args.fe_python, partial(flagembedding_command, args, fe_flags, data, checkpointing=True)),
         "st_poetry": (sys.executable, partial(st_poetry_command, args, data, cached=True)),
         "st_poetry_no_cache": (sys.executable, partial(st_poetry_command, args, data, cached=False)),
     }

@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 
 import torch
-from benchlib import ROOT, run_measured
+from benchlib import run_timed
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-STEP_TIMER = str(ROOT / "scripts" / "step_timer.py")
 # name: (what it is, flags over the defaults). "floor" has next to no activations: weights, gradients, AdamW
 # moments, the data and the libraries, i.e. what every other run's peak holds besides activations.
 RUNS = {
@@ -72,16 +71,13 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     chosen = {name: RUNS[name] for name in args.runs}
     for name, (label, flags) in chosen.items():
-        times = work / f"{name}.times.json"
         shutil.rmtree(work / name, ignore_errors=True)
-        times.unlink(missing_ok=True)
-        command = [sys.executable, STEP_TIMER, str(times), "st_poetry.train", "--data", args.data]
-        command += ["--model", str(model), "--out", str(work / name), "--max-steps", str(args.steps)]
-        command += ["--eval-steps", str(args.steps), "--eval-max-rows", "32", "--eval-max-corpus", "256", *flags]
-        cost = run_measured(command, work / f"{name}.log", env, check=False)  # an out-of-memory kill is a result
-        # a killed process writes no timings
-        timed = json.loads(times.read_text(encoding="utf-8")) if times.exists() else {"samples_per_s": None}
-        summary["runs"][name] = {"label": label, "flags": flags, **timed, "process": cost}
+        command = ["st_poetry.train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
+        command += ["--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
+        command += ["--eval-max-rows", "32", "--eval-max-corpus", "256", *flags]
+        timed = run_timed(sys.executable, command, work, name, env, check=False)  # an out-of-memory kill is a result
+        cost = timed["process"]
+        summary["runs"][name] = {"label": label, "flags": flags, **timed}
         outcome = "ok" if cost["exit_code"] == 0 else f"FAILED, exit code {cost['exit_code']}"
         speed = f"{timed['samples_per_s']:5.2f} samples/s" if timed["samples_per_s"] else "no step timed"
         peak = f"peak RSS {cost['peak_rss_mib'] / 1024:5.2f} GiB"

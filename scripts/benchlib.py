@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STEP_TIMER = str(ROOT / "scripts" / "step_timer.py")
 
 
 def run_measured(
@@ -33,3 +35,17 @@ def run_measured(
         "peak_rss_mib": round(usage.ru_maxrss / 1024),  # ru_maxrss is in KiB on Linux
         "exit_code": exit_code,
     }
+
+
+def run_timed(
+    python: str, module_args: list[str], work: Path, name: str, env: dict[str, str], check: bool = True
+) -> dict:
+    """Run a training module (module and arguments) under scripts/step_timer.py: its step timings and process cost.
+
+    A process that was killed writes no timings; with `check=False` that is a result (samples_per_s None).
+    """
+    times = work / f"{name}.times.json"
+    times.unlink(missing_ok=True)
+    cost = run_measured([python, STEP_TIMER, str(times), *module_args], work / f"{name}.log", env, check=check)
+    timed = json.loads(times.read_text(encoding="utf-8")) if times.exists() else {"samples_per_s": None}
+    return {**timed, "process": cost}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +110,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             for path in config.model
         ]
 
-        evaluator_for = partial(
-            build_ir_evaluator,
+        evaluator = build_ir_evaluator(
             eval_rows,
             corpus_rows,
             max_corpus=config.max_corpus,
@@ -120,7 +118,6 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             batch_size=config.batch_size,
             show_progress_bar=True,
         )
-        evaluator = evaluator_for(models[0])
         print(f"{len(evaluator.queries):,} queries against {len(evaluator.corpus):,} corpus lines")
         rows = []
         if config.bm25:
@@ -133,7 +130,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         for name, path, model in zip(_short_names(config.model), config.model, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
-            retrieval = retrieval_metrics(evaluator_for(model), model)
+            retrieval = retrieval_metrics(evaluator, model)
             ccpm = {
                 label: ccpm_accuracy(model, records, batch_size=config.batch_size, show_progress_bar=True)
                 for label, records in ccpm_sets.items()

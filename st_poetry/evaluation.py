@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.util import cos_sim
 
 from st_poetry.config import UserError
 from st_poetry.data import EMPTY_TRANSLATION, Skip, parse_ccpm
 from st_poetry.files import read_jsonl
-from st_poetry.modeling import document_prompt_name, query_prompt_name
 
 jieba.setLogLevel(logging.WARNING)  # not its "Building prefix dict" chatter on every run
 
@@ -33,18 +33,17 @@ SCORE_FUNCTION = "cosine"
 def build_ir_evaluator(
     eval_rows: Iterable[Mapping],
     corpus_rows: Iterable[Mapping],
-    model: SentenceTransformer,
     *,
     max_corpus: int | None = None,
     seed: int = 42,
     batch_size: int = 64,
-    name: str = EVALUATOR_NAME,
     show_progress_bar: bool = False,
 ) -> InformationRetrievalEvaluator:
     """Each distinct eval anchor is a query; its relevant documents are the corpus entries of its positives.
 
     `max_corpus` keeps every relevant line and samples the remaining distractors (seeded), so an eval
-    during training stays fast on a large corpus. `model` only supplies its prompt names.
+    during training stays fast on a large corpus. The evaluator encodes with each model's encode_query and
+    encode_document, so every model gets its own prompts from the one evaluator.
     """
     corpus = {str(row["id"]): row["text"] for row in corpus_rows}
     id_of_text: dict[str, str] = {}
@@ -76,19 +75,17 @@ def build_ir_evaluator(
         mrr_at_k=[10],
         ndcg_at_k=[10],
         map_at_k=[100],
-        main_score_function=SCORE_FUNCTION,
-        query_prompt_name=query_prompt_name(model),
-        corpus_prompt_name=document_prompt_name(model),
+        score_functions={SCORE_FUNCTION: cos_sim},  # the metric keys name it, whatever a model's own similarity
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
-        name=name,
+        name=EVALUATOR_NAME,
         write_csv=False,
     )
 
 
-def metric_key(metric: str, name: str = EVALUATOR_NAME) -> str:
+def metric_key(metric: str) -> str:
     """The key an evaluator built here reports `metric` (e.g. "ndcg@10", "recall@1") under."""
-    return f"{name}_{SCORE_FUNCTION}_{metric}"
+    return f"{EVALUATOR_NAME}_{SCORE_FUNCTION}_{metric}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -109,7 +106,7 @@ def _reported(scores: Mapping[str, Mapping[int, float]]) -> dict[str, float]:
 def retrieval_metrics(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> dict[str, float]:
     """Run the evaluator on `model` (it encodes the queries and the whole corpus once) and keep the reported metrics."""
     results = evaluator(model)
-    return {metric: float(results[metric_key(metric, evaluator.name)]) for metric in RETRIEVAL_METRICS}
+    return {metric: float(results[metric_key(metric)]) for metric in RETRIEVAL_METRICS}
 
 
 class CCPMRecord(NamedTuple):
@@ -165,14 +162,12 @@ def ccpm_accuracy(
     """
     queries = model.encode_query(
         [record.translation for record in records],
-        prompt_name=query_prompt_name(model),
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         convert_to_tensor=True,
     )
     choices = model.encode_document(
         [choice for record in records for choice in record.choices],
-        prompt_name=document_prompt_name(model),
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         convert_to_tensor=True,

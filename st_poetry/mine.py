@@ -37,7 +37,7 @@ from sentence_transformers.util import mine_hard_negatives
 
 from st_poetry.config import MineConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, read_rows, write_json, write_jsonl
-from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+from st_poetry.modeling import load_model
 
 MARKER = "mine_stats.json"
 SPLITS = ("train", "eval")
@@ -146,8 +146,6 @@ def mine_candidates(
             relative_margin=config.relative_margin,
             num_negatives=config.range_max - config.range_min,  # all of them: we filter and sample afterwards
             sampling_strategy="top",
-            query_prompt_name=query_prompt_name(model),
-            corpus_prompt_name=document_prompt_name(model),
             output_format="labeled-list",
             batch_size=config.batch_size,
             use_faiss=True,

@@ -18,7 +18,8 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from st_poetry.config import UserError
 
 QUERY_PROMPT = "query"
-DOCUMENT_PROMPT = "document"
+# sentence-transformers' encode_document takes the first of these that the model's prompts have
+DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
 
 def _is_sentence_transformer(name_or_path: str) -> bool:
@@ -49,7 +50,6 @@ def load_model(
     *,
     max_seq_length: int | None = None,
     query_instruction: str | None = None,
-    device: str | None = None,
 ) -> SentenceTransformer:
     """Load `name_or_path` for encoding or training.
 
@@ -58,11 +58,11 @@ def load_model(
     """
     try:
         if _is_sentence_transformer(name_or_path):
-            model = SentenceTransformer(name_or_path, device=device)
+            model = SentenceTransformer(name_or_path)
         else:
             transformer = Transformer(name_or_path)
             pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
-            model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device=device)
+            model = SentenceTransformer(modules=[transformer, pooling, Normalize()])
     except UserError:
         raise
     except (OSError, ValueError, RuntimeError) as error:
@@ -74,11 +74,12 @@ def load_model(
     return model
 
 
-def query_prompt_name(model: SentenceTransformer) -> str | None:
-    """The prompt name to encode queries with, or None when the model defines none."""
-    return QUERY_PROMPT if model.prompts.get(QUERY_PROMPT) else None
+def query_prompt(model: SentenceTransformer) -> str | None:
+    """The text `model.encode_query` prepends, or None: for what must add it by hand (the trainer's columns)."""
+    return model.prompts.get(QUERY_PROMPT) or None
 
 
-def document_prompt_name(model: SentenceTransformer) -> str | None:
-    """The prompt name to encode poetry lines (documents) with, or None when the model defines none."""
-    return DOCUMENT_PROMPT if model.prompts.get(DOCUMENT_PROMPT) else None
+def document_prompt(model: SentenceTransformer) -> str | None:
+    """The text `model.encode_document` prepends, or None, found the way it finds it."""
+    name = next((name for name in DOCUMENT_PROMPTS if name in model.prompts), None)
+    return (model.prompts[name] or None) if name else None

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from sentence_transformers import SentenceTransformer
 
 from st_poetry.config import IndexConfig, QueryConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, read_rows, write_json
-from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+from st_poetry.modeling import document_prompt, load_model, query_prompt
 
 INDEX_INFO = "index.json"
 FAISS_FILE = "index.faiss"
@@ -58,24 +58,18 @@ def read_corpus(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def encode(model: SentenceTransformer, texts: Sequence[str], prompt_name: str | None, **kwargs: Any) -> np.ndarray:
-    """Normalized float32 rows, contiguous for faiss; `prompt_name` is the model's query or document prompt."""
-    embeddings = model.encode(
-        list(texts), prompt_name=prompt_name, normalize_embeddings=True, convert_to_numpy=True, **kwargs
-    )
+def encode(encoder: Callable[..., np.ndarray], texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+    """Normalized float32 rows, contiguous for faiss; `encoder` is a model's encode_query or encode_document."""
+    embeddings = encoder(list(texts), normalize_embeddings=True, convert_to_numpy=True, **kwargs)
     return np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
 def model_record(model: SentenceTransformer) -> dict[str, Any]:
     """What a querying model must reproduce: the prompt strings, the embedding size and the probe's embedding."""
-    query_name, document_name = query_prompt_name(model), document_prompt_name(model)
     return {
-        "prompts": {
-            "query": model.prompts[query_name] if query_name else None,
-            "document": model.prompts[document_name] if document_name else None,
-        },
+        "prompts": {"query": query_prompt(model), "document": document_prompt(model)},
         "embedding_dim": model.get_embedding_dimension(),
-        "probe": encode(model, [PROBE_TEXT], document_prompt_name(model))[0].round(6).tolist(),
+        "probe": encode(model.encode_document, [PROBE_TEXT])[0].round(6).tolist(),
     }
 
 
@@ -97,11 +91,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     embeddings = encode(
-        model,
-        [row["text"] for row in rows],
-        document_prompt_name(model),
-        batch_size=config.batch_size,
-        show_progress_bar=True,
+        model.encode_document, [row["text"] for row in rows], batch_size=config.batch_size, show_progress_bar=True
     )
     encode_seconds = time.perf_counter() - start
     index = new_faiss_index(config, embeddings.shape[1])
@@ -196,9 +186,7 @@ class PoetryIndex:
 
     def search(self, queries: Sequence[str], top_k: int = 10) -> list[list[dict[str, Any]]]:
         """For each query, its top_k lines best first: rank, score (cosine) and the line's metadata."""
-        scores, ids = self.index.search(
-            encode(self.model, queries, query_prompt_name(self.model)), min(top_k, self.index.ntotal)
-        )
+        scores, ids = self.index.search(encode(self.model.encode_query, queries), min(top_k, self.index.ntotal))
         found = np.unique(ids[ids >= 0])  # an HNSW search may return fewer than k: id -1
         columns = self.lines[found.tolist()]
         metadata = {int(i): {key: columns[key][n] for key in METADATA} for n, i in enumerate(found)}

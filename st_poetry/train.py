@@ -41,10 +41,12 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from st_poetry.config import TrainConfig, UserError, run_cli
+from st_poetry.data import MARKER as PREPARED_MARKER
 from st_poetry.data import Skip, is_eval_group, parse_flagembedding
 from st_poetry.evaluation import build_ir_evaluator, metric_key
 from st_poetry.files import read_jsonl, read_rows, write_json, write_jsonl
-from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+from st_poetry.mine import MARKER as MINED_MARKER
+from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.plots import plot_training_curves
 
 CHECKPOINTS = "checkpoints"
@@ -137,14 +139,14 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     if data.is_file() and data.suffix == ".jsonl":
         kind = "flagembedding"
         train, evaluation, corpus, skipped = _read_flagembedding(data, config)
-    elif (data / "mine_stats.json").is_file() or (data / "stats.json").is_file():
-        kind = "mined" if (data / "mine_stats.json").is_file() else "prepared"
+    elif (data / MINED_MARKER).is_file() or (data / PREPARED_MARKER).is_file():
+        kind = "mined" if (data / MINED_MARKER).is_file() else "prepared"
         train, evaluation = _read_rows(data / "train.jsonl"), _read_rows(data / "eval.jsonl")
-        corpus = [record for _, record in read_jsonl(data / "corpus.jsonl")]
+        corpus = read_rows(data / "corpus.jsonl", ("id", "text"))
     else:
         raise UserError(
-            f"--data {data}: expected a folder from `just mine` (mine_stats.json) or `just prepare` (stats.json), "
-            "or a FlagEmbedding .jsonl file"
+            f"--data {data}: expected a folder from `just mine` ({MINED_MARKER}) or `just prepare` "
+            f"({PREPARED_MARKER}), or a FlagEmbedding .jsonl file"
         )
     if not train or not evaluation:
         raise UserError(f"--data {data}: the train or eval split is empty")
@@ -221,10 +223,10 @@ def _device_args() -> dict[str, bool]:
 def column_prompts(model: SentenceTransformer, columns: Sequence[str]) -> dict[str, str] | None:
     """The anchor gets the model's query prompt, every other column its document prompt, as at inference."""
     prompts = {}
-    if name := query_prompt_name(model):
-        prompts[columns[0]] = model.prompts[name]
-    if name := document_prompt_name(model):
-        prompts.update(dict.fromkeys(columns[1:], model.prompts[name]))
+    if query := query_prompt(model):
+        prompts[columns[0]] = query
+    if document := document_prompt(model):
+        prompts.update(dict.fromkeys(columns[1:], document))
     return prompts or None
 
 
@@ -356,13 +358,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
     # 5. Evaluate the base model. This is the "before" score, and it proves that the evaluator reports the key
     #    metric_for_best_model names (a missing key is what broke the FlagEmbedding seed run).
-    evaluator = build_ir_evaluator(
-        [{"anchor": row["anchor"], "positive": row["positive"]} for row in data.eval],
-        data.corpus,
-        model,
-        max_corpus=config.eval_max_corpus,
-        seed=config.seed,
-    )
+    evaluator = build_ir_evaluator(data.eval, data.corpus, max_corpus=config.eval_max_corpus, seed=config.seed)
     before = evaluator(model)
     if metric_key(BEST_METRIC) not in before:
         raise RuntimeError(
@@ -401,9 +397,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
             "loaded, so nothing is saved as final"
         )
 
-    # 8. Save: logs, curves, summary, then the model itself (its card carries the before/after scores).
+    # 8. Save: curves, summary, then the model itself (its card carries the before/after scores). train_log.jsonl
+    #    is whole already: JsonlLog rewrote it at the trainer's last log.
     log = [base_record, *state.log_history]
-    write_jsonl(out / TRAIN_LOG, log)
     plot_training_curves(log, out / CURVES, metric=f"eval_{metric_key(BEST_METRIC)}", metric_label="NDCG@10")
     speed = _training_speed(state.log_history, _checkpoint_step(resume_from), config.batch_size * args.world_size)
     summary = {

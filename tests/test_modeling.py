@@ -4,7 +4,7 @@ import pytest
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
 from st_poetry.config import UserError
-from st_poetry.modeling import document_prompt_name, load_model, query_prompt_name
+from st_poetry.modeling import document_prompt, load_model, query_prompt
 
 
 def test_plain_checkpoint_gets_cls_pooling_and_normalize(tiny_hf_model):
@@ -12,19 +12,26 @@ def test_plain_checkpoint_gets_cls_pooling_and_normalize(tiny_hf_model):
     assert isinstance(model[1], Pooling) and model[1].pooling_mode == "cls"
     assert isinstance(model[2], Normalize)
     assert model.max_seq_length == 32
-    assert query_prompt_name(model) is None and document_prompt_name(model) is None
+    assert query_prompt(model) is None and document_prompt(model) is None
 
 
 def test_sentence_transformer_keeps_its_pooling_and_prompts(tiny_st_model):
     model = load_model(tiny_st_model)
     assert model[1].pooling_mode == "mean"
-    assert (query_prompt_name(model), document_prompt_name(model)) == ("query", "document")
+    assert (query_prompt(model), document_prompt(model)) == ("query: ", "passage: ")
     assert model.prompts["query"] == "query: "
+
+
+def test_document_prompt_is_found_the_way_encode_document_finds_it(tiny_st_model):
+    model = load_model(tiny_st_model)
+    model.prompts = {"query": "q: ", "passage": "p: "}  # no "document" key: encode_document falls back to "passage"
+    assert document_prompt(model) == "p: "
+    assert (model.encode_document(["明月"]) == model.encode(["明月"], prompt="p: ")).all()
 
 
 def test_query_instruction_becomes_the_query_prompt(tiny_hf_model):
     model = load_model(tiny_hf_model, query_instruction="为这个句子生成表示以用于检索相关文章：")
-    assert query_prompt_name(model) == "query"
+    assert query_prompt(model) == "为这个句子生成表示以用于检索相关文章："
     assert model.prompts["query"].startswith("为这个句子")
 
 
