@@ -101,8 +101,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     ccpm_sets, ccpm_skipped = {}, {}
     for label, path in zip(_short_names(config.ccpm), config.ccpm, strict=True):
         ccpm_sets[label], ccpm_skipped[label] = read_ccpm(path)
-    if config.ccpm_eval_split and (held_out := ccpm_records_from_eval(eval_rows)):
-        ccpm_sets[EVAL_SPLIT_CCPM] = held_out
+    if config.ccpm_eval_split:
+        if held_out := ccpm_records_from_eval(eval_rows):
+            ccpm_sets[EVAL_SPLIT_CCPM] = held_out
+        else:  # e.g. a `just mine` folder: its rows no longer carry CCPM's choices
+            print(f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column")
 
     with atomic_output_dir(config.out, MARKER) as out:
         models = [

@@ -168,6 +168,15 @@ def test_eval_split_ccpm_records_are_scored_without_a_ccpm_file(tmp_path, prepar
     assert [row["name"] for row in report["rows"]] == ["bag-of-chars"]
 
 
+def test_a_folder_without_ccpm_choices_says_why_there_is_no_eval_split_ccpm_column(
+    tmp_path, prepared_dir, bag_of_chars_model, capsys
+):
+    config = EvaluateConfig(data=str(prepared_dir), model=[bag_of_chars_model], bm25=False, out=str(tmp_path / "o"))
+    report = evaluate(config)
+    assert report["ccpm_records"] == {}
+    assert "has no CCPM records with their choices" in capsys.readouterr().out
+
+
 def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir, tiny_st_model, capsys):
     broken_model = tmp_path / "broken-model"
     broken_model.mkdir()
