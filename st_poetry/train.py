@@ -42,9 +42,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from st_poetry.config import TrainConfig, UserError, run_cli
 from st_poetry.data import MARKER as PREPARED_MARKER
-from st_poetry.data import Skip, is_eval_group, parse_flagembedding
+from st_poetry.data import Input, SourceStats, is_eval_group, read_records
 from st_poetry.evaluation import build_ir_evaluator, metric_key
-from st_poetry.files import read_jsonl, read_rows, write_json, write_jsonl
+from st_poetry.files import read_rows, write_json, write_jsonl
 from st_poetry.mine import MARKER as MINED_MARKER
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.plots import plot_training_curves
@@ -88,20 +88,33 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _read_flagembedding(path: Path, config: TrainConfig) -> tuple[list[dict], list[dict], list[dict], Counter]:
-    """FlagEmbedding rows -> (train, eval, corpus, skipped): a row per (query, pos); queries split by seeded hash."""
-    train, evaluation, texts, skipped = [], [], {}, Counter()
-    for number, record in read_jsonl(path):
-        try:
-            if not isinstance(record, dict):
-                raise Skip("not a JSON object")
-            parsed = parse_flagembedding(record, path.name, number)
-        except Skip as reason:
-            skipped[str(reason)] += 1
-            continue
-        query = parsed.pairs[0][0]
-        side = evaluation if is_eval_group(query, config.seed, config.eval_fraction) else train
-        side.extend({"anchor": a, "positive": p, "negatives": list(parsed.negatives)} for a, p in parsed.pairs)
+    """FlagEmbedding rows -> (train, eval, corpus, skipped): a row per (query, pos); queries split by seeded hash.
+
+    Records are read and checked by `just prepare`'s reader, and its rules apply: a repeated pair is kept once,
+    and an eval pair whose positive is also a train positive is dropped (it would flatter the eval scores).
+    """
+    stats: dict[str, SourceStats] = {}
+    pairs: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}  # (query, pos) -> (negatives, is_eval)
+    texts: dict[str, None] = {}
+    skipped: Counter = Counter()
+    for _, parsed in read_records([Input("flagembedding", path, eval_only=False)], frozenset(), stats):
         texts.update(dict.fromkeys(parsed.texts))
+        is_eval = is_eval_group(parsed.pairs[0][0], config.seed, config.eval_fraction)
+        for pair in parsed.pairs:
+            if pair in pairs:
+                skipped["duplicate pair"] += 1
+            else:
+                pairs[pair] = (parsed.negatives, is_eval)
+    skipped.update(stats["flagembedding"].skipped)
+    train_positives = {positive for (_, positive), (_, is_eval) in pairs.items() if not is_eval}
+    train, evaluation = [], []
+    for (anchor, positive), (negatives, is_eval) in pairs.items():
+        if is_eval and positive in train_positives:
+            skipped["eval pair whose positive is a train positive"] += 1
+            continue
+        (evaluation if is_eval else train).append(
+            {"anchor": anchor, "positive": positive, "negatives": list(negatives)}
+        )
     if not train or not evaluation:
         raise UserError(f"{path}: too few usable queries to hold out {config.eval_fraction:.0%} for eval")
     corpus = [{"id": f"c{index}", "text": text} for index, text in enumerate(texts)]

@@ -17,6 +17,7 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from transformers import TrainerCallback
 
 from st_poetry.config import BGE_QUERY_INSTRUCTION, TrainConfig, UserError, parse_config
+from st_poetry.data import is_eval_group
 from st_poetry.train import (
     CHECKPOINTS,
     CURVES,
@@ -163,6 +164,30 @@ def test_flagembedding_file_is_split_by_query(tmp_path):
     assert not {row["anchor"] for row in data.train} & {row["anchor"] for row in data.eval}
     assert len(data.train) + len(data.eval) == len(train)
     assert {row["positive"] for row in data.eval} <= {row["text"] for row in data.corpus}
+
+
+def test_flagembedding_file_follows_prepares_rules(tmp_path):
+    queries = [f"描写第{n}处山水的景色" for n in range(40)]
+    positives = ["明月松间照" if n % 2 else chr(0x4E00 + n) * 5 for n in range(40)]  # odd queries share a line
+    lines = [{"query": q, "pos": [p], "neg": ["大漠孤烟直"]} for q, p in zip(queries, positives, strict=True)]
+    lines.append(lines[0])  # a repeated record: its pair is kept once
+    path = tmp_path / "fe.jsonl"
+    _write_jsonl(path, lines)
+    data = load_training_data(_config(path, "unused", tmp_path / "out", eval_fraction=0.25))
+    held_out = [n for n, query in enumerate(queries) if is_eval_group(query, 42, 0.25)]
+    shared_held_out = [n for n in held_out if n % 2]
+    assert shared_held_out and len(shared_held_out) < 20  # the shared line is in train and in eval
+    # an eval pair whose line is also trained on is dropped
+    assert data.stats["skipped"] == {
+        "duplicate pair": 1,
+        "eval pair whose positive is a train positive": len(shared_held_out),
+    }
+    assert len(data.eval) == len(held_out) - len(shared_held_out)
+    assert len(data.train) == len(queries) - len(held_out)
+
+    path.write_text(path.read_text(encoding="utf-8") + "[1, 2]\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"fe.jsonl line 42: not a JSON object"):
+        load_training_data(_config(path, "unused", tmp_path / "out", eval_fraction=0.25))
 
 
 def test_unknown_data_is_a_clear_error(tmp_path):
