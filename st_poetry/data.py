@@ -194,7 +194,10 @@ def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
     The text is read at once, but only one record at a time becomes Python objects: a million-record file
     needs far less memory than the full `json.load` tree would.
     """
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     decoder = json.JSONDecoder()
     position = _WHITESPACE.match(text).end()
     if not text.startswith("[", position):
@@ -274,23 +277,20 @@ def read_records(
             bar.set_postfix_str(item.path.name)
             parse, label = parsers[item.source], "record" if item.source == "works" else "line"
             records = read_json_array(item.path) if item.source == "works" else read_jsonl(item.path)
-            try:
-                for number, record in records:
-                    if not isinstance(record, dict):
-                        raise UserError(f"{item.path} {label} {number}: not a JSON object")
-                    counts.records_read += 1
-                    bar.update()
-                    try:
-                        parsed = parse(record, item.path.name, number)
-                    except Skip as skip:
-                        counts.skip(str(skip), f"{item.path} {label} {number}")
-                        continue
-                    counts.records_kept += 1
-                    if parsed.unpaired:
-                        counts.kept_without_pairs[parsed.unpaired] += 1
-                    yield item, parsed
-            except UnicodeDecodeError as error:
-                raise UserError(f"{item.path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+            for number, record in records:
+                if not isinstance(record, dict):
+                    raise UserError(f"{item.path} {label} {number}: not a JSON object")
+                counts.records_read += 1
+                bar.update()
+                try:
+                    parsed = parse(record, item.path.name, number)
+                except Skip as skip:
+                    counts.skip(str(skip), f"{item.path} {label} {number}")
+                    continue
+                counts.records_kept += 1
+                if parsed.unpaired:
+                    counts.kept_without_pairs[parsed.unpaired] += 1
+                yield item, parsed
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -44,14 +44,11 @@ def atomic_output_dir(out: str | Path, marker: str) -> Iterator[Path]:
         raise
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    count = 0
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False))
             handle.write("\n")
-            count += 1
-    return count
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -60,13 +57,16 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def read_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, Any]]:

@@ -375,6 +375,10 @@ def test_not_utf8_is_a_user_error(tmp_path):
     path.write_bytes('{"translation": "译"}\n'.encode("gbk"))
     with pytest.raises(UserError, match=r"c\.jsonl: not UTF-8 text"):
         prepare(PrepareConfig(ccpm=[str(path)], out=str(tmp_path / "out")))
+    works = tmp_path / "works_tang.json"
+    works.write_bytes('[{"Title": "静夜思"}]'.encode("gbk"))
+    with pytest.raises(UserError, match=r"works_tang\.json: not UTF-8 text"):
+        prepare(PrepareConfig(works=[str(works)], out=str(tmp_path / "out")))
 
 
 def test_wrong_paths_are_user_errors(tmp_path):

@@ -200,6 +200,9 @@ def test_unknown_data_is_a_clear_error(tmp_path):
     (bad / "stats.json").write_text("{}")
     with pytest.raises(UserError, match=r"train.jsonl:1: expected an object with non-empty anchor, positive"):
         load_training_data(_config(bad, "unused", tmp_path / "out"))
+    (bad / "train.jsonl").write_bytes('{"anchor": "明月"}\n'.encode("gbk"))
+    with pytest.raises(UserError, match=r"train.jsonl: not UTF-8 text"):
+        load_training_data(_config(bad, "unused", tmp_path / "out"))
 
 
 def test_prompts_follow_the_model(tiny_st_model, tiny_hf_model):
