@@ -14,7 +14,7 @@ default:
 # (no arguments: the works files and CCPM train under RAW_DATA)
 prepare *args:
     if [ "$#" -eq 0 ]; then set -- --works "{{raw}}/chinese-poetry-and-prose" --ccpm "{{raw}}/ccpm/train.jsonl"; fi; \
-    {{python}} -m st_poetry.data "$@"
+    {{python}} -m st_poetry.prepare "$@"
 
 # data/processed -> data/mined (hard negatives)
 mine *args:

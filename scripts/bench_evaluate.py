@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from st_poetry.evaluation import build_ir_evaluator, retrieval_metrics
 from st_poetry.files import read_jsonl
+from st_poetry.metrics import build_ir_evaluator, retrieval_metrics
 from st_poetry.modeling import load_model
 
 

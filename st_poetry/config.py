@@ -2,7 +2,7 @@
 
 Every field's default and help live here, so `--help` of every stage and a config file share a single
 source of truth. Precedence: dataclass default < `--config FILE` (JSON or TOML) < command-line flag.
-This module is stdlib-only: `python -m st_poetry.data` must stay light.
+This module is stdlib-only: `python -m st_poetry.prepare` must stay light.
 """
 
 from __future__ import annotations

@@ -18,18 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from st_poetry.config import EvaluateConfig, UserError, run_cli
-from st_poetry.evaluation import (
-    BM25_TOKENIZERS,
+from st_poetry.files import atomic_output_dir, read_rows, write_json
+from st_poetry.lexical import BM25_TOKENIZERS, bm25_ccpm_accuracy, bm25_retrieval_metrics
+from st_poetry.metrics import (
     RETRIEVAL_METRICS,
-    bm25_ccpm_accuracy,
-    bm25_retrieval_metrics,
     build_ir_evaluator,
     ccpm_accuracy,
     ccpm_records_from_eval,
     read_ccpm,
     retrieval_metrics,
 )
-from st_poetry.files import atomic_output_dir, read_rows, write_json
 from st_poetry.modeling import load_model
 from st_poetry.plots import plot_metric_bars
 

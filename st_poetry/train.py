@@ -41,13 +41,13 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from st_poetry.config import TrainConfig, UserError, run_cli
-from st_poetry.data import MARKER as PREPARED_MARKER
-from st_poetry.data import Input, SourceStats, is_eval_group, read_records
-from st_poetry.evaluation import build_ir_evaluator, metric_key
 from st_poetry.files import read_rows, write_json, write_jsonl
+from st_poetry.metrics import build_ir_evaluator, metric_key
 from st_poetry.mine import MARKER as MINED_MARKER
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.plots import plot_training_curves
+from st_poetry.prepare import MARKER as PREPARED_MARKER
+from st_poetry.prepare import Input, SourceStats, is_eval_group, read_records
 
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"

@@ -18,16 +18,14 @@ from tokenizers.models import WordLevel
 
 from st_poetry.config import EvaluateConfig, UserError
 from st_poetry.evaluate import _short_names, evaluate, main
-from st_poetry.evaluation import (
+from st_poetry.lexical import bm25_ccpm_accuracy, bm25_retrieval_metrics, single_chars
+from st_poetry.metrics import (
     CCPMRecord,
-    bm25_ccpm_accuracy,
-    bm25_retrieval_metrics,
     build_ir_evaluator,
     ccpm_accuracy,
     ccpm_records_from_eval,
     read_ccpm,
     retrieval_metrics,
-    single_chars,
 )
 
 # Cosine of character counts, query against each line (c0..c4), worked out by hand:

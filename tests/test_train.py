@@ -17,7 +17,7 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from transformers import TrainerCallback
 
 from st_poetry.config import BGE_QUERY_INSTRUCTION, TrainConfig, UserError, parse_config
-from st_poetry.data import is_eval_group
+from st_poetry.prepare import is_eval_group
 from st_poetry.train import (
     CHECKPOINTS,
     CURVES,

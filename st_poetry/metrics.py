@@ -1,30 +1,24 @@
-"""Retrieval evaluation shared by training and `st_poetry.evaluate`: one builder, so both score the same way.
+"""Retrieval metrics shared by training and `just evaluate`: one evaluator builder, so both score the same way.
 
-Also here: CCPM multiple-choice accuracy and the BM25 baselines (bm25s, jieba words or single characters),
-whose rankings go through the evaluator's own metric code so every row of a report is computed alike.
+Also here: CCPM multiple-choice accuracy. The lexical (BM25) side lives in `st_poetry.lexical`, so training,
+which imports this module, does not pull in jieba and bm25s.
 """
 
 from __future__ import annotations
 
-import logging
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import bm25s
-import jieba
-import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import cos_sim
 
 from st_poetry.config import UserError
-from st_poetry.data import EMPTY_TRANSLATION, Skip, parse_ccpm
 from st_poetry.files import read_jsonl
-
-jieba.setLogLevel(logging.WARNING)  # not its "Building prefix dict" chatter on every run
+from st_poetry.prepare import EMPTY_TRANSLATION, Skip, parse_ccpm
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
@@ -89,12 +83,12 @@ def metric_key(metric: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Metrics `st_poetry.evaluate` reports, CCPM multiple-choice accuracy, and the BM25 baselines.
+# Metrics `just evaluate` reports, and CCPM multiple-choice accuracy.
 
 RETRIEVAL_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "map@100")
 
 
-def _reported(scores: Mapping[str, Mapping[int, float]]) -> dict[str, float]:
+def reported_metrics(scores: Mapping[str, Mapping[int, float]]) -> dict[str, float]:
     """Pick RETRIEVAL_METRICS out of InformationRetrievalEvaluator.compute_metrics' {"recall@k": {1: ...}} dict."""
     picked = {}
     for metric in RETRIEVAL_METRICS:
@@ -177,57 +171,3 @@ def ccpm_accuracy(
     scores = model.similarity_pairwise(queries.repeat_interleave(repeats, dim=0), choices)
     predictions = [int(row.argmax()) for row in scores.split(counts)]
     return sum(p == r.answer for p, r in zip(predictions, records, strict=True)) / len(records)
-
-
-def jieba_words(text: str) -> list[str]:
-    """jieba word segmentation, punctuation and spaces dropped."""
-    return [word for word in jieba.lcut(text) if any(ch.isalnum() for ch in word)]
-
-
-def single_chars(text: str) -> list[str]:
-    """Every letter/character on its own: classical poetry has no reliable word boundaries."""
-    return [ch for ch in text if ch.isalnum()]
-
-
-BM25_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"bm25-jieba": jieba_words, "bm25-chars": single_chars}
-
-
-def bm25_retrieval_metrics(
-    evaluator: InformationRetrievalEvaluator, tokenize: Callable[[str], list[str]], *, show_progress_bar: bool = False
-) -> dict[str, float]:
-    """BM25 (bm25s) over the evaluator's own queries and corpus, scored by the evaluator's own metric code.
-
-    Documents sharing no token with the query (score 0) are not ranked at all.
-    """
-    retriever = bm25s.BM25()
-    retriever.index([tokenize(text) for text in evaluator.corpus], show_progress=show_progress_bar)
-    cutoffs = (evaluator.mrr_at_k, evaluator.ndcg_at_k, evaluator.accuracy_at_k, evaluator.map_at_k)
-    max_k = max(max(ks) for ks in (*cutoffs, evaluator.precision_recall_at_k))
-    indices, scores = retriever.retrieve(
-        [tokenize(query) for query in evaluator.queries],
-        k=min(max_k, len(evaluator.corpus)),
-        show_progress=show_progress_bar,
-    )
-    ranked = [
-        [
-            {"corpus_id": evaluator.corpus_ids[index], "score": float(score)}
-            for index, score in zip(row_indices, row_scores, strict=True)
-            if score > 0
-        ]
-        for row_indices, row_scores in zip(indices.tolist(), scores.tolist(), strict=True)
-    ]
-    return _reported(evaluator.compute_metrics(ranked))
-
-
-def bm25_ccpm_accuracy(records: Sequence[CCPMRecord], tokenize: Callable[[str], list[str]]) -> float:
-    """CCPM accuracy when the choice with the highest BM25 score (IDF over all the file's choices) is the prediction."""
-    retriever = bm25s.BM25()
-    retriever.index([tokenize(choice) for record in records for choice in record.choices], show_progress=False)
-    correct, start = 0, 0
-    for record in records:
-        tokens = tokenize(record.translation)
-        stop = start + len(record.choices)
-        scores = retriever.get_scores(tokens)[start:stop] if tokens else np.zeros(len(record.choices))
-        correct += int(scores.argmax()) == record.answer
-        start = stop
-    return correct / len(records)

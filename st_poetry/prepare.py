@@ -1,7 +1,7 @@
 """Raw poetry data -> (query, positive) pairs, a grouped train/eval split and a candidate corpus.
 
     just prepare            # the works files and CCPM train under RAW_DATA (default ../shared/data)
-    python -m st_poetry.data --works raw/works/ --ccpm ccpm/train.jsonl --ccpm-eval ccpm/valid.jsonl
+    python -m st_poetry.prepare --works raw/works/ --ccpm ccpm/train.jsonl --ccpm-eval ccpm/valid.jsonl
 
 Three input formats, any mix, each given as files or folders:
 

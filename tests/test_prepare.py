@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
-from st_poetry import data
+from st_poetry import prepare as prepare_stage
 from st_poetry.config import PrepareConfig, UserError
-from st_poetry.data import clean_lines, is_eval_group, main, prepare
+from st_poetry.prepare import clean_lines, is_eval_group, main, prepare
 
 FILES = ("train.jsonl", "eval.jsonl", "corpus.jsonl", "stats.json")
 
@@ -406,7 +406,7 @@ def test_failure_keeps_the_old_output_and_leaves_no_partial_folder(tmp_path, mon
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "write_json", interrupted)  # dies after the .jsonl files, before the marker
+    monkeypatch.setattr(prepare_stage, "write_json", interrupted)  # dies after the .jsonl files, before the marker
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareConfig(works=[str(path)], out=str(out), seed=7))
     assert {f: (out / f).read_bytes() for f in FILES} == before
@@ -440,7 +440,8 @@ def test_cli_prints_a_summary_and_reports_user_errors_in_one_line(tmp_path, caps
 
 def test_prepare_does_not_import_torch():
     code = (
-        "import sys, st_poetry.data; print(sorted(m for m in ('torch', 'sentence_transformers') if m in sys.modules))"
+        "import sys, st_poetry.prepare; "
+        "print(sorted(m for m in ('torch', 'sentence_transformers') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
