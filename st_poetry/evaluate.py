@@ -7,7 +7,10 @@
 3. BM25 rows (bm25s; jieba words, single characters): the baseline a user would otherwise reach for;
 4. each model: retrieval with the evaluator training uses, each eval anchor against the whole corpus
    (encoded once), then CCPM accuracy (only the CCPM texts are encoded); the time it took;
-5. print the table; write evaluation.md, evaluation.png and evaluation.json (last, the marker) atomically.
+5. with --hybrid, each model's row is followed by its fusion with BM25 over characters (st_poetry.hybrid) on the
+   same corpus embeddings, ranked lines scored by the same evaluator code, and a sweep of the fusion's settings
+   on the eval split (fusion_sweep.png: metric against alpha); CCPM files never tune anything;
+6. print the table; write evaluation.md, evaluation.png and evaluation.json (last, the marker) atomically.
 """
 
 from __future__ import annotations
@@ -17,19 +20,38 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import EvaluateConfig, UserError, run_cli
+import faiss
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+from st_poetry.config import EvaluateConfig, FusionOptions, UserError, run_cli
 from st_poetry.files import atomic_output_dir, read_rows, write_json
-from st_poetry.lexical import BM25_TOKENIZERS, bm25_ccpm_accuracy, bm25_retrieval_metrics
+from st_poetry.hybrid import Candidates, candidates, fuse, fused_choice_scores, ranking
+from st_poetry.lexical import (
+    BM25_TOKENIZERS,
+    HYBRID_LEXICAL,
+    bm25_ccpm_accuracy,
+    bm25_ccpm_scores,
+    bm25_retrieval_metrics,
+    build_bm25,
+)
 from st_poetry.metrics import (
     RETRIEVAL_METRICS,
     build_ir_evaluator,
-    ccpm_accuracy,
     ccpm_records_from_eval,
+    ccpm_scores,
+    choice_accuracy,
+    encode_corpus,
+    encode_queries,
+    max_k,
     read_ccpm,
+    reported_metrics,
     retrieval_metrics,
 )
 from st_poetry.modeling import load_model
-from st_poetry.plots import plot_metric_bars
+from st_poetry.plots import plot_fusion_sweep, plot_metric_bars
 
 MARKER = "evaluation.json"
 EVAL_SPLIT_CCPM = "eval split"
@@ -42,6 +64,12 @@ HEADERS = {
     "map@100": "MAP@100",
 }
 PLOTTED = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
+# The fusion sweep: every combination is scored on the eval split; the best by TUNED_METRIC is reported.
+SWEEP_FUSIONS = ("interpolate", "rrf")
+SWEEP_DEPTHS = (10, 20, 50, 100)
+SWEEP_ALPHAS = tuple(round(alpha, 2) for alpha in np.linspace(0, 1, 21).tolist())
+SWEEP_METRICS = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
+TUNED_METRIC = "ndcg@10"
 # Li et al. 2021, "CCPM: A Chinese Classical Poetry Matching Dataset", accuracy on the CCPM test split.
 CCPM_REFERENCE = {"BERT-Match (bi-encoder, bert-base-chinese)": 0.8260, "BERT-Cls (cross-encoder)": 0.8496}
 
@@ -54,6 +82,51 @@ def _short_names(names: Sequence[str]) -> list[str]:
 
 def _row(name: str, source: str, retrieval: dict[str, float], ccpm: dict[str, float], seconds: float) -> dict:
     return {"name": name, "model": source, "retrieval": retrieval, "ccpm": ccpm, "seconds": round(seconds, 1)}
+
+
+def _unit(embeddings: torch.Tensor) -> np.ndarray:
+    """Float32 unit rows, contiguous for faiss: inner product = the evaluator's cosine."""
+    unit = torch.nn.functional.normalize(embeddings.float(), dim=-1).cpu().numpy()
+    return np.ascontiguousarray(unit, dtype=np.float32)
+
+
+def hybrid_candidates(
+    evaluator: InformationRetrievalEvaluator,
+    model: SentenceTransformer,
+    corpus: torch.Tensor,
+    bm25: Any,
+    query_tokens: Sequence[Sequence[str]],
+    depth: int,
+) -> Candidates:
+    """Each eval query's fusion candidates: an exact faiss index over the model's `corpus` embeddings + BM25."""
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    index.add(_unit(corpus))
+    return candidates(index, _unit(encode_queries(evaluator, model)), bm25, query_tokens, depth)
+
+
+def fused_metrics(
+    evaluator: InformationRetrievalEvaluator, found: Candidates, options: FusionOptions, top_k: int
+) -> dict[str, float]:
+    """The fused top_k of every query, scored by the evaluator's own metric code like every other row."""
+    ranked = [
+        [{"corpus_id": evaluator.corpus_ids[i], "score": fused} for i, _, _, fused in hits]
+        for hits in ranking(found, fuse(found, options), top_k)
+    ]
+    return reported_metrics(evaluator.compute_metrics(ranked))
+
+
+def fusion_sweep(evaluator: InformationRetrievalEvaluator, found: Candidates, rrf_k: int) -> list[dict[str, Any]]:
+    """SWEEP_METRICS of every fusion x depth x alpha (top 10 per query: the metrics look no deeper)."""
+    points = []
+    for fusion in SWEEP_FUSIONS:
+        for depth in SWEEP_DEPTHS:
+            for alpha in SWEEP_ALPHAS:
+                options = FusionOptions(hybrid=True, fusion=fusion, alpha=alpha, depth=depth, rrf_k=rrf_k)
+                metrics = fused_metrics(evaluator, found, options, top_k=10)
+                points.append(
+                    {"fusion": fusion, "depth": depth, "alpha": alpha, **{m: metrics[m] for m in SWEEP_METRICS}}
+                )
+    return points
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -84,6 +157,26 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         )
     if any(row["model"] == "bm25s" for row in report["rows"]):
         notes.append("bm25-*: bm25s (Lucene BM25, k1=1.5, b=0.75) over the same corpus, jieba words or single chars.")
+    if fusion := report.get("fusion"):
+        how = (
+            f"alpha {fusion['alpha']} x dense + {1 - fusion['alpha']:.2f} x BM25, each min-max normalised per query"
+            if fusion["fusion"] == "interpolate"
+            else f"reciprocal rank fusion, k={fusion['rrf_k']}, dense weight {fusion['alpha']}"
+        )
+        notes.append(
+            f"`MODEL + {fusion['lexical']}`: the model's ranking fused with {fusion['lexical']} ({how}) over the union "
+            f"of each side's top {fusion['depth']}, on the same corpus embeddings; its CCPM columns fuse the same "
+            "way over each record's choices."
+        )
+        sweep = report["fusion_sweep"]
+        best = "; ".join(
+            f"{name}: {point['fusion']}, depth {point['depth']}, alpha {point['alpha']} "
+            f"({HEADERS[sweep['tuned_metric']]} {point[sweep['tuned_metric']]:.4f})"
+            for name, point in ((name, model["best"]) for name, model in sweep["models"].items())
+        )
+        notes.append(
+            f"Fusion sweep on this eval split (fusion_sweep.png), best {HEADERS[sweep['tuned_metric']]}: {best}."
+        )
     notes.append("seconds: the time each row took to encode/index and score (model loading excluded).")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
@@ -120,7 +213,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             show_progress_bar=True,
         )
         print(f"{len(evaluator.queries):,} queries against {len(evaluator.corpus):,} corpus lines")
-        rows = []
+        rows, sweeps = [], {}
+        if config.hybrid:  # one BM25 index and the queries' tokens, shared by every model's fusion
+            tokenize = BM25_TOKENIZERS[HYBRID_LEXICAL]
+            corpus_bm25 = build_bm25(evaluator.corpus, tokenize, show_progress=True)
+            query_tokens = [tokenize(query) for query in evaluator.queries]
+            ccpm_lexical = {label: bm25_ccpm_scores(records, tokenize) for label, records in ccpm_sets.items()}
         if config.bm25:
             for name, tokenize in BM25_TOKENIZERS.items():
                 print(f"{name}: indexing and retrieving")
@@ -131,12 +229,27 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         for name, path, model in zip(_short_names(config.model), config.model, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
-            retrieval = retrieval_metrics(evaluator, model)
-            ccpm = {
-                label: ccpm_accuracy(model, records, batch_size=config.batch_size, show_progress_bar=True)
+            corpus = encode_corpus(evaluator, model) if config.hybrid else None
+            retrieval = retrieval_metrics(evaluator, model, corpus_embeddings=corpus)
+            dense_ccpm = {
+                label: ccpm_scores(model, records, batch_size=config.batch_size, show_progress_bar=True)
                 for label, records in ccpm_sets.items()
             }
+            ccpm = {label: choice_accuracy(ccpm_sets[label], scores) for label, scores in dense_ccpm.items()}
             rows.append(_row(name, path, retrieval, ccpm, time.perf_counter() - start))
+            if config.hybrid:
+                print(f"{name} + {HYBRID_LEXICAL}: fusing, and sweeping the fusion settings")
+                start = time.perf_counter()
+                depth = max(*SWEEP_DEPTHS, config.depth)
+                found = hybrid_candidates(evaluator, model, corpus, corpus_bm25, query_tokens, depth)
+                retrieval = fused_metrics(evaluator, found, config, top_k=max_k(evaluator))
+                ccpm = {
+                    label: choice_accuracy(ccpm_sets[label], fused_choice_scores(scores, ccpm_lexical[label], config))
+                    for label, scores in dense_ccpm.items()
+                }
+                rows.append(_row(f"{name} + {HYBRID_LEXICAL}", path, retrieval, ccpm, time.perf_counter() - start))
+                points = fusion_sweep(evaluator, found, config.rrf_k)
+                sweeps[name] = {"best": max(points, key=lambda point: point[TUNED_METRIC]), "points": points}
 
         report = {
             "data": str(data),
@@ -149,6 +262,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             "ccpm_reference": CCPM_REFERENCE,
             "rows": rows,
         }
+        if config.hybrid:
+            report["fusion"] = {
+                "lexical": HYBRID_LEXICAL,
+                **{key: getattr(config, key) for key in ("fusion", "alpha", "depth", "rrf_k")},
+            }
+            report["fusion_sweep"] = {"tuned_metric": TUNED_METRIC, "models": sweeps}
         markdown = report_markdown(report)
         (out / "evaluation.md").write_text(f"# Evaluation\n\n{markdown}", encoding="utf-8")
         bars = {
@@ -160,11 +279,18 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         }
         title = f"{report['queries']:,} queries against {report['corpus']:,} lines"
         plot_metric_bars(bars, out / "evaluation.png", title=title)
+        if config.hybrid:
+            by_name = {row["name"]: row["retrieval"][TUNED_METRIC] for row in rows}
+            baselines = {
+                name: {side: by_name[side] for side in (name, HYBRID_LEXICAL) if side in by_name} for name in sweeps
+            }
+            plot_fusion_sweep(sweeps, baselines, out / "fusion_sweep.png", metric=TUNED_METRIC, title=title)
         write_json(out / MARKER, report)
 
     print()
     print(markdown)
-    print(f"wrote {config.out}/evaluation.json, evaluation.md, evaluation.png")
+    figures = "evaluation.png" + (", fusion_sweep.png" if config.hybrid else "")
+    print(f"wrote {config.out}/evaluation.json, evaluation.md, {figures}")
     return report
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -22,6 +23,28 @@ from st_poetry.prepare import EMPTY_TRANSLATION, Skip, parse_ccpm
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
+
+
+def encode_corpus(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> torch.Tensor:
+    """The evaluator's corpus encoded as the evaluator itself encodes it, for reuse beyond one evaluator call."""
+    return evaluator.embed_inputs(
+        model,
+        evaluator.corpus,
+        encode_fn_name="document",
+        prompt_name=evaluator.corpus_prompt_name,
+        prompt=evaluator.corpus_prompt,
+    )
+
+
+def encode_queries(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> torch.Tensor:
+    """The evaluator's queries encoded as the evaluator itself encodes them."""
+    return evaluator.embed_inputs(
+        model,
+        evaluator.queries,
+        encode_fn_name="query",
+        prompt_name=evaluator.query_prompt_name,
+        prompt=evaluator.query_prompt,
+    )
 
 
 def build_ir_evaluator(
@@ -77,6 +100,18 @@ def build_ir_evaluator(
     )
 
 
+def max_k(evaluator: InformationRetrievalEvaluator) -> int:
+    """The deepest rank any of the evaluator's metrics looks at: how many ranked lines a query needs."""
+    cutoffs = (
+        evaluator.mrr_at_k,
+        evaluator.ndcg_at_k,
+        evaluator.accuracy_at_k,
+        evaluator.map_at_k,
+        evaluator.precision_recall_at_k,
+    )
+    return max(max(ks) for ks in cutoffs)
+
+
 def metric_key(metric: str) -> str:
     """The key an evaluator built here reports `metric` (e.g. "ndcg@10", "recall@1") under."""
     return f"{EVALUATOR_NAME}_{SCORE_FUNCTION}_{metric}"
@@ -97,9 +132,14 @@ def reported_metrics(scores: Mapping[str, Mapping[int, float]]) -> dict[str, flo
     return picked
 
 
-def retrieval_metrics(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> dict[str, float]:
-    """Run the evaluator on `model` (it encodes the queries and the whole corpus once) and keep the reported metrics."""
-    results = evaluator(model)
+def retrieval_metrics(
+    evaluator: InformationRetrievalEvaluator, model: SentenceTransformer, corpus_embeddings: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Run the evaluator on `model` and keep the reported metrics.
+
+    It encodes the queries, and the whole corpus unless given its `corpus_embeddings` (from `encode_corpus`).
+    """
+    results = evaluator(model, corpus_embeddings=corpus_embeddings)
     return {metric: float(results[metric_key(metric)]) for metric in RETRIEVAL_METRICS}
 
 
@@ -147,10 +187,10 @@ def ccpm_records_from_eval(eval_rows: Iterable[Mapping]) -> list[CCPMRecord]:
     return records
 
 
-def ccpm_accuracy(
+def ccpm_scores(
     model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
-) -> float:
-    """Share of records whose answer is the choice most similar to the translation (the CCPM paper's bi-encoder task).
+) -> list[np.ndarray]:
+    """Each record's choices scored by the model's similarity to its translation (the CCPM paper's bi-encoder task).
 
     Only the records' own texts are encoded: the translation as a query, the choices as documents.
     """
@@ -169,5 +209,18 @@ def ccpm_accuracy(
     counts = [len(record.choices) for record in records]
     repeats = torch.tensor(counts, device=queries.device)
     scores = model.similarity_pairwise(queries.repeat_interleave(repeats, dim=0), choices)
-    predictions = [int(row.argmax()) for row in scores.split(counts)]
-    return sum(p == r.answer for p, r in zip(predictions, records, strict=True)) / len(records)
+    return [row.float().cpu().numpy() for row in scores.split(counts)]
+
+
+def choice_accuracy(records: Sequence[CCPMRecord], scores: Sequence[np.ndarray]) -> float:
+    """Share of records whose answer is the choice scored highest."""
+    return sum(int(row.argmax()) == r.answer for row, r in zip(scores, records, strict=True)) / len(records)
+
+
+def ccpm_accuracy(
+    model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
+) -> float:
+    """Share of records whose answer is the choice most similar to the translation."""
+    return choice_accuracy(
+        records, ccpm_scores(model, records, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    )

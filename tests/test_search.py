@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pytest
 
-from st_poetry.config import IndexConfig, QueryConfig, UserError, parse_config
+from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_config
 from st_poetry.modeling import load_model
 from st_poetry.search import INDEX_INFO, PoetryIndex, build_index, main, query, read_corpus
 
@@ -34,7 +35,8 @@ def test_build_writes_index_and_records_model_and_prompts(capsys, tmp_path, tiny
     assert info["embedding_dim"] == 32 and len(info["probe"]) == 32
     assert info["index_type"] == "flat" and info["hnsw"] is None
     assert info["size"] == len(read_corpus(prepared_dir / "corpus.jsonl")) == 38
-    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", INDEX_INFO}
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", "bm25", INDEX_INFO}
+    assert info["bm25"] == {"folder": "bm25", "tokens": "bm25-chars", "k1": 1.5, "b": 0.75}
     # the recorded model is found again and passes its own check
     results, _ = _query(capsys, out, "山中下雨后傍晚的秋天", top_k=38)
     assert sorted(hit["text"] for hit in results[0]["results"]) == sorted(
@@ -187,3 +189,51 @@ def test_config_validation_without_a_model():
         QueryConfig(top_k=0)
     config = parse_config(QueryConfig, ["a", "b", "--top-k", "3"])
     assert config.queries == ["a", "b"] and config.top_k == 3
+
+
+def test_hybrid_search_gives_both_sides_scores_and_finds_the_line_by_its_characters(capsys, index_dir):
+    index = PoetryIndex(index_dir)
+    (dense,) = index.search(["孤舟蓑笠翁"], top_k=38)
+    (hybrid,) = index.search(["孤舟蓑笠翁"], top_k=5, hybrid=True)
+    assert hybrid[0]["text"] == "孤舟蓑笠翁" and hybrid[0]["score"] == pytest.approx(1.0)  # best on both sides
+    cosine = {hit["text"]: hit["score"] for hit in dense}
+    lexical = index.bm25.get_scores(list("孤舟蓑笠翁"))
+    for hit in hybrid:
+        assert hit["dense_score"] == pytest.approx(cosine[hit["text"]], abs=1e-5)
+        assert hit["bm25_score"] == pytest.approx(float(lexical[int(hit["id"][1:])]))
+    assert [hit["score"] for hit in hybrid] == sorted((hit["score"] for hit in hybrid), reverse=True)
+
+    # a description sharing only characters with its line: BM25 pulls the line up from where the random model has it
+    description = "独自在大雪覆盖的寒冷江面上垂钓"
+    dense_rank = [hit["text"] for hit in index.search([description], top_k=38)[0]].index("独钓寒江雪")
+    (hybrid,) = index.search([description], top_k=38, hybrid=True, fusion=FusionOptions(alpha=0.3))
+    assert [hit["text"] for hit in hybrid].index("独钓寒江雪") < dense_rank
+
+    _, printed = _query(capsys, index_dir, "孤舟蓑笠翁", hybrid=True, json=True, top_k=2)
+    assert set(json.loads(printed)["results"][0]) >= {"score", "dense_score", "bm25_score", "text"}
+    _, table = _query(capsys, index_dir, "孤舟蓑笠翁", hybrid=True, top_k=2)
+    assert table.splitlines()[1].split() == ["#", "score", "dense", "bm25", "line", "title", "author", "dynasty"]
+
+
+def test_an_index_without_its_bm25_part_says_how_to_rebuild(index_dir):
+    info = json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
+    del info["bm25"]  # as `just index` wrote it before hybrid search
+    (index_dir / INDEX_INFO).write_text(json.dumps(info), encoding="utf-8")
+    shutil.rmtree(index_dir / "bm25")
+    assert query(QueryConfig(queries=["秋天"], index=str(index_dir), top_k=1))[0]["results"]  # dense still works
+    with pytest.raises(UserError, match=r"has no BM25 part .*: rebuild it with `just index --model .* --out "):
+        query(QueryConfig(queries=["秋天"], index=str(index_dir), hybrid=True))
+
+
+def test_a_punctuation_only_query_is_one_line(capsys, tmp_path, index_dir):
+    with pytest.raises(UserError, match="punctuation only"):
+        query(QueryConfig(queries=["，。！？"], index=str(index_dir)))
+    with pytest.raises(UserError, match="punctuation only"):
+        PoetryIndex(index_dir).search(["……"], hybrid=True)
+    lines = tmp_path / "queries.txt"
+    lines.write_text("秋天\n“”\n", encoding="utf-8")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "--index", str(index_dir), "--file", str(lines)])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and error.startswith("error: query '“”' is punctuation only") and "\n" not in error
