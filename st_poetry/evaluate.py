@@ -67,7 +67,7 @@ PLOTTED = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
 # The fusion sweep: every combination is scored on the eval split; the best by TUNED_METRIC is reported.
 SWEEP_FUSIONS = ("interpolate", "rrf")
 SWEEP_DEPTHS = (10, 20, 50, 100)
-SWEEP_ALPHAS = tuple(round(alpha, 2) for alpha in np.linspace(0, 1, 21).tolist())
+SWEEP_ALPHAS = tuple(round(alpha, 1) for alpha in np.linspace(0, 1, 11).tolist())
 SWEEP_METRICS = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
 TUNED_METRIC = "ndcg@10"
 # Li et al. 2021, "CCPM: A Chinese Classical Poetry Matching Dataset", accuracy on the CCPM test split.

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from functools import cached_property
 
 import bm25s
 import faiss
@@ -28,7 +29,8 @@ from st_poetry.config import FusionOptions
 from st_poetry.lexical import bm25_scores
 
 
-class Candidates(NamedTuple):
+@dataclass
+class Candidates:
     """Per query (row), its candidates (columns, padded): corpus ids (-1 = padding) and both sides' scores."""
 
     ids: np.ndarray
@@ -38,6 +40,17 @@ class Candidates(NamedTuple):
     @property
     def valid(self) -> np.ndarray:
         return self.ids >= 0
+
+    # Ranks among the candidates, which hold each side's top `depth`: so one gathering at a large depth serves
+    # every smaller depth, and a sweep ranks once. The dense side lists every candidate, the BM25 side those
+    # with a positive score (a line sharing no token with the query is not a BM25 hit).
+    @cached_property
+    def dense_rank(self) -> np.ndarray:
+        return _ranks(self.dense, self.valid)
+
+    @cached_property
+    def lexical_rank(self) -> np.ndarray:
+        return _ranks(self.lexical, self.valid & (self.lexical > 0))
 
 
 def candidates(
@@ -85,14 +98,8 @@ def _min_max(scores: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def fuse(found: Candidates, options: FusionOptions) -> np.ndarray:
-    """Fused scores shaped like `found`; -inf for padding and for lines outside both sides' top `depth`.
-
-    The dense side lists every candidate, the BM25 side those with a positive score (a line sharing no token
-    with the query is not a BM25 hit). Ranks are taken among the candidates, which hold each side's top
-    `depth`, so one gathering at a large depth serves every smaller depth of a sweep.
-    """
-    dense_rank = _ranks(found.dense, found.valid)
-    lexical_rank = _ranks(found.lexical, found.valid & (found.lexical > 0))
+    """Fused scores shaped like `found`; -inf for padding and for lines outside both sides' top `depth`."""
+    dense_rank, lexical_rank = found.dense_rank, found.lexical_rank
     in_dense, in_lexical = dense_rank < options.depth, lexical_rank < options.depth
     keep = in_dense | in_lexical
     alpha = options.alpha

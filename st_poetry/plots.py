@@ -79,7 +79,7 @@ def plot_fusion_sweep(
     `sweeps` maps a model to {"best": point, "points": [{"fusion", "depth", "alpha", metric, ...}, ...]};
     `baselines` maps it to {row name: value}, drawn as dashed lines (the dense model, BM25 alone).
     """
-    figure = Figure(figsize=(6.0 * len(sweeps), 4.8), layout="constrained")
+    figure = Figure(figsize=(6.0 * len(sweeps), 5.6), layout="constrained")
     panels = figure.subplots(1, len(sweeps), squeeze=False)[0]
     for axes, (name, sweep) in zip(panels, sweeps.items(), strict=True):
         points = sweep["points"]
@@ -94,9 +94,9 @@ def plot_fusion_sweep(
                     color=f"C{color}",
                     label=f"{fusion}, depth {depth}",
                 )
-        for index, (label, value) in enumerate(baselines.get(name, {}).items()):
-            axes.axhline(value, color="grey", linestyle="--", alpha=0.8 - 0.3 * index, linewidth=1)
-            axes.annotate(label, (0.5, value), xytext=(0, 2), textcoords="offset points", fontsize=7, color="grey")
+        for label, value in baselines.get(name, {}).items():
+            axes.axhline(value, color="grey", linestyle="--", linewidth=1)
+            axes.annotate(label, (0.0, value), xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
         best = sweep["best"]
         axes.plot(
             best["alpha"], best[metric], "k*", markersize=11, label=f"best: {best['fusion']}, depth {best['depth']}"
@@ -105,7 +105,7 @@ def plot_fusion_sweep(
         axes.set_ylabel(metric)
         axes.set_title(name)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7, loc="lower center")
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
     if title:
         figure.suptitle(title)
     figure.savefig(path, dpi=120)

@@ -219,7 +219,7 @@ def test_hybrid_rows_and_sweep_use_the_same_metric_code_and_never_tune_on_ccpm(t
 
     sweep = report["fusion_sweep"]["models"]["tiny-st"]
     point = {(p["fusion"], p["depth"], p["alpha"]): p for p in sweep["points"]}
-    assert len(point) == 2 * 4 * 21
+    assert len(point) == 2 * 4 * 11
     # the row is the sweep's point at the configured settings
     for metric in ("recall@1", "recall@10", "mrr@10", "ndcg@10"):
         assert hybrid["retrieval"][metric] == pytest.approx(point["interpolate", 50, 0.5][metric])
