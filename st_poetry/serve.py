@@ -33,12 +33,13 @@ from st_poetry.config import ServeConfig, run_cli
 from st_poetry.search import PoetryIndex
 
 WEB = Path(__file__).parent / "web"
-# Descriptions the page offers to click; they are held-out eval descriptions of lines in the shared corpus.
+# What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but
+# lines on autumn rain are); the others are held-out eval descriptions of lines in the shared corpus.
 EXAMPLES = (
-    "洛阳城显得多么的寂寞，昔日的宫室全都被烧焚。",
     "山中下雨后傍晚的秋天",
-    "明亮的月光洒在床前",
-    "独自在大雪覆盖的寒冷江面上垂钓",
+    "洛阳城显得多么的寂寞，昔日的宫室全都被烧焚。",
+    "她在花间徘徊看那款款飞舞的蝴蝶，听取枝头黄莺的歌唱。",
+    "早晨的雾色弥漫于山谷，战马在怒号的北风中嘶叫。",
 )
 
 
@@ -80,7 +81,7 @@ class Searcher:
         for number, query in enumerate(stripped, start=1):
             where = f"query {number}" if len(stripped) > 1 else "the query"
             if not query:
-                raise HTTPException(400, f'{where} is empty: describe what you are looking for, e.g. "{EXAMPLES[1]}"')
+                raise HTTPException(400, f'{where} is empty: describe what you are looking for, e.g. "{EXAMPLES[0]}"')
             if len(query) > limits.max_query_chars:
                 raise HTTPException(
                     400, f"{where} has {len(query):,} characters; the limit is {limits.max_query_chars:,}"
