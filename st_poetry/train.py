@@ -38,7 +38,8 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 from transformers import EarlyStoppingCallback, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_poetry.config import TrainConfig, UserError, run_cli
 from st_poetry.files import write_json, write_jsonl
@@ -153,6 +154,11 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         corpus = CORPUS.read(data / "corpus.jsonl")
     if not train or not evaluation:
         raise UserError(f"--data {data}: the train or eval split is empty")
+    if len(train) < 2:
+        raise UserError(
+            f"--data {data}: only 1 train row; the loss learns by telling a row's line from the other rows' texts, "
+            "so training needs at least 2"
+        )
 
     full_eval = len(evaluation)
     if config.eval_max_rows is not None and len(evaluation) > config.eval_max_rows:
@@ -209,6 +215,31 @@ class JsonlLog(TrainerCallback):
             write_jsonl(self.path, [*self.first, *state.log_history])
 
 
+class WholeRunLoss(TrainerCallback):
+    """Make the final `train_loss` the whole run's mean, also after --resume (the trainer's covers this session only).
+
+    The train loss is also logged at every evaluation and save, so the log history that a checkpoint restores holds
+    the loss of every step before it.
+    """
+
+    def __init__(self, resumed_at: int | None) -> None:
+        self.resumed_at = resumed_at or 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_evaluate or control.should_save:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.resumed_at and "train_loss" in (logs or {}):
+            logged = [(entry["step"], entry["loss"]) for entry in state.log_history if "loss" in entry]
+            logged = [(step, loss) for step, loss in logged if step <= self.resumed_at]
+            steps = [0] + [step for step, _ in logged]
+            total = sum(loss * (step - previous) for (step, loss), previous in zip(logged, steps, strict=False))
+            before = total / steps[-1] * self.resumed_at if logged else 0.0
+            after = logs["train_loss"] * (state.global_step - self.resumed_at)
+            logs["train_loss"] = state.log_history[-1]["train_loss"] = (before + after) / state.global_step
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The stage
 
@@ -233,20 +264,41 @@ def column_prompts(model: SentenceTransformer, columns: Sequence[str]) -> dict[s
     return prompts or None
 
 
+def _is_complete(checkpoint: Path) -> bool:
+    """The trainer writes trainer_state.json last: a checkpoint without a readable one was cut off while saving."""
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
-    """The checkpoint to resume from; a fresh run refuses a non-empty --out rather than mixing two runs."""
+    """The checkpoint to resume from; a fresh run refuses a non-empty --out rather than mixing two runs.
+
+    Incomplete checkpoints (a run killed while saving) are skipped and removed, so that the resumed run can save
+    that step again; the last complete one is used.
+    """
     if resume:
-        last = get_last_checkpoint(str(out / CHECKPOINTS)) if (out / CHECKPOINTS).is_dir() else None
-        if last is None:
-            raise UserError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
-        return last
+        folder = out / CHECKPOINTS
+        found = folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []
+        found = sorted((path for path in found if path.name.rsplit("-", 1)[-1].isdigit()), key=_checkpoint_step)
+        complete = [path for path in found if _is_complete(path)]
+        if not complete:
+            raise UserError(f"--resume: no complete checkpoint in {folder}")
+        if is_main:
+            for path in found[found.index(complete[-1]) + 1 :]:
+                print(f"note: {path} is incomplete (no {TRAINER_STATE_NAME}: cut off while saving); removed it")
+                shutil.rmtree(path)
+            print(f"resuming from {complete[-1]}")
+        return str(complete[-1])
     if is_main and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue its last checkpoint, or choose another --out")
     return None
 
 
-def _checkpoint_step(checkpoint: str | None) -> int | None:
-    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
+def _checkpoint_step(checkpoint: str | Path | None) -> int | None:
+    return int(str(checkpoint).rsplit("-", 1)[-1]) if checkpoint else None
 
 
 def _training_speed(log: list[dict], resumed_at: int | None, samples_per_step: int) -> dict[str, float | None]:
@@ -381,6 +433,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=config.patience),
             SaveEachNewBest(),
+            WholeRunLoss(_checkpoint_step(resume_from)),
             JsonlLog(out / TRAIN_LOG, [base_record]),
             *callbacks,
         ],
@@ -389,8 +442,16 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     if not trainer.is_world_process_zero():
         return {}
 
-    # 7. Evaluate the model that will be saved: it must be the best checkpoint, with the score it had then.
+    # 7. Evaluate the model that will be saved: it must be the best checkpoint, with the score it had then. A loss
+    #    of exactly 0 at every step means that no batch held a second candidate: nothing was learned.
     state = trainer.state
+    train_loss = next(entry["train_loss"] for entry in reversed(state.log_history) if "train_loss" in entry)
+    if train_loss == 0:
+        raise UserError(
+            f"the training loss was 0 at every step: no batch held more than one row and the rows have no "
+            f"negatives, so nothing was learned and nothing is saved as final (--data {config.data}: rows that "
+            "share a text never share a batch; give more distinct rows or rows with negatives)"
+        )
     after = evaluator(model)
     best_step = _checkpoint_step(state.best_model_checkpoint)
     if best_step is None or abs(after[metric_key(BEST_METRIC)] - state.best_metric) > BEST_TOLERANCE:
@@ -414,6 +475,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         "loss": type(loss).__name__,
         "stopped_early": state.global_step < state.max_steps,
         "best_step": best_step,
+        "train_loss": train_loss,
         "before": _headline(before),
         "after": _headline(after),
         "before_all": before,
@@ -442,7 +504,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  skipped records: {json.dumps(data['skipped'], ensure_ascii=False)}")
     stop = "early stopping" if summary["stopped_early"] else "the step budget"
     lines.append(
-        f"  steps: {summary['global_step']} of {summary['max_steps']} (ended by {stop}), best {summary['best_step']}"
+        f"  steps: {summary['global_step']} of {summary['max_steps']} (ended by {stop}), best {summary['best_step']}; "
+        f"mean train loss {summary['train_loss']:.4f}"
     )
     if summary["train_samples_per_second"]:
         lines.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -248,7 +249,7 @@ def test_output_folder_rules(tiny_st_model, prepared_dir, tmp_path):
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty: pass --resume"):
         train(_config(prepared_dir, tiny_st_model, tmp_path / "out"))
-    with pytest.raises(UserError, match="no checkpoint"):
+    with pytest.raises(UserError, match="no complete checkpoint"):
         train(_config(prepared_dir, tiny_st_model, tmp_path / "out", resume=True))
 
 
@@ -304,6 +305,59 @@ def test_resume_ends_where_an_uninterrupted_run_would(tiny_st_model, mined_dir, 
     assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
     losses = [[r.get("loss") for r in _log(out) if "loss" in r] for out in (tmp_path / "whole", interrupted)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_saving_and_reports_the_whole_runs_loss(
+    tiny_st_model, mined_dir, tmp_path, capsys
+):
+    # logging_steps 3 does not divide the checkpoint step 2: the loss is also logged at every evaluation and save
+    steps = dict(max_steps=4, eval_steps=2, logging_steps=3, lr=1e-3)
+    whole = train(_config(mined_dir, tiny_st_model, tmp_path / "whole", **steps))
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(_Interrupt):
+        train(_config(mined_dir, tiny_st_model, out, **steps), callbacks=[_InterruptAfterSave(2)])
+    # a SIGKILL while checkpoint-4 was being written: everything but trainer_state.json, which is written last
+    shutil.copytree(out / CHECKPOINTS / "checkpoint-2", out / CHECKPOINTS / "checkpoint-4")
+    (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").unlink()
+    (out / CHECKPOINTS / "checkpoint-3").mkdir()  # an empty one, cut off at once
+    capsys.readouterr()
+    resumed = train(_config(mined_dir, tiny_st_model, out, resume=True, **steps))
+
+    printed = capsys.readouterr().out
+    assert "checkpoint-4 is incomplete" in printed and "checkpoint-3 is incomplete" in printed
+    assert f"resuming from {out / CHECKPOINTS / 'checkpoint-2'}" in printed
+    assert resumed["global_step"] == 4 and (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").is_file()
+    # the mean train loss of all 4 steps, not of the 2 after the resume (the logged ones differ: step 2 vs 3 and 4)
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+    assert _log(out)[-1]["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+    session = [r["loss"] for r in _log(out) if "loss" in r and r["step"] > 2]
+    assert resumed["train_loss"] != pytest.approx(sum(session) / len(session), rel=1e-3)
+    last = f"{CHECKPOINTS}/checkpoint-4/model.safetensors"
+    a, b = load_file(tmp_path / "whole" / last), load_file(out / last)
+    assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
+
+    shutil.rmtree(out / CHECKPOINTS)
+    (out / CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        train(_config(mined_dir, tiny_st_model, out, resume=True, **steps))
+
+
+def test_one_train_row_is_refused(prepared_dir, tmp_path):
+    train_rows, _, _ = prepared_rows()
+    _write_jsonl(prepared_dir / "train.jsonl", train_rows[:1])
+    with pytest.raises(UserError, match="only 1 train row"):
+        load_training_data(_config(prepared_dir, "unused", tmp_path / "out"))
+
+
+def test_batches_with_nothing_to_learn_from_are_refused(tiny_st_model, prepared_dir, tmp_path):
+    # every row shares one line: the no-duplicates sampler puts one row in each batch, and rows have no negatives
+    train_rows, _, _ = prepared_rows()
+    _write_jsonl(prepared_dir / "train.jsonl", [{**row, "positive": "床前明月光"} for row in train_rows])
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="the training loss was 0 at every step"):
+        train(_config(prepared_dir, tiny_st_model, out))
+    assert not (out / "modules.json").exists()
 
 
 @pytest.mark.slow
