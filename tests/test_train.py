@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from st_poetry.config import BGE_QUERY_INSTRUCTION, TrainConfig, UserError, parse_config
 from st_poetry.files import write_jsonl
 from st_poetry.prepare import is_eval_group
-from st_poetry.schema import CORPUS, MINED, mined_row
+from st_poetry.schema import CORPUS, MINED, PAIR, mined_row
 from st_poetry.train import (
     CHECKPOINTS,
     CURVES,
@@ -345,7 +345,7 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving_and_reports_the_whole_ru
 
 def test_one_train_row_is_refused(prepared_dir, tmp_path):
     train_rows, _, _ = prepared_rows()
-    _write_jsonl(prepared_dir / "train.jsonl", train_rows[:1])
+    PAIR.write(prepared_dir / "train.jsonl", train_rows[:1])
     with pytest.raises(UserError, match="only 1 train row"):
         load_training_data(_config(prepared_dir, "unused", tmp_path / "out"))
 
@@ -353,7 +353,7 @@ def test_one_train_row_is_refused(prepared_dir, tmp_path):
 def test_batches_with_nothing_to_learn_from_are_refused(tiny_st_model, prepared_dir, tmp_path):
     # every row shares one line: the no-duplicates sampler puts one row in each batch, and rows have no negatives
     train_rows, _, _ = prepared_rows()
-    _write_jsonl(prepared_dir / "train.jsonl", [{**row, "positive": "床前明月光"} for row in train_rows])
+    PAIR.write(prepared_dir / "train.jsonl", [{**row, "positive": "床前明月光"} for row in train_rows])
     out = tmp_path / "out"
     with pytest.raises(UserError, match="the training loss was 0 at every step"):
         train(_config(prepared_dir, tiny_st_model, out))
