@@ -42,13 +42,12 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_poetry.config import TrainConfig, UserError, run_cli
-from st_poetry.files import read_rows, write_json, write_jsonl
+from st_poetry.files import write_json, write_jsonl
 from st_poetry.metrics import build_ir_evaluator, metric_key
-from st_poetry.mine import MARKER as MINED_MARKER
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.plots import plot_training_curves
-from st_poetry.prepare import MARKER as PREPARED_MARKER
 from st_poetry.prepare import Input, SourceStats, is_eval_group, read_records
+from st_poetry.schema import CORPUS, mined_row, read_split, require_files
 
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
@@ -58,6 +57,7 @@ BEST_METRIC = "ndcg@10"
 HEADLINE = {"Recall@1": "recall@1", "Recall@10": "recall@10", "MRR@10": "mrr@10", "NDCG@10": "ndcg@10"}
 # The final model is re-evaluated after training; it must score what its checkpoint scored when it was best.
 BEST_TOLERANCE = 1e-3
+FOLDER_WANTED = "a folder from `just mine` or `just prepare` (train/eval/corpus.jsonl), or a FlagEmbedding .jsonl file"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -72,20 +72,14 @@ class TrainingData:
     stats: dict[str, Any]
 
 
-def _read_rows(path: Path) -> list[dict]:
-    """A prepared (negatives list) or mined (negative_1..n, null when short) split as {anchor, positive, negatives}."""
-    rows = []
-    for number, record in enumerate(read_rows(path, ("anchor", "positive")), start=1):
-        if "negatives" in record:
-            negatives = record["negatives"]
-        else:
-            negatives = [value for key, value in record.items() if key.startswith("negative_")]
-        if not isinstance(negatives, list) or not all(value is None or isinstance(value, str) for value in negatives):
-            raise UserError(f"{path}: row {number}: negatives must be texts (or null)")
-        rows.append(
-            {"anchor": record["anchor"], "positive": record["positive"], "negatives": [n for n in negatives if n]}
-        )
-    return rows
+def _read_split(path: Path) -> tuple[str, list[dict]]:
+    """A prepared or mined split -> (its row type's name, rows of anchor, positive, negatives without nulls)."""
+    split = read_split(path)
+    rows = [
+        {"anchor": row["anchor"], "positive": row["positive"], "negatives": split.type.negatives(row)}
+        for row in split.rows
+    ]
+    return split.type.name, rows
 
 
 def _read_flagembedding(path: Path, config: TrainConfig) -> tuple[list[dict], list[dict], list[dict], Counter]:
@@ -141,8 +135,7 @@ def with_negative_columns(rows: list[dict], k: int, pool: Sequence[str], seed: i
                 negatives.append(candidate)
                 taken.add(candidate)
                 filled += 1
-        columns = {f"negative_{index}": text for index, text in enumerate(negatives, start=1)}
-        out.append({"anchor": row["anchor"], "positive": row["positive"], **columns})
+        out.append(mined_row(row["anchor"], row["positive"], negatives))
     return out, filled
 
 
@@ -153,15 +146,12 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     if data.is_file() and data.suffix == ".jsonl":
         kind = "flagembedding"
         train, evaluation, corpus, skipped = _read_flagembedding(data, config)
-    elif (data / MINED_MARKER).is_file() or (data / PREPARED_MARKER).is_file():
-        kind = "mined" if (data / MINED_MARKER).is_file() else "prepared"
-        train, evaluation = _read_rows(data / "train.jsonl"), _read_rows(data / "eval.jsonl")
-        corpus = read_rows(data / "corpus.jsonl", ("id", "text"))
     else:
-        raise UserError(
-            f"--data {data}: expected a folder from `just mine` ({MINED_MARKER}) or `just prepare` "
-            f"({PREPARED_MARKER}), or a FlagEmbedding .jsonl file"
-        )
+        require_files(data, ("train.jsonl", "eval.jsonl", "corpus.jsonl"), FOLDER_WANTED)
+        (kind, train), (eval_kind, evaluation) = _read_split(data / "train.jsonl"), _read_split(data / "eval.jsonl")
+        if train and evaluation and eval_kind != kind:
+            raise UserError(f"--data {data}: train.jsonl holds {kind} rows but eval.jsonl {eval_kind} rows")
+        corpus = CORPUS.read(data / "corpus.jsonl")
     if not train or not evaluation:
         raise UserError(f"--data {data}: the train or eval split is empty")
     if len(train) < 2:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from st_poetry.schema import CORPUS, PAIR
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
@@ -109,10 +111,6 @@ POEMS = [
 ]
 EVAL_GROUPS = {"p7", "p8"}
 EXTRA_CORPUS = ["大漠孤烟直", "长河落日圆", "两岸猿声啼不住", "轻舟已过万重山", "野火烧不尽", "春风吹又生"]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def _build_tiny_bert(folder: Path) -> Path:
@@ -215,8 +213,8 @@ def prepared_dir(tmp_path) -> Path:
     folder = tmp_path / "processed"
     folder.mkdir()
     train, evaluation, corpus = prepared_rows()
-    _write_jsonl(folder / "train.jsonl", train)
-    _write_jsonl(folder / "eval.jsonl", evaluation)
-    _write_jsonl(folder / "corpus.jsonl", corpus)
+    PAIR.write(folder / "train.jsonl", train)
+    PAIR.write(folder / "eval.jsonl", evaluation)
+    CORPUS.write(folder / "corpus.jsonl", corpus)
     (folder / "stats.json").write_text(json.dumps({"train_pairs": len(train), "eval_pairs": len(evaluation)}))
     return folder
