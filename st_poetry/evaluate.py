@@ -45,8 +45,7 @@ from st_poetry.metrics import (
     ccpm_records_from_eval,
     ccpm_scores,
     choice_accuracy,
-    encode_corpus,
-    encode_queries,
+    evaluator_embeddings,
     max_k,
     read_ccpm,
     reported_metrics,
@@ -108,7 +107,7 @@ def hybrid_candidates(
     """Each eval query's fusion candidates: an exact faiss index over the model's `corpus` embeddings + BM25."""
     index = faiss.IndexFlatIP(corpus.shape[1])
     index.add(_unit(corpus))
-    return candidates(index, _unit(encode_queries(evaluator, model)), bm25, query_tokens, depth)
+    return candidates(index, _unit(evaluator_embeddings(evaluator, model, "query")), bm25, query_tokens, depth)
 
 
 def fused_metrics(
@@ -251,7 +250,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         for name, path, model in zip(_short_names(config.model), config.model, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
-            corpus = encode_corpus(evaluator, model) if config.hybrid else None
+            corpus = evaluator_embeddings(evaluator, model, "document") if config.hybrid else None
             retrieval = retrieval_metrics(evaluator, model, corpus_embeddings=corpus)
             dense_ccpm = {
                 label: ccpm_scores(model, records, batch_size=config.batch_size, show_progress_bar=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -25,26 +25,15 @@ EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
 
 
-def encode_corpus(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> torch.Tensor:
-    """The evaluator's corpus encoded as the evaluator itself encodes it, for reuse beyond one evaluator call."""
-    return evaluator.embed_inputs(
-        model,
-        evaluator.corpus,
-        encode_fn_name="document",
-        prompt_name=evaluator.corpus_prompt_name,
-        prompt=evaluator.corpus_prompt,
-    )
-
-
-def encode_queries(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> torch.Tensor:
-    """The evaluator's queries encoded as the evaluator itself encodes them."""
-    return evaluator.embed_inputs(
-        model,
-        evaluator.queries,
-        encode_fn_name="query",
-        prompt_name=evaluator.query_prompt_name,
-        prompt=evaluator.query_prompt,
-    )
+def evaluator_embeddings(
+    evaluator: InformationRetrievalEvaluator, model: SentenceTransformer, side: Literal["query", "document"]
+) -> torch.Tensor:
+    """The evaluator's queries or corpus (documents) encoded as the evaluator itself encodes them, for reuse."""
+    if side == "query":
+        texts, prompt_name, prompt = evaluator.queries, evaluator.query_prompt_name, evaluator.query_prompt
+    else:
+        texts, prompt_name, prompt = evaluator.corpus, evaluator.corpus_prompt_name, evaluator.corpus_prompt
+    return evaluator.embed_inputs(model, texts, encode_fn_name=side, prompt_name=prompt_name, prompt=prompt)
 
 
 def build_ir_evaluator(
@@ -137,7 +126,7 @@ def retrieval_metrics(
 ) -> dict[str, float]:
     """Run the evaluator on `model` and keep the reported metrics.
 
-    It encodes the queries, and the whole corpus unless given its `corpus_embeddings` (from `encode_corpus`).
+    It encodes the queries, and the whole corpus unless given its embeddings (`evaluator_embeddings`).
     """
     results = evaluator(model, corpus_embeddings=corpus_embeddings)
     return {metric: float(results[metric_key(metric)]) for metric in RETRIEVAL_METRICS}
