@@ -344,6 +344,20 @@ def _publish_model(model: SentenceTransformer, out: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def load_base_model(config: TrainConfig) -> SentenceTransformer:
+    """The model to fine-tune; `--query-instruction` becomes its query prompt, which the saved model records."""
+    model = load_model(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        query_instruction=config.query_instruction,
+        replace_query_prompt=True,
+    )
+    model.model_card_data.set_language("zh")
+    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
+    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+    return model
+
+
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.data` into `config.out`; returns the summary (also train_summary.json).
 
@@ -354,10 +368,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
     # 1. The base model. A plain HF checkpoint becomes Transformer + CLS pooling + Normalize; a
     #    sentence-transformers model keeps its pooling and prompts; --query-instruction becomes its query prompt.
-    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-    model.model_card_data.set_language("zh")
-    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
-    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+    model = load_base_model(config)
 
     # 2. The data: every row has the same columns, anchor, positive, negative_1..k.
     data = load_training_data(config)
