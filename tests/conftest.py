@@ -141,6 +141,29 @@ def _build_tiny_bert(folder: Path) -> Path:
     return folder
 
 
+def save_bag_of_chars_model(folder: Path, texts: list[str]) -> str:
+    """A saved SentenceTransformer whose embedding is a text's normalized character-count vector.
+
+    Similarities can be worked out on paper (the cosine of two texts' character counts), and a description
+    finds the line it shares most characters with. `texts` gives the vocabulary; other characters count nothing.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+
+    vocab = {"[UNK]": 0, **{char: i + 1 for i, char in enumerate(sorted(set("".join(texts))))}}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True)  # one token per CJK character
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    weights = torch.eye(len(vocab))
+    weights[0] = 0
+    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights), Normalize()])
+    model.save(str(folder))
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_model(tmp_path_factory) -> str:
     """A plain Hugging Face checkpoint (no modules.json): loads as Transformer + Pooling(cls) + Normalize."""

@@ -10,11 +10,8 @@ import json
 import math
 
 import pytest
-import torch
+from conftest import save_bag_of_chars_model
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordLevel
 
 from st_poetry.config import EvaluateConfig, UserError
 from st_poetry.evaluate import _short_names, evaluate, main
@@ -61,18 +58,8 @@ def ccpm_file(path, records):
 
 @pytest.fixture(scope="module")
 def bag_of_chars_model(tmp_path_factory) -> str:
-    """A saved SentenceTransformer whose embedding is a text's normalized character-count vector."""
-    chars = sorted(set("".join(CORPUS) + "".join(a for a, _ in PAIRS) + "甲乙丙丁戊己庚辛壬子丑寅卯辰巳"))
-    vocab = {"[UNK]": 0, **{char: i + 1 for i, char in enumerate(chars)}}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True)  # one token per CJK character
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    weights = torch.eye(len(vocab))
-    weights[0] = 0
-    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights), Normalize()])
-    folder = tmp_path_factory.mktemp("models") / "bag-of-chars"
-    model.save(str(folder))
-    return str(folder)
+    texts = [*CORPUS, *(anchor for anchor, _ in PAIRS), "甲乙丙丁戊己庚辛壬子丑寅卯辰巳"]
+    return save_bag_of_chars_model(tmp_path_factory.mktemp("models") / "bag-of-chars", texts)
 
 
 def test_retrieval_metrics_match_hand_computed_ranks(bag_of_chars_model):
