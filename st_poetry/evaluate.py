@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import faiss
@@ -27,7 +26,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from st_poetry.config import EvaluateConfig, FusionOptions, UserError, run_cli
+from st_poetry.config import EvaluateConfig, FusionOptions, run_cli
 from st_poetry.files import atomic_output_dir, write_json
 from st_poetry.hybrid import Candidates, candidates, fuse, fused_choice_scores, ranking
 from st_poetry.lexical import (
@@ -53,7 +52,7 @@ from st_poetry.metrics import (
 )
 from st_poetry.modeling import load_model
 from st_poetry.plots import plot_fusion_sweep, plot_metric_bars
-from st_poetry.schema import CORPUS, PAIR, read_split
+from st_poetry.schema import CORPUS, PAIR, read_split, require_files
 
 MARKER = "evaluation.json"
 EVAL_SPLIT_CCPM = "eval split"
@@ -202,10 +201,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Score every model (and the BM25 baselines) and write evaluation.{json,md,png} to `config.out`."""
-    data = Path(config.data)
-    for name in ("eval.jsonl", "corpus.jsonl"):
-        if not (data / name).is_file():
-            raise UserError(f"{data} has no {name}: pass --data a folder written by `just prepare` or `just mine`")
+    data = require_files(
+        config.data, ("eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare` or `just mine`"
+    )
     eval_split = read_split(data / "eval.jsonl")
     eval_rows = eval_split.rows
     corpus_rows = CORPUS.read(data / "corpus.jsonl")
