@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -128,16 +128,6 @@ def decode_text(data: bytes, source: str | Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise not_utf8(source, error) from None
-
-
-def read_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, Any]]:
-    """A stage's JSONL output as dicts; a row that is not an object with non-empty `required` texts names file:line."""
-    rows = []
-    for number, row in read_jsonl(path):
-        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) and row[key].strip() for key in required):
-            raise UserError(f"{path}:{number}: expected an object with non-empty {', '.join(required)}")
-        rows.append(row)
-    return rows
 
 
 def write_json(path: str | Path, value: Any) -> None:
