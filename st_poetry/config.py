@@ -164,7 +164,9 @@ class MineConfig:
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
     cache_folder: str | None = option("data/cache", "embeddings are cached here, per model, between runs (None: off)")
-    query_instruction: str | None = option(None, "instruction prepended to queries, e.g. bge's retrieval one")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none, e.g. bge's retrieval one (one contradicting it: refused)"
+    )
     seed: int = option(42, "seed for random sampling")
 
     def __post_init__(self) -> None:
@@ -219,7 +221,9 @@ class TrainConfig:
         2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)"
     )
     eval_fraction: float = option(0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval")
-    query_instruction: str | None = option(None, "instruction prepended to queries everywhere (train, eval, inference)")
+    query_instruction: str | None = option(
+        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
+    )
     logging_steps: int = option(10, "log the training loss every this many steps")
     seed: int = option(42, "seed for data order and initialisation")
     resume: bool = option(False, "continue from the last checkpoint in --out")
@@ -262,7 +266,9 @@ class EvaluateConfig:
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
     max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
-    query_instruction: str | None = option(None, "instruction prepended to queries of every model")
+    query_instruction: str | None = option(
+        None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
+    )
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
@@ -290,7 +296,9 @@ class IndexConfig:
     hnsw_ef_search: int = option(128, "hnsw: default candidate list size per query (more = better recall, slower)")
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
-    query_instruction: str | None = option(None, "instruction prepended to queries (recorded in the index)")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none (recorded in the index; a contradicting one: refused)"
+    )
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
