@@ -23,6 +23,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from datasets import Dataset, load_from_disk
 from sentence_transformers import SentenceTransformer
 
 from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, write_json
+from st_poetry.files import atomic_output_dir, decode_text, write_json
 from st_poetry.hybrid import candidates, fuse, ranking
 from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25, single_chars
 from st_poetry.modeling import document_prompt, load_model, query_prompt
@@ -44,6 +45,8 @@ FAISS_FILE = "index.faiss"
 LINES_DIR = "lines"
 BM25_DIR = "bm25"
 METADATA = CORPUS.names
+# What a query reads from index.json.
+INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
 PROBE_TEXT = "空山新雨后，天气晚来秋。"
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
@@ -147,6 +150,35 @@ def _folder_mb(folder: Path) -> float:
 # query
 
 
+def _read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Dataset]:
+    """index.json, index.faiss and lines/, checked to belong together; anything damaged is one line that says
+    to rebuild, never a traceback from faiss or datasets."""
+    rebuild = f"rebuild it: just index --model PATH --out {folder}"
+    try:
+        info = json.loads((folder / INDEX_INFO).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise UserError(f"{folder / INDEX_INFO} is unreadable ({error}): {rebuild}") from None
+    missing = [key for key in INFO_KEYS if key not in info] if isinstance(info, dict) else list(INFO_KEYS)
+    if missing:
+        raise UserError(f"{folder / INDEX_INFO} lacks {', '.join(missing)}: not written by `just index`; {rebuild}")
+    try:
+        index = faiss.read_index(str(folder / FAISS_FILE))
+    except RuntimeError as error:
+        reason = str(error).rsplit("Error: ", 1)[-1].strip()
+        raise UserError(f"{folder / FAISS_FILE} is unreadable (truncated or corrupt: {reason}): {rebuild}") from None
+    try:
+        lines = load_from_disk(str(folder / LINES_DIR))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder / LINES_DIR} is missing or unreadable ({error}): {rebuild}") from None
+    if not index.ntotal == len(lines) == info["size"] or index.d != info["embedding_dim"]:
+        raise UserError(
+            f"{folder} does not hold together: {FAISS_FILE} has {index.ntotal:,} {index.d}-dim vectors, {LINES_DIR}/ "
+            f"{len(lines):,} lines, {INDEX_INFO} says {info['size']:,} of {info['embedding_dim']} dims "
+            f"(files of two builds?): {rebuild}"
+        )
+    return info, index, lines
+
+
 class PoetryIndex:
     """An index folder opened for search, with a model checked to encode like the one that built it."""
 
@@ -157,14 +189,7 @@ class PoetryIndex:
             raise UserError(
                 f"no index at {self.folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"
             )
-        self.info = json.loads(info_path.read_text(encoding="utf-8"))
-        self.index = faiss.read_index(str(self.folder / FAISS_FILE))
-        self.lines = load_from_disk(str(self.folder / LINES_DIR))
-        self.bm25 = (
-            bm25s.BM25.load(str(self.folder / self.info["bm25"]["folder"]), mmap=True, show_progress=False)
-            if "bm25" in self.info
-            else None
-        )
+        self.info, self.index, self.lines = _read_index_folder(self.folder)
         if ef_search is not None:
             if not isinstance(self.index, faiss.IndexHNSW):
                 raise UserError(f"--ef-search applies to hnsw indexes; {self.folder} is {self.info['index_type']}")
@@ -201,6 +226,27 @@ class PoetryIndex:
             now = f"{name!r} encodes differently" if given else "that model has changed since"
             raise UserError(f"{built}, and {now} (probe cosine {cosine:.4f}): {fix}")
 
+    @cached_property
+    def bm25(self) -> bm25s.BM25:
+        """The BM25 part, memory-mapped, opened at the first hybrid search: a dense search never needs it."""
+        if "bm25" not in self.info:
+            raise UserError(
+                f"{self.folder} has no BM25 part (built before hybrid search): rebuild it with "
+                f"`just index --model {self.info['model']} --out {self.folder}`, or search without --hybrid"
+            )
+        folder = self.folder / self.info["bm25"]["folder"]
+        rebuild = f"rebuild it: just index --model PATH --out {self.folder}"
+        try:
+            bm25 = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
+        except (OSError, ValueError) as error:
+            raise UserError(f"{folder} is missing or unreadable ({error}): {rebuild}") from None
+        if bm25.scores["num_docs"] != self.index.ntotal:
+            raise UserError(
+                f"{self.folder} does not hold together: {folder.name}/ indexes {bm25.scores['num_docs']:,} lines, "
+                f"{FAISS_FILE} {self.index.ntotal:,}: {rebuild}"
+            )
+        return bm25
+
     def search(
         self, queries: Sequence[str], top_k: int = 10, hybrid: bool = False, fusion: FusionOptions | None = None
     ) -> list[list[dict[str, Any]]]:
@@ -209,18 +255,15 @@ class PoetryIndex:
         score is the cosine; with `hybrid` it is the fused score (`fusion`'s settings, FusionOptions' defaults
         when None) and each hit also carries its dense_score (cosine) and bm25_score.
         """
-        embeddings = encode(self.model.encode_query, queries)
         if hybrid:
             for text in queries:
                 check_query(text)  # BM25 has nothing to score a query without a character
-            if self.bm25 is None:
-                raise UserError(
-                    f"{self.folder} has no BM25 part (built before hybrid search): rebuild it with "
-                    f"`just index --model {self.info['model']} --out {self.folder}`, or search without --hybrid"
-                )
+            bm25 = self.bm25
+        embeddings = encode(self.model.encode_query, queries)
+        if hybrid:
             fusion = fusion or FusionOptions()
             tokenize = BM25_TOKENIZERS[self.info["bm25"]["tokens"]]
-            found = candidates(self.index, embeddings, self.bm25, [tokenize(text) for text in queries], fusion.depth)
+            found = candidates(self.index, embeddings, bm25, [tokenize(text) for text in queries], fusion.depth)
             hits = [
                 [(i, fused, {"dense_score": dense, "bm25_score": bm25}) for i, dense, bm25, fused in row]
                 for row in ranking(found, fuse(found, fusion), top_k)
@@ -254,9 +297,9 @@ def read_queries(config: QueryConfig) -> list[str]:
     queries = [check_query(query) for query in config.queries]
     if config.file is not None:
         if config.file == "-":
-            source, text = "stdin", sys.stdin.read()
+            source, text = "stdin", decode_text(sys.stdin.buffer.read(), "stdin")
         elif Path(config.file).is_file():
-            source, text = config.file, Path(config.file).read_text(encoding="utf-8")
+            source, text = config.file, decode_text(Path(config.file).read_bytes(), config.file)
         else:
             raise UserError(f"query file not found: {config.file}")
         from_file = [check_query(line) for line in text.splitlines() if line.strip()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 from conftest import save_bag_of_chars_model
@@ -229,3 +230,12 @@ def test_hybrid_rows_and_sweep_use_the_same_metric_code_and_never_tune_on_ccpm(t
     assert without["fusion_sweep"] == report["fusion_sweep"]
     assert (tmp_path / "with-ccpm" / "fusion_sweep.png").read_bytes().startswith(b"\x89PNG")
     assert "Fusion sweep on this eval split" in (tmp_path / "with-ccpm" / "evaluation.md").read_text(encoding="utf-8")
+
+
+def test_the_same_model_given_twice_is_one_row(tmp_path, prepared_dir, bag_of_chars_model, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    same = [bag_of_chars_model, bag_of_chars_model + "/", os.path.relpath(bag_of_chars_model)]
+    config = EvaluateConfig(data=str(prepared_dir), model=same, bm25=False, out=str(tmp_path / "o"))
+    report = evaluate(config)
+    assert [(row["name"], row["model"]) for row in report["rows"]] == [("bag-of-chars", bag_of_chars_model)]
+    assert capsys.readouterr().out.count("evaluated once") == 2
