@@ -2,17 +2,20 @@
 
 - a sentence-transformers model (has `modules.json`) loads as it is: its pooling and prompts are kept;
 - a plain Hugging Face checkpoint becomes Transformer + Pooling(cls) + Normalize, bge's own recipe;
-- a Hub id that cannot be reached fails in one line that says what to pass instead.
+- a Hub id that cannot be reached fails in one line that says what to pass instead;
+- a reranker (CrossEncoder) passed where an embedding model belongs, or the reverse, fails in one line naming
+  the kind it is.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
 from st_poetry.config import UserError
@@ -22,27 +25,48 @@ QUERY_PROMPT = "query"
 DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
 
-def _is_sentence_transformer(name_or_path: str) -> bool:
-    """True when the model ships modules.json; raises a UserError when it cannot be found or reached."""
+BI_ENCODER = "SentenceTransformer"
+CROSS_ENCODER = "CrossEncoder"
+
+
+def _model_file(name_or_path: str, filename: str, flag: str) -> Path | None:
+    """`filename` of a local model folder or a Hub model, None when it has none.
+
+    Raises a UserError when the model cannot be found or reached.
+    """
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         if not (local / "modules.json").is_file() and not (local / "config.json").is_file():
             raise UserError(f"{local} is not a model folder (no modules.json or config.json)")
-        return (local / "modules.json").is_file()
+        return local / filename if (local / filename).is_file() else None
     if local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UserError(f"model folder not found: {name_or_path}")
     try:
-        hf_hub_download(name_or_path, "modules.json")
+        return Path(hf_hub_download(name_or_path, filename))
     except LocalEntryNotFoundError:
         raise UserError(
             f"cannot download {name_or_path!r}: the Hugging Face Hub is out of reach and the model is not cached; "
-            "pass a local model folder instead: --model PATH"
+            f"pass a local model folder instead: {flag} PATH"
         ) from None
     except RepositoryNotFoundError:
         raise UserError(f"no model {name_or_path!r} on the Hugging Face Hub and no such local folder") from None
     except EntryNotFoundError:
-        return False
-    return True
+        return None
+
+
+def model_kind(name_or_path: str, flag: str = "--model") -> str | None:
+    """BI_ENCODER or CROSS_ENCODER as sentence-transformers saved it, or None for a plain Hugging Face checkpoint.
+
+    A checkpoint without modules.json whose architecture is a sequence classifier (how rerankers such as
+    bge-reranker-base ship) is a cross-encoder. `flag` names the option of the offline error's advice.
+    """
+    if _model_file(name_or_path, "modules.json", flag):
+        config = _model_file(name_or_path, "config_sentence_transformers.json", flag)
+        saved = json.loads(config.read_text(encoding="utf-8")) if config else {}
+        return saved.get("model_type", BI_ENCODER)  # older bi-encoders do not say
+    config = _model_file(name_or_path, "config.json", flag)
+    architectures = (json.loads(config.read_text(encoding="utf-8")).get("architectures") or []) if config else []
+    return CROSS_ENCODER if any(name.endswith("ForSequenceClassification") for name in architectures) else None
 
 
 def load_model(
@@ -56,21 +80,48 @@ def load_model(
     `query_instruction` becomes the model's "query" prompt, so training, evaluation, mining and the saved
     model (its config stores prompts) all apply it the same way.
     """
+    kind = model_kind(name_or_path)
+    if kind == CROSS_ENCODER:
+        raise UserError(f"{name_or_path} is a reranker (cross-encoder), not an embedding model: use it as --reranker")
     try:
-        if _is_sentence_transformer(name_or_path):
+        if kind == BI_ENCODER:
             model = SentenceTransformer(name_or_path)
         else:
             transformer = Transformer(name_or_path)
             pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
             model = SentenceTransformer(modules=[transformer, pooling, Normalize()])
-    except UserError:
-        raise
     except (OSError, ValueError, RuntimeError) as error:
         raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from None
     if max_seq_length is not None and model.max_seq_length != math.inf:  # a static embedding has no token limit
         model.max_seq_length = max_seq_length
     if query_instruction:
         model.prompts[QUERY_PROMPT] = query_instruction
+    return model
+
+
+def load_reranker(name_or_path: str, *, max_seq_length: int | None = None, base: bool = False) -> CrossEncoder:
+    """Load a trained reranker (evaluate, search), or with `base` any encoder to train one from.
+
+    A base that is not a reranker yet (a bi-encoder, a plain checkpoint) keeps its encoder and gets a new
+    one-score head. Only a reranker's trained head gives scores that mean anything, so without `base` the
+    other kinds are refused, saying which kind they are.
+    """
+    kind = model_kind(name_or_path, "--model" if base else "--reranker")
+    if kind != CROSS_ENCODER and not base:
+        what = (
+            "an embedding model (bi-encoder): use it as --model" if kind else "a plain checkpoint with no ranking head"
+        )
+        raise UserError(
+            f"{name_or_path} is {what}, not a reranker; train one from it with `just train-reranker --model PATH`"
+        )
+    try:
+        model = CrossEncoder(name_or_path, num_labels=None if kind == CROSS_ENCODER else 1)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UserError(f"cannot load reranker {name_or_path!r}: {str(error).splitlines()[0]}") from None
+    if model.num_labels != 1:
+        raise UserError(f"{name_or_path} is a {model.num_labels}-class classifier, not a reranker (one score)")
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
     return model
 
 
