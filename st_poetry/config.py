@@ -212,12 +212,17 @@ class EvaluateConfig:
     max_seq_length: int = option(64, "token limit when encoding")
     max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
     query_instruction: str | None = option(None, "instruction prepended to queries of every model")
+    reranker: str | None = option(None, "reranker (`just train-reranker`) to rerank each model's top lines with")
+    rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked")
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "name at least one --model")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
+        _check(
+            bool(self.rerank_top_k) and min(self.rerank_top_k) >= 1, f"rerank_top_k must be >= 1: {self.rerank_top_k}"
+        )
 
 
 @dataclass
@@ -262,9 +267,12 @@ class QueryConfig:
     top_k: int = option(10, "lines to return per query")
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     json: bool = option(False, "print one JSON object per query instead of a table")
+    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 

@@ -60,12 +60,17 @@ def model_kind(name_or_path: str, flag: str = "--model") -> str | None:
     A checkpoint without modules.json whose architecture is a sequence classifier (how rerankers such as
     bge-reranker-base ship) is a cross-encoder. `flag` names the option of the offline error's advice.
     """
+
+    def read(filename: str) -> dict:
+        path = _model_file(name_or_path, filename, flag)
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path else {}
+        except (ValueError, UnicodeDecodeError) as error:
+            raise UserError(f"cannot load model {name_or_path!r}: {filename} is not valid JSON ({error})") from None
+
     if _model_file(name_or_path, "modules.json", flag):
-        config = _model_file(name_or_path, "config_sentence_transformers.json", flag)
-        saved = json.loads(config.read_text(encoding="utf-8")) if config else {}
-        return saved.get("model_type", BI_ENCODER)  # older bi-encoders do not say
-    config = _model_file(name_or_path, "config.json", flag)
-    architectures = (json.loads(config.read_text(encoding="utf-8")).get("architectures") or []) if config else []
+        return read("config_sentence_transformers.json").get("model_type", BI_ENCODER)  # older ones do not say
+    architectures = read("config.json").get("architectures") or []
     return CROSS_ENCODER if any(name.endswith("ForSequenceClassification") for name in architectures) else None
 
 
@@ -109,11 +114,11 @@ def load_reranker(name_or_path: str, *, max_seq_length: int | None = None, base:
     kind = model_kind(name_or_path, "--model" if base else "--reranker")
     if kind != CROSS_ENCODER and not base:
         what = (
-            "an embedding model (bi-encoder): use it as --model" if kind else "a plain checkpoint with no ranking head"
+            "an embedding model (bi-encoder), not a reranker: pass it as --model, or train a reranker from it"
+            if kind
+            else "a plain checkpoint with no trained ranking head, not a reranker: train one from it"
         )
-        raise UserError(
-            f"{name_or_path} is {what}, not a reranker; train one from it with `just train-reranker --model PATH`"
-        )
+        raise UserError(f"{name_or_path} is {what} with `just train-reranker --model PATH`")
     try:
         model = CrossEncoder(name_or_path, num_labels=None if kind == CROSS_ENCODER else 1)
     except (OSError, ValueError, RuntimeError) as error:

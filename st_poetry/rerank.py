@@ -81,7 +81,7 @@ def train(config: RerankConfig, callbacks: Sequence[TrainerCallback] = ()) -> di
 # Reranking
 
 
-def rerank(
+def rerank_scores(
     model: CrossEncoder,
     queries: Sequence[str],
     hits: Sequence[Sequence[dict]],
@@ -90,23 +90,34 @@ def rerank(
     text: Callable[[dict], str] = lambda hit: hit["text"],
     batch_size: int = 64,
     show_progress_bar: bool = False,
-) -> list[list[dict]]:
-    """Each query's first `top_k` hits (as its retriever ranked them) reordered by the reranker's score.
-
-    A hit is any dict (`text` gives its line); the reranked ones get a "rerank_score" beside what the retriever
-    gave them, and the hits below `top_k` follow in the retriever's order. All pairs go in one batched predict.
-    """
+) -> list[list[float]]:
+    """The reranker's score of each query's first `top_k` hits (any dicts; `text` gives a hit's line), in one
+    batched predict over all pairs."""
     heads = [list(query_hits[:top_k]) for query_hits in hits]
     pairs = [(query, text(hit)) for query, head in zip(queries, heads, strict=True) for hit in head]
     scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar) if pairs else []
     out, start = [], 0
-    for head, query_hits in zip(heads, hits, strict=True):
-        stop = start + len(head)
-        scored = [{**hit, "rerank_score": float(score)} for hit, score in zip(head, scores[start:stop], strict=True)]
-        start = stop
-        scored.sort(key=lambda hit: -hit["rerank_score"])  # stable: ties keep the retriever's order
-        out.append(scored + list(query_hits[top_k:]))
+    for head in heads:
+        out.append([float(score) for score in scores[start : start + len(head)]])
+        start += len(head)
     return out
+
+
+def reorder(hits: Sequence[dict], scores: Sequence[float]) -> list[dict]:
+    """The first len(scores) hits sorted by those scores, each with its "rerank_score" beside what the retriever
+    gave it; the hits below follow in the retriever's order. Ties keep the retriever's order."""
+    head = [{**hit, "rerank_score": score} for hit, score in zip(hits, scores, strict=False)]
+    head.sort(key=lambda hit: -hit["rerank_score"])
+    return head + list(hits[len(head) :])
+
+
+def rerank(
+    model: CrossEncoder, queries: Sequence[str], hits: Sequence[Sequence[dict]], top_k: int, **kwargs: Any
+) -> list[list[dict]]:
+    """Each query's first `top_k` hits, as its retriever (a model, BM25, a fusion) ranked them, reordered by the
+    reranker; see rerank_scores for the keyword arguments."""
+    scores = rerank_scores(model, queries, hits, top_k, **kwargs)
+    return [reorder(query_hits, query_scores) for query_hits, query_scores in zip(hits, scores, strict=True)]
 
 
 def ccpm_accuracy(
