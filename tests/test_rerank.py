@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import prepared_rows
 from sentence_transformers import CrossEncoder
-from transformers import BertConfig, BertForSequenceClassification, TrainerCallback
+from transformers import BertForSequenceClassification, TrainerCallback
 
 from st_poetry.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, UserError, parse_config
 from st_poetry.evaluate import evaluate
@@ -29,37 +29,35 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 @pytest.fixture
-def hard_negatives_dir(tmp_path) -> Path:
-    """A prepared folder whose rows carry three given negatives each (as CCPM rows do): other poems' lines."""
-    train_rows, eval_rows, corpus = prepared_rows()
-    lines = [row["text"] for row in corpus]
-    folder = tmp_path / "prepared"
-    folder.mkdir()
-    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+def hard_negatives_dir(prepared_dir) -> Path:
+    """The prepared folder, its rows given three negatives each (as CCPM rows are): other poems' lines."""
+    lines = [row["text"] for row in prepared_rows()[2]]
+    for name in ("train", "eval"):
+        path = prepared_dir / f"{name}.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         for index, row in enumerate(rows):
-            others = [line for line in lines if line != row["positive"]]
-            row["negatives"] = others[index % 10 :][:3]
-        _write_jsonl(folder / f"{name}.jsonl", rows)
-    _write_jsonl(folder / "corpus.jsonl", corpus)
-    (folder / "stats.json").write_text("{}")
-    return folder
+            row["negatives"] = [line for line in lines if line != row["positive"]][index % 10 :][:3]
+        _write_jsonl(path, rows)
+    return prepared_dir
+
+
+# A few steps at a learning rate that moves the tiny model, 2 of the rows' 3 negatives, every checkpoint kept.
+RUN = {
+    "max_steps": 4,
+    "eval_steps": 2,
+    "batch_size": 4,
+    "num_negatives": 2,
+    "in_batch_negatives": 2,
+    "lr": 1e-3,
+    "logging_steps": 1,
+    "save_total_limit": None,
+}
 
 
 def _config(data, model, out, **overrides) -> RerankConfig:
-    values = dict(
-        data=str(data),
-        model=str(model),
-        out=str(out),
-        max_steps=4,
-        eval_steps=2,
-        batch_size=4,
-        num_negatives=2,
-        in_batch_negatives=2,
-        lr=1e-3,
-        logging_steps=1,
-        save_total_limit=None,
+    return RerankConfig(
+        data=str(data), model=str(model), out=str(out), **{**RUN, "save_total_limit": None, **overrides}
     )
-    return RerankConfig(**{**values, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -72,8 +70,7 @@ def test_each_kind_of_model_is_recognised(tiny_hf_model, tiny_st_model, tiny_rer
     assert model_kind(tiny_hf_model) is None
     # A reranker as the Hub ships many (bge-reranker-base): a plain sequence-classification checkpoint.
     hf_reranker = tmp_path / "hf-reranker"
-    config = BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_labels=1)
-    BertForSequenceClassification(config).save_pretrained(hf_reranker)
+    BertForSequenceClassification.from_pretrained(tiny_hf_model, num_labels=1).save_pretrained(hf_reranker)
     assert model_kind(str(hf_reranker)) == CROSS_ENCODER
 
 
