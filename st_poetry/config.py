@@ -276,6 +276,30 @@ class QueryConfig:
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
+@dataclass
+class ServeConfig:
+    """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
+
+    index: str = option("indexes/poetry", "index folder written by `just index`")
+    model: str | None = option(None, "model to query with; None: the one that built the index")
+    host: str = option(
+        "127.0.0.1", "address to bind; 127.0.0.1 = this machine only (0.0.0.0 exposes it: see the README first)"
+    )
+    port: int = option(8000, "TCP port")
+    top_k: int = option(10, "lines per query when a request gives no k")
+    max_k: int = option(100, "the largest k a request may ask for")
+    max_query_chars: int = option(200, "the longest description accepted (the model reads 64 tokens anyway)")
+    max_queries: int = option(32, "the most descriptions in one POST request")
+    ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
+        _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
+        _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
+        _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
+        _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parsing: dataclass fields -> argparse flags; a config file fills in before the flags override.
 

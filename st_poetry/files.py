@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,16 +67,6 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                     raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
         except UnicodeDecodeError as error:
             raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-
-
-def read_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, Any]]:
-    """A stage's JSONL output as dicts; a row that is not an object with non-empty `required` texts names file:line."""
-    rows = []
-    for number, row in read_jsonl(path):
-        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) and row[key].strip() for key in required):
-            raise UserError(f"{path}:{number}: expected an object with non-empty {', '.join(required)}")
-        rows.append(row)
-    return rows
 
 
 def write_json(path: str | Path, value: Any) -> None:

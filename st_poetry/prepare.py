@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from st_poetry.config import PrepareConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry.schema import CORPUS, PAIR, encode
 
 MARKER = "stats.json"
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
@@ -297,18 +297,20 @@ def read_records(
 # Split, deduplicate, write
 
 
-# Rows are written as text, the same text `json.dumps(row, ensure_ascii=False)` gives. The closing fields that a
-# record's rows share are encoded once per record, only the rest per row: a million-record input writes millions
-# of rows, and this is several times faster than encoding each row as a dict.
+# Rows are written as text, the text `schema.PAIR.line` / `CORPUS.line` give (json.dumps), from templates the schema
+# derives from its declaration. The closing fields that a record's rows share are encoded once per record, only
+# the rest per row: a million-record input writes millions of rows, and this is several times faster than
+# encoding each row as a dict (docs/BENCHMARKS.md#prepare).
+PAIR_HEAD, PAIR_TAIL = PAIR.template("anchor", "positive"), PAIR.template("negatives", "source", "group")
+CORPUS_HEAD, CORPUS_TAIL = CORPUS.template("id", "text"), CORPUS.template("title", "author", "dynasty", "group")
 
 
 def corpus_row_end(meta: tuple[str, str, str], group: str) -> str:
-    title, author, dynasty = map(_quote, meta)
-    return f', "title": {title}, "author": {author}, "dynasty": {dynasty}, "group": {_quote(group)}}}'
+    return CORPUS_TAIL.format(*map(encode, (*meta, group)))
 
 
 def pair_row_end(negatives: tuple[str, ...], source: str, group: str) -> str:
-    return f', "negatives": [{", ".join(map(_quote, negatives))}], "source": "{source}", "group": {_quote(group)}}}'
+    return PAIR_TAIL.format(encode(list(negatives)), encode(source), encode(group))
 
 
 def is_eval_group(group: str, seed: int, fraction: float) -> bool:
@@ -371,10 +373,10 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
 
     def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
         for anchor, positive in keys:
-            yield f'{{"anchor": {_quote(anchor)}, "positive": {_quote(positive)}{pairs[anchor, positive][0]}\n'
+            yield PAIR_HEAD.format(encode(anchor), encode(positive)) + pairs[anchor, positive][0]
 
     corpus_rows = (
-        f'{{"id": "c{index}", "text": {_quote(text)}{end}\n' for index, (text, end) in enumerate(corpus.items())
+        CORPUS_HEAD.format(encode(f"c{index}"), encode(text)) + end for index, (text, end) in enumerate(corpus.items())
     )
     with atomic_output_dir(config.out, MARKER) as tmp:
         for name, lines in (("train", pair_rows(train)), ("eval", pair_rows(evaluation)), ("corpus", corpus_rows)):

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
+from st_poetry import files
 from st_poetry import prepare as prepare_stage
 from st_poetry.config import PrepareConfig, UserError
 from st_poetry.prepare import clean_lines, is_eval_group, main, prepare
+from st_poetry.schema import CORPUS, PAIR
 
 FILES = ("train.jsonl", "eval.jsonl", "corpus.jsonl", "stats.json")
 
@@ -46,16 +48,18 @@ def write_json(path: Path, value) -> Path:
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    """An input file (CCPM, FlagEmbedding: not a stage's row type, so the generic writer)."""
+    files.write_jsonl(path, rows)
     return path
 
 
 def read(folder: Path, name: str) -> list[dict]:
-    """Rows of an output file, each checked to be exactly what json.dumps would have written."""
-    rows = []
-    for line in (folder / name).read_text(encoding="utf-8").splitlines():
-        rows.append(json.loads(line))
-        assert line == json.dumps(rows[-1], ensure_ascii=False)
+    """Rows of an output file, each line checked to be exactly what the schema's writer writes for the row."""
+    row_type = CORPUS if name == "corpus.jsonl" else PAIR
+    lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    rows = row_type.read(folder / name)
+    assert [row_type.line(row, index) for index, row in enumerate(rows)] == lines
+    assert all(list(json.loads(line)) == list(row_type.names) for line in lines)  # every field, declared order
     return rows
 
 
