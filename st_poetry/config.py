@@ -83,7 +83,9 @@ class MineConfig:
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
     cache_folder: str | None = option("data/cache", "embeddings are cached here, per model, between runs (None: off)")
-    query_instruction: str | None = option(None, "instruction prepended to queries, e.g. bge's retrieval one")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none, e.g. bge's retrieval one (one contradicting it: refused)"
+    )
     seed: int = option(42, "seed for random sampling")
 
     def __post_init__(self) -> None:
@@ -162,7 +164,9 @@ class TrainConfig(FitConfig):
     )
     scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
     eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
-    query_instruction: str | None = option(None, "instruction prepended to queries everywhere (train, eval, inference)")
+    query_instruction: str | None = option(
+        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -211,7 +215,9 @@ class EvaluateConfig:
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
     max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
-    query_instruction: str | None = option(None, "instruction prepended to queries of every model")
+    query_instruction: str | None = option(
+        None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
+    )
     reranker: str | None = option(None, "reranker (`just train-reranker`) to rerank each model's top lines with")
     rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked")
     seed: int = option(42, "seed for distractor sampling")
@@ -244,7 +250,9 @@ class IndexConfig:
     hnsw_ef_search: int = option(128, "hnsw: default candidate list size per query (more = better recall, slower)")
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
-    query_instruction: str | None = option(None, "instruction prepended to queries (recorded in the index)")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none (recorded in the index; a contradicting one: refused)"
+    )
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

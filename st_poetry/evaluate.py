@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from sentence_transformers import CrossEncoder
 
-from st_poetry.config import EvaluateConfig, UserError, run_cli
+from st_poetry.config import EvaluateConfig, run_cli
 from st_poetry.files import atomic_output_dir, write_json
 from st_poetry.lexical import BM25_TOKENIZERS, bm25_ccpm_accuracy, bm25_retrieval_metrics
 from st_poetry.metrics import (
@@ -36,7 +35,7 @@ from st_poetry.modeling import load_model, load_reranker
 from st_poetry.plots import plot_metric_bars
 from st_poetry.rerank import ccpm_accuracy as reranker_ccpm_accuracy
 from st_poetry.rerank import reorder, rerank_scores
-from st_poetry.schema import CORPUS, PAIR, read_split
+from st_poetry.schema import CORPUS, PAIR, read_split, require_files
 
 MARKER = "evaluation.json"
 EVAL_SPLIT_CCPM = "eval split"
@@ -149,10 +148,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Score every model (and the BM25 baselines) and write evaluation.{json,md,png} to `config.out`."""
-    data = Path(config.data)
-    for name in ("eval.jsonl", "corpus.jsonl"):
-        if not (data / name).is_file():
-            raise UserError(f"{data} has no {name}: pass --data a folder written by `just prepare` or `just mine`")
+    data = require_files(
+        config.data, ("eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare` or `just mine`"
+    )
     eval_split = read_split(data / "eval.jsonl")
     eval_rows = eval_split.rows
     corpus_rows = CORPUS.read(data / "corpus.jsonl")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import random
 import shutil
 import time
@@ -37,7 +38,7 @@ from sentence_transformers.util import mine_hard_negatives
 
 from st_poetry.config import MineConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, write_json
-from st_poetry.modeling import load_model
+from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
 
 MARKER = "mine_stats.json"
@@ -85,9 +86,14 @@ def candidate_texts(data: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:
-    """A short hash of the weights, architecture and token limit: the library keys its cache on the model's Hub
-    name only, which is empty for a local folder, so two local models would otherwise share embeddings."""
-    digest = hashlib.sha256(f"{model!r}|{model.max_seq_length}".encode())
+    """A short hash of the weights, architecture, token limit and the prompt strings encoding adds.
+
+    The library keys its cache on the model's Hub name (empty for a local folder) and on prompts passed to it
+    explicitly, not on the model's own prompts that encode_query/encode_document add: without them here a
+    changed query prompt would reuse stale query embeddings.
+    """
+    prompts = json.dumps([query_prompt(model), document_prompt(model)], ensure_ascii=False)
+    digest = hashlib.sha256(f"{model!r}|{model.max_seq_length}|{prompts}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())

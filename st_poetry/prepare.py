@@ -11,8 +11,8 @@ Three input formats, any mix, each given as files or folders:
 - FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives.
 
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
-same inputs always give the same files, and adding a file does not move the groups already there. This module
-is stdlib + tqdm only (no torch), so the stage takes seconds.
+same inputs always give the same files, and adding a file does not move the groups already there (group ids:
+`input_names`). This module is stdlib + tqdm only (no torch), so the stage takes seconds.
 """
 
 from __future__ import annotations
@@ -228,6 +228,7 @@ class Input:
     source: str  # works | ccpm | flagembedding
     path: Path
     eval_only: bool
+    name: str  # the file in its records' group ids (input_names)
 
 
 def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
@@ -246,6 +247,28 @@ def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
     return files
 
 
+def input_names(paths: list[Path]) -> list[str]:
+    """Each file's name in group ids: its file name, or as many of its folders as tell it from another input
+    file of the same name (`a/train.jsonl`, `b/train.jsonl`).
+
+    Group ids must be unique per input file, or the same-poem filter and the split would take two files'
+    records for one; and stable across machines, so no absolute path. A file whose name no other input shares
+    keeps its plain name, the ids (and the split) of earlier versions.
+    """
+    parts = [path.resolve().parts for path in paths]
+    by_name: dict[str, set[tuple[str, ...]]] = {}
+    for these in parts:
+        by_name.setdefault(these[-1], set()).add(these)
+    names = []
+    for these in parts:
+        others = by_name[these[-1]] - {these}
+        depth = 1
+        while any(other[-depth:] == these[-depth:] for other in others):
+            depth += 1
+        names.append("/".join(these[-depth:]))
+    return names
+
+
 def resolve_inputs(config: PrepareConfig) -> list[Input]:
     groups = [
         ("works", config.works, "works*.json", "works", False),
@@ -254,11 +277,13 @@ def resolve_inputs(config: PrepareConfig) -> list[Input]:
         ("flagembedding", config.flagembedding, "*.jsonl", "flagembedding", False),
         ("flagembedding", config.flagembedding_eval, "*.jsonl", "flagembedding-eval", True),
     ]
-    return [
-        Input(source, path, eval_only)
+    found = [
+        (source, path, eval_only)
         for source, paths, pattern, flag, eval_only in groups
         for path in _files(paths, pattern, flag)
     ]
+    names = input_names([path for _, path, _ in found])
+    return [Input(source, path, eval_only, name) for (source, path, eval_only), name in zip(found, names, strict=True)]
 
 
 def read_records(
@@ -283,7 +308,7 @@ def read_records(
                 counts.records_read += 1
                 bar.update()
                 try:
-                    parsed = parse(record, item.path.name, number)
+                    parsed = parse(record, item.name, number)
                 except Skip as skip:
                     counts.skip(str(skip), f"{item.path} {label} {number}")
                     continue

@@ -20,7 +20,6 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,7 +30,12 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import (
+    CrossEncoder,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
@@ -42,7 +46,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_poetry.config import FitConfig, TrainConfig, UserError, run_cli
-from st_poetry.files import write_json, write_jsonl
+from st_poetry.files import atomic_output_dir, write_json, write_jsonl
 from st_poetry.metrics import build_ir_evaluator, metric_key
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.plots import plot_training_curves
@@ -92,7 +96,7 @@ def _read_flagembedding(path: Path, config: FitConfig) -> tuple[list[dict], list
     pairs: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}  # (query, pos) -> (negatives, is_eval)
     texts: dict[str, None] = {}
     skipped: Counter = Counter()
-    for _, parsed in read_records([Input("flagembedding", path, eval_only=False)], frozenset(), stats):
+    for _, parsed in read_records([Input("flagembedding", path, False, path.name)], frozenset(), stats):
         texts.update(dict.fromkeys(parsed.texts))
         is_eval = is_eval_group(parsed.pairs[0][0], config.seed, config.eval_fraction)
         for pair in parsed.pairs:
@@ -319,32 +323,40 @@ def _training_speed(log: list[dict], resumed_at: int | None, samples_per_step: i
     }
 
 
-def _publish_model(model: SentenceTransformer, out: Path) -> None:
-    """Save the final model into `out` so it never looks complete before it is.
+def publish_model(model: SentenceTransformer | CrossEncoder, out: Path) -> None:
+    """Save the final model into `out`, beside the checkpoints and logs, whole or not at all.
 
-    Everything is written to a hidden staging folder first, then moved in with config.json and modules.json
-    last: without modules.json a folder does not load as this model.
+    config.json and modules.json go in last: without modules.json the folder does not load as this model
+    (and with config.json alone it would load as a plain checkpoint).
     """
-    staging = Path(tempfile.mkdtemp(prefix=".final-partial-", dir=out))
-    last = ("config.json", "modules.json")
-    try:
+    with atomic_output_dir(out, "modules.json", merge=True, last=("config.json",)) as staging:
         model.save_pretrained(str(staging))
-        for name in last:
-            (out / name).unlink(missing_ok=True)
-        for entry in sorted(staging.iterdir(), key=lambda path: last.index(path.name) + 1 if path.name in last else 0):
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_base_model(config: TrainConfig) -> SentenceTransformer:
+    """The model to fine-tune; `--query-instruction` becomes its query prompt, which the saved model records."""
+    model = load_model(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        query_instruction=config.query_instruction,
+        replace_query_prompt=True,
+    )
+    set_model_card(model, config.model, "fine-tuned to retrieve classical Chinese poetry")
+    return model
+
+
+def set_model_card(model: SentenceTransformer | CrossEncoder, base: str, purpose: str) -> None:
+    """The card's language and name; no Hub look-up for a local base model."""
+    model.model_card_data.set_language("zh")
+    model.model_card_data.model_name = f"{Path(base).name} {purpose}"
+    model.model_card_data.local_files_only = Path(base).expanduser().is_dir()
 
 
 @dataclass
 class Recipe:
     """What a training stage chooses; `fit` runs everything else the same way for a bi-encoder and a reranker."""
 
-    model: Any  # a SentenceTransformer or a CrossEncoder, its model card data filled in
+    model: SentenceTransformer | CrossEncoder  # its model card data filled in
     trainer_class: type[Trainer]
     args_class: type[TrainingArguments]
     args: dict[str, Any]  # training arguments only this stage sets (prompts, batch sampler)
@@ -361,8 +373,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     """
     # 1. The base model. A plain HF checkpoint becomes Transformer + CLS pooling + Normalize; a
     #    sentence-transformers model keeps its pooling and prompts; --query-instruction becomes its query prompt.
-    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-    set_model_card(model, config.model, "fine-tuned to retrieve classical Chinese poetry")
+    model = load_base_model(config)
 
     # 2. The data: every row has the same columns, anchor, positive, negative_1..k.
     data = load_training_data(config)
@@ -392,13 +403,6 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         headline={label: metric_key(metric) for label, metric in HEADLINE.items()},
     )
     return fit(config, data, recipe, callbacks)
-
-
-def set_model_card(model: Any, base: str, purpose: str) -> None:
-    """The card's language and name; no Hub look-up for a local base model."""
-    model.model_card_data.set_language("zh")
-    model.model_card_data.model_name = f"{Path(base).name} {purpose}"
-    model.model_card_data.local_files_only = Path(base).expanduser().is_dir()
 
 
 def fit(
@@ -521,7 +525,7 @@ def fit(
         "config": vars(config),
     }
     write_json(out / SUMMARY, summary)
-    _publish_model(model, out)
+    publish_model(model, out)
     print(format_summary(summary))
     return summary
 

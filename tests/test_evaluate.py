@@ -177,7 +177,7 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
         (["--model", str(tmp_path / "missing")], "model folder not found"),
         (["--model", str(broken_model)], "cannot load model"),
         (["--model", tiny_st_model, "--ccpm", str(ccpm)], "ccpm.jsonl:2: choices is not a list of texts"),
-        (["--model", tiny_st_model, "--data", str(no_eval)], "has no eval.jsonl"),
+        (["--model", tiny_st_model, "--data", str(no_eval)], "eval.jsonl is missing: --data must be"),
     ]
     for flags, message in cases:
         with pytest.raises(SystemExit) as exit_info:

@@ -9,7 +9,8 @@ import pytest
 
 from st_poetry.config import MineConfig, UserError
 from st_poetry.files import write_jsonl
-from st_poetry.mine import main, mine, normalize
+from st_poetry.mine import main, mine, model_fingerprint, normalize
+from st_poetry.modeling import load_model
 from st_poetry.schema import CORPUS, MINED, RowType, read_split
 
 EVAL_TEXTS = ("空山新雨后", "锄禾日当午")  # eval positives (groups p7, p8) in the conftest poems
@@ -226,3 +227,20 @@ def test_config_validation(overrides, message):
 def test_normalize_ignores_punctuation_width_and_spaces():
     assert normalize("空山新雨后，天气晚来秋。") == normalize("空山新雨后 天气晚来秋") == "空山新雨后天气晚来秋"
     assert normalize("“春眠不觉晓”！") == "春眠不觉晓"
+
+
+def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, tiny_hf_model):
+    first = mine(_config(prepared_dir, tiny_hf_model, range_max=10))
+    assert first["train"]["encoded_texts"] > 0
+    again = mine(_config(prepared_dir, tiny_hf_model, range_max=10))
+    assert again["train"]["encoded_texts"] == 0  # same model, same prompts: served from the cache
+    instructed = mine(_config(prepared_dir, tiny_hf_model, range_max=10, query_instruction="为这个句子生成表示："))
+    assert instructed["train"]["encoded_texts"] > 0  # the queries now carry a prompt: encoded anew
+    assert len(list((prepared_dir.parent / "cache").iterdir())) == 2
+
+    model = load_model(tiny_hf_model)
+    plain = model_fingerprint(model)
+    model.prompts["query"] = "问："
+    with_query = model_fingerprint(model)
+    model.prompts["document"] = "答："
+    assert len({plain, with_query, model_fingerprint(model)}) == 3
