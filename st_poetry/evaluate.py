@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from sentence_transformers import CrossEncoder
@@ -56,6 +57,18 @@ def _short_names(names: Sequence[str]) -> list[str]:
     """Last path component ("models/e5-small-zh" -> "e5-small-zh"), or the full name where two would clash."""
     short = [name.rstrip("/").rsplit("/", 1)[-1] for name in names]
     return [s if short.count(s) == 1 else name for s, name in zip(short, names, strict=True)]
+
+
+def _distinct(names: Sequence[str]) -> list[str]:
+    """Each model once, in the order given: one folder under two spellings (models/x, ./models/x/) is one model."""
+    kept: dict[Any, str] = {}
+    for name in names:
+        path = Path(name).expanduser()
+        key = path.resolve() if path.exists() else name
+        if key in kept:
+            print(f"note: {name} is {kept[key]} again: evaluated once")
+        kept.setdefault(key, name)
+    return list(kept.values())
 
 
 def _row(name: str, source: str, retrieval: dict[str, float], ccpm: dict[str, float], seconds: float) -> dict:
@@ -164,10 +177,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         else:  # e.g. a `just mine` folder: its rows no longer carry CCPM's choices
             print(f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column")
 
+    names = _distinct(config.model)
     with atomic_output_dir(config.out, MARKER) as out:
         models = [
             load_model(path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-            for path in config.model
+            for path in names
         ]
         reranker = load_reranker(config.reranker) if config.reranker else None
 
@@ -197,7 +211,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 retrieval = bm25_retrieval_metrics(evaluator, tokenize, show_progress_bar=True)
                 ccpm = {label: bm25_ccpm_accuracy(records, tokenize) for label, records in ccpm_sets.items()}
                 rows.append(_row(name, "bm25s", retrieval, ccpm, time.perf_counter() - start))
-        for name, path, model in zip(_short_names(config.model), config.model, models, strict=True):
+        for name, path, model in zip(_short_names(names), names, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
             retrieval = retrieval_metrics(evaluator, model)

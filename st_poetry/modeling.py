@@ -14,42 +14,55 @@ import math
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+from safetensors import SafetensorError
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
 from st_poetry.config import UserError
 
 QUERY_PROMPT = "query"
+# Checkpoints may pad their embedding matrix (to a multiple of 64, say); a tokenizer under half of it is broken.
+MIN_VOCABULARY_SHARE = 0.5
 # sentence-transformers' encode_document takes the first of these that the model's prompts have
 DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
 
 BI_ENCODER = "SentenceTransformer"
 CROSS_ENCODER = "CrossEncoder"
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, EOFError, SafetensorError)  # e.g. truncated weights
 
 
 def _model_file(name_or_path: str, filename: str, flag: str) -> Path | None:
     """`filename` of a local model folder or a Hub model, None when it has none.
 
-    Raises a UserError when the model cannot be found or reached.
+    Raises a UserError when the model cannot be found or reached; `flag` is the option that takes a folder instead.
     """
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         if not (local / "modules.json").is_file() and not (local / "config.json").is_file():
             raise UserError(f"{local} is not a model folder (no modules.json or config.json)")
         return local / filename if (local / filename).is_file() else None
-    if local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    # A path that cannot be a Hub id, or whose first folder exists here (models/nope), was meant as a folder.
+    meant_as_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1 or local.parent.is_dir()
+    if local.exists() or meant_as_path:
         raise UserError(f"model folder not found: {name_or_path}")
     try:
         return Path(hf_hub_download(name_or_path, filename))
     except LocalEntryNotFoundError:
         raise UserError(
-            f"cannot download {name_or_path!r}: the Hugging Face Hub is out of reach and the model is not cached; "
-            f"pass a local model folder instead: {flag} PATH"
+            f"{name_or_path!r} is not a local folder, and as a Hugging Face Hub id it cannot be downloaded: the Hub "
+            f"is out of reach and the model is not cached; pass a local model folder instead: {flag} PATH"
         ) from None
-    except RepositoryNotFoundError:
-        raise UserError(f"no model {name_or_path!r} on the Hugging Face Hub and no such local folder") from None
+    except (RepositoryNotFoundError, HFValidationError):
+        raise UserError(
+            f"no such folder {name_or_path}, and no model {name_or_path!r} on the Hugging Face Hub"
+        ) from None
     except EntryNotFoundError:
         return None
 
@@ -72,6 +85,21 @@ def model_kind(name_or_path: str, flag: str = "--model") -> str | None:
         return read("config_sentence_transformers.json").get("model_type", BI_ENCODER)  # older ones do not say
     architectures = read("config.json").get("architectures") or []
     return CROSS_ENCODER if any(name.endswith("ForSequenceClassification") for name in architectures) else None
+
+
+def _check_tokenizer(model: SentenceTransformer, name: str) -> None:
+    """A model folder without its tokenizer files still loads, with a handful of special tokens, and then encodes
+    every text to the same vector: refuse a tokenizer much smaller than the embedding matrix it indexes."""
+    auto_model = getattr(model[0], "auto_model", None)
+    tokenizer = getattr(model[0], "tokenizer", None)
+    if auto_model is None or tokenizer is None:  # e.g. a static embedding model
+        return
+    rows = auto_model.get_input_embeddings().num_embeddings
+    if len(tokenizer) < MIN_VOCABULARY_SHARE * rows:
+        raise UserError(
+            f"{name}: its tokenizer has {len(tokenizer):,} tokens for {rows:,} embedding rows, so it would encode "
+            "every text alike: the tokenizer files (tokenizer.json, vocab.txt, ...) are missing or not this model's"
+        )
 
 
 def load_model(
@@ -98,8 +126,9 @@ def load_model(
             transformer = Transformer(name_or_path)
             pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
             model = SentenceTransformer(modules=[transformer, pooling, Normalize()])
-    except (OSError, ValueError, RuntimeError) as error:
+    except LOAD_ERRORS as error:
         raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from None
+    _check_tokenizer(model, name_or_path)
     if max_seq_length is not None and model.max_seq_length != math.inf:  # a static embedding has no token limit
         model.max_seq_length = max_seq_length
     if query_instruction:
@@ -133,7 +162,7 @@ def load_reranker(name_or_path: str, *, max_seq_length: int | None = None, base:
         raise UserError(f"{name_or_path} is {what} with `just train-reranker --model PATH`")
     try:
         model = CrossEncoder(name_or_path, num_labels=None if kind == CROSS_ENCODER else 1)
-    except (OSError, ValueError, RuntimeError) as error:
+    except LOAD_ERRORS as error:
         raise UserError(f"cannot load reranker {name_or_path!r}: {str(error).splitlines()[0]}") from None
     if model.num_labels != 1:
         raise UserError(f"{name_or_path} is a {model.num_labels}-class classifier, not a reranker (one score)")
