@@ -24,7 +24,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from st_poetry.config import EvaluateConfig, FusionOptions, run_cli
@@ -41,6 +41,7 @@ from st_poetry.lexical import (
 from st_poetry.metrics import (
     RETRIEVAL_METRICS,
     CCPMRecord,
+    RankingEvaluator,
     build_ir_evaluator,
     ccpm_records_from_eval,
     ccpm_scores,
@@ -51,8 +52,10 @@ from st_poetry.metrics import (
     reported_metrics,
     retrieval_metrics,
 )
-from st_poetry.modeling import load_model
+from st_poetry.modeling import load_model, load_reranker
 from st_poetry.plots import plot_fusion_sweep, plot_metric_bars
+from st_poetry.rerank import ccpm_accuracy as reranker_ccpm_accuracy
+from st_poetry.rerank import reorder, rerank_scores
 from st_poetry.schema import CORPUS, PAIR, read_split, require_files
 
 MARKER = "evaluation.json"
@@ -160,6 +163,46 @@ def fusion_sweep(evaluator: InformationRetrievalEvaluator, found: Candidates, rr
     return points
 
 
+def reranked_rows(
+    name: str,
+    evaluator: RankingEvaluator,
+    reranker: CrossEncoder,
+    top_ks: Sequence[int],
+    ccpm: dict[str, float],
+    batch_size: int,
+) -> tuple[list[dict], dict[str, Any]]:
+    """A row per K: the ranking the evaluator scored last (whichever retriever's) with its top K reranked.
+
+    The reranker scores each query's top max(K) once; a smaller K reorders its own top K by those scores.
+    Returns the rows and the scoring pass's size and speed.
+    """
+    ranking = [sorted(hits, key=lambda hit: (-hit["score"], hit["corpus_id"])) for hits in evaluator.last_ranking]
+    text_of = dict(zip(evaluator.corpus_ids, evaluator.corpus, strict=True))
+    start = time.perf_counter()
+    scores = rerank_scores(
+        reranker,
+        evaluator.queries,
+        ranking,
+        max(top_ks),
+        text=lambda hit: text_of[hit["corpus_id"]],
+        batch_size=batch_size,
+        show_progress_bar=True,
+    )
+    seconds = time.perf_counter() - start
+    pairs = sum(map(len, scores))
+    rows = []
+    for k in top_ks:
+        reranked = [reorder(hits, query_scores[:k]) for hits, query_scores in zip(ranking, scores, strict=True)]
+        # The metric code ranks by "score": hand it the new order.
+        ranks = [
+            [{"corpus_id": hit["corpus_id"], "score": -rank} for rank, hit in enumerate(hits)] for hits in reranked
+        ]
+        retrieval = reported_metrics(evaluator.compute_metrics(ranks))
+        row = _row(f"{name} + rerank@{k}", name, retrieval, ccpm, seconds)
+        rows.append({**row, "rerank_top_k": k})
+    return rows, {"retriever": name, "pairs": pairs, "seconds": round(seconds, 1), "pairs_per_second": pairs / seconds}
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
     """The side-by-side table with the facts needed to read it; printed on screen and saved as evaluation.md."""
     ccpm_labels = list(report["ccpm_records"])
@@ -186,6 +229,18 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"CCPM accuracy: the translation picks the most similar of its choices ({counts}). "
             f"For context, the CCPM paper on its test split: {reference}."
         )
+    if rerank := report.get("reranker"):
+        passes = "; ".join(
+            f"{scoring['retriever']}: {scoring['pairs']:,} pairs in {scoring['seconds']:.0f} s "
+            f"({scoring['pairs_per_second']:.0f} pairs/s)"
+            for scoring in rerank["scoring"]
+        )
+        notes.append(
+            f"`+ rerank@K`: the row's top K lines reordered by the reranker `{rerank['model']}`, whose CCPM accuracy "
+            f"(its score over the choices) the row shows. One scoring pass per retriever at the deepest K ({passes}); "
+            "the added latency per query is about K / (pairs/s)."
+        )
+        notes += [f"note: {note}" for note in rerank["notes"]]
     if any(row["model"] == "bm25s" for row in report["rows"]):
         notes.append("bm25-*: bm25s (Lucene BM25, k1=1.5, b=0.75) over the same corpus, jieba words or single chars.")
     if fusion := report.get("fusion"):
@@ -236,6 +291,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             load_model(path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
             for path in names
         ]
+        reranker = load_reranker(config.reranker) if config.reranker else None
 
         evaluator = build_ir_evaluator(
             eval_rows,
@@ -244,9 +300,18 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             seed=config.seed,
             batch_size=config.batch_size,
             show_progress_bar=True,
+            rank_depth=max(config.rerank_top_k),
         )
         print(f"{len(evaluator.queries):,} queries against {len(evaluator.corpus):,} corpus lines")
-        rows, sweeps = [], {}
+        top_ks = sorted({min(k, len(evaluator.corpus)) for k in config.rerank_top_k})
+        rerank_notes = [
+            f"--rerank-top-k {k} is more than the {len(evaluator.corpus):,} corpus lines: reranked them all"
+            for k in config.rerank_top_k
+            if k > len(evaluator.corpus)
+        ]
+        for note in rerank_notes if reranker else ():
+            print(f"note: {note}")
+        rows, scoring, reranker_ccpm, sweeps = [], [], {}, {}
         if config.hybrid:  # one BM25 index and the queries' tokens, shared by every model's fusion
             tokenize = BM25_TOKENIZERS[HYBRID_LEXICAL]
             corpus_bm25 = build_bm25(evaluator.corpus, tokenize, show_progress=True)
@@ -270,6 +335,17 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             }
             ccpm = {label: choice_accuracy(ccpm_sets[label], scores) for label, scores in dense_ccpm.items()}
             rows.append(_row(name, path, retrieval, ccpm, time.perf_counter() - start))
+            if reranker:
+                print(f"{name}: reranking its top {max(top_ks)} with {config.reranker}")
+                reranker_ccpm = reranker_ccpm or {
+                    label: reranker_ccpm_accuracy(reranker, records, batch_size=config.batch_size)
+                    for label, records in ccpm_sets.items()
+                }
+                reranked, pass_stats = reranked_rows(
+                    name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size
+                )
+                rows += reranked
+                scoring.append(pass_stats)
             if config.hybrid:
                 print(f"{name} + {HYBRID_LEXICAL}: fusing, and sweeping the fusion settings")
                 start = time.perf_counter()
@@ -279,6 +355,14 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 retrieval = fused_metrics(evaluator, found, config, top_k=max_k(evaluator))
                 ccpm = fused_ccpm(ccpm_sets, dense_ccpm, ccpm_lexical, config)
                 rows.append(_row(f"{name} + {HYBRID_LEXICAL}", path, retrieval, ccpm, time.perf_counter() - start))
+                if reranker:  # the fused ranking, which the evaluator scored last, reordered by the reranker
+                    hybrid_name = f"{name} + {HYBRID_LEXICAL}"
+                    print(f"{hybrid_name}: reranking its top {max(top_ks)} with {config.reranker}")
+                    reranked, pass_stats = reranked_rows(
+                        hybrid_name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size
+                    )
+                    rows += reranked
+                    scoring.append(pass_stats)
                 points = fusion_sweep(evaluator, found, config.rrf_k)
                 best = max(points, key=lambda point: point[TUNED_METRIC])
                 sweeps[name] = {"best": best, "points": points}
@@ -307,6 +391,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         if config.hybrid:
             report["fusion"] = {"lexical": HYBRID_LEXICAL, **_fusion_settings(config)}
             report["fusion_sweep"] = {"tuned_metric": TUNED_METRIC, "models": sweeps}
+        if reranker:
+            report["reranker"] = {"model": config.reranker, "scoring": scoring, "notes": rerank_notes}
         markdown = report_markdown(report)
         (out / "evaluation.md").write_text(f"# Evaluation\n\n{markdown}", encoding="utf-8")
         bars = {

@@ -298,3 +298,20 @@ def test_a_damaged_bm25_part_fails_only_a_hybrid_search(index_dir, tmp_path, pre
     shutil.copytree(other / "bm25", index_dir / "bm25")
     with pytest.raises(UserError, match=r"does not hold together: bm25/ indexes 5 lines, index.faiss 38"):
         PoetryIndex(index_dir).search(["秋天"], hybrid=True)
+
+
+def test_a_reranker_reorders_the_fused_candidates(capsys, index_dir, tiny_reranker):
+    config = QueryConfig(queries=["孤舟蓑笠翁"], index=str(index_dir), hybrid=True, reranker=tiny_reranker, top_k=3)
+    config.rerank_top_k = 8
+    capsys.readouterr()
+    (result,) = query(config)
+    hits = result["results"]
+    fused = PoetryIndex(index_dir).search(["孤舟蓑笠翁"], top_k=8, hybrid=True)[0]
+    # the reranker read the fusion's top 8: each hit keeps its fused place and both sides' scores
+    by_text = {hit["text"]: hit for hit in fused}
+    for hit in hits:
+        assert hit["retrieval_rank"] == by_text[hit["text"]]["rank"] and hit["score"] == by_text[hit["text"]]["score"]
+        assert {"dense_score", "bm25_score", "rerank_score"} <= set(hit)
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[1].split()
+    assert header[:5] == ["#", "score", "rerank", "dense", "bm25"]
