@@ -38,19 +38,19 @@ from urllib.parse import quote, urlencode
 import numpy as np
 from benchlib import ROOT
 
-from st_poetry.files import read_rows, write_jsonl
+from st_poetry.schema import CORPUS, read_split
 from st_poetry.search import INDEX_INFO
 from st_poetry.serve import EXAMPLES
 
 
 def sample_corpus(data: Path, sample: int, seed: int, out: Path) -> int:
     """Write whole groups of data/corpus.jsonl to `out`: the eval lines' groups first, then random ones."""
-    rows = read_rows(data / "corpus.jsonl", ("text",))
+    rows = CORPUS.read(data / "corpus.jsonl")
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(row.get("group") or row["text"], []).append(row)
-    by_text = {row["text"]: row.get("group") or row["text"] for row in rows}
-    wanted = dict.fromkeys(by_text[row["positive"]] for row in read_rows(data / "eval.jsonl", ("positive",)))
+        groups.setdefault(row["group"] or row["text"], []).append(row)
+    by_text = {row["text"]: row["group"] or row["text"] for row in rows}
+    wanted = dict.fromkeys(by_text[row["positive"]] for row in read_split(data / "eval.jsonl").rows)
     others = [group for group in groups if group not in wanted]
     random.Random(seed).shuffle(others)
     chosen, size = set(), 0
@@ -59,7 +59,7 @@ def sample_corpus(data: Path, sample: int, seed: int, out: Path) -> int:
             break
         chosen.add(group)
         size += len(groups[group])
-    write_jsonl(out, (row for row in rows if (row.get("group") or row["text"]) in chosen))  # corpus order
+    CORPUS.write(out, (row for row in rows if (row["group"] or row["text"]) in chosen))  # corpus order
     return size
 
 
@@ -233,7 +233,7 @@ def main() -> None:
         subprocess.run([*command, "--corpus", str(corpus), "--out", str(args.index)], cwd=ROOT, check=True)
     info = json.loads((args.index / INDEX_INFO).read_text(encoding="utf-8"))
 
-    queries = read_rows(args.data / "eval.jsonl", ("anchor", "positive"))
+    queries = read_split(args.data / "eval.jsonl").rows
     random.Random(args.seed).shuffle(queries)
     port, log = free_port(), work / "serve.log"
     with open(log, "w", encoding="utf-8") as handle:
