@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -105,9 +106,11 @@ class Searcher:
 
 
 def highlight(text: str, query: str) -> Markup:
-    """The text with every letter or character that also occurs in the query marked (punctuation never is)."""
+    """The text with the letters and characters that also occur in the query marked (punctuation never is), a run
+    of them in one <mark>."""
     shared = {char for char in query if char.isalnum()}
-    return Markup("").join(Markup("<mark>%s</mark>") % c if c in shared else escape(c) for c in text)
+    runs = ("".join(chars) for _, chars in groupby(text, key=shared.__contains__))  # marked and unmarked in turn
+    return Markup("").join(Markup("<mark>%s</mark>") % run if run[0] in shared else escape(run) for run in runs)
 
 
 def _one_line(error: RequestValidationError) -> str:
