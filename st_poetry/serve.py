@@ -98,11 +98,17 @@ class Searcher:
         rows = sorted({row for hit in hits for row in self.groups.get(hit["group"], ())})
         texts = dict(zip(rows, self.index.lines[rows]["text"], strict=True)) if rows else {}
         for hit in hits:
-            lines = [texts[row] for row in self.groups.get(hit["group"], ())]
+            lines = whole_lines([texts[row] for row in self.groups.get(hit["group"], ())])
             poem = {key: hit[key] for key in ("title", "author", "dynasty", "group")}
-            # a corpus line is unique, so its text is its position in the poem
-            hit["poem"] = {**poem, "lines": lines, "hit": lines.index(hit["text"])} if lines else None
+            position = next((number for number, line in enumerate(lines) if hit["text"] in line), None)
+            hit["poem"] = {**poem, "lines": lines, "hit": position} if lines else None
         return [{"query": query, "results": hits} for query, hits in zip(queries, found, strict=True)]
+
+
+def whole_lines(lines: list[str]) -> list[str]:
+    """A group's lines without those that are part of another of its lines: a CCPM choice linked to its poem
+    (空山新雨后 of 空山新雨后，天气晚来秋。) belongs to the poem's group, but the poem shows the whole line, marked."""
+    return [line for line in lines if not any(line != other and line in other for other in lines)]
 
 
 def highlight(text: str, query: str) -> Markup:

@@ -30,6 +30,8 @@ RIVER_SNOW = next(poem for poem in POEMS if poem[1] == "江雪")
 def index_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     train, _, corpus = prepared_rows()
+    # a clause of 江雪's first line in the poem's group, as a CCPM choice linked to its poem would be
+    corpus.append({**next(row for row in corpus if row["title"] == "江雪"), "id": "clause", "text": "千山鸟飞"})
     texts = [row["text"] for row in corpus] + [row["anchor"] for row in train] + [DESCRIPTION]
     model = save_bag_of_chars_model(folder / "bag-of-chars", texts)
     (folder / "corpus.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in corpus))
@@ -68,6 +70,12 @@ def test_get_returns_the_search_results_with_the_whole_poem(client, index):
         "lines": lines,
         "hit": 3,
     }
+
+
+def test_a_clause_of_a_poem_line_shows_the_poem_with_the_whole_line_marked(client):
+    hit = client.get("/api/search", params={"q": "千山鸟飞", "k": 1}).json()["results"][0]
+    assert hit["text"] == "千山鸟飞"
+    assert hit["poem"]["lines"] == RIVER_SNOW[4] and hit["poem"]["hit"] == 0
 
 
 def test_lines_without_a_titled_group_have_no_poem(client):
@@ -124,7 +132,7 @@ def test_bad_input_is_a_4xx_with_a_one_line_message_and_the_server_keeps_serving
 
 
 def test_health_and_info(client, index_dir):
-    assert client.get("/health").json() == {"status": "ok", "lines": 38}
+    assert client.get("/health").json() == {"status": "ok", "lines": 39}
     assert client.get("/api/info").json() == json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
 
 
