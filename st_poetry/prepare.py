@@ -11,8 +11,8 @@ Three input formats, any mix, each given as files or folders:
 - FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives.
 
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
-same inputs always give the same files, and adding a file does not move the groups already there. This module
-is stdlib + tqdm only (no torch), so the stage takes seconds.
+same inputs always give the same files, and adding a file does not move the groups already there (group ids:
+`input_names`). This module is stdlib + tqdm only (no torch), so the stage takes seconds.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from st_poetry.config import PrepareConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry.config import PrepareConfig, UserError, run_cli, warn
+from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, write_json
 from st_poetry.schema import CORPUS, PAIR, encode
 
 MARKER = "stats.json"
@@ -194,10 +194,7 @@ def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
     The text is read at once, but only one record at a time becomes Python objects: a million-record file
     needs far less memory than the full `json.load` tree would.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    text = decode_text(path.read_bytes(), path)
     decoder = json.JSONDecoder()
     position = _WHITESPACE.match(text).end()
     if not text.startswith("[", position):
@@ -228,6 +225,7 @@ class Input:
     source: str  # works | ccpm | flagembedding
     path: Path
     eval_only: bool
+    name: str  # the file in its records' group ids (input_names)
 
 
 def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
@@ -246,6 +244,28 @@ def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
     return files
 
 
+def input_names(paths: list[Path]) -> list[str]:
+    """Each file's name in group ids: its file name, or as many of its folders as tell it from another input
+    file of the same name (`a/train.jsonl`, `b/train.jsonl`).
+
+    Group ids must be unique per input file, or the same-poem filter and the split would take two files'
+    records for one; and stable across machines, so no absolute path. A file whose name no other input shares
+    keeps its plain name, the ids (and the split) of earlier versions.
+    """
+    parts = [path.resolve().parts for path in paths]
+    by_name: dict[str, set[tuple[str, ...]]] = {}
+    for these in parts:
+        by_name.setdefault(these[-1], set()).add(these)
+    names = []
+    for these in parts:
+        others = by_name[these[-1]] - {these}
+        depth = 1
+        while any(other[-depth:] == these[-depth:] for other in others):
+            depth += 1
+        names.append("/".join(these[-depth:]))
+    return names
+
+
 def resolve_inputs(config: PrepareConfig) -> list[Input]:
     groups = [
         ("works", config.works, "works*.json", "works", False),
@@ -254,11 +274,13 @@ def resolve_inputs(config: PrepareConfig) -> list[Input]:
         ("flagembedding", config.flagembedding, "*.jsonl", "flagembedding", False),
         ("flagembedding", config.flagembedding_eval, "*.jsonl", "flagembedding-eval", True),
     ]
-    return [
-        Input(source, path, eval_only)
+    found = [
+        (source, path, eval_only)
         for source, paths, pattern, flag, eval_only in groups
         for path in _files(paths, pattern, flag)
     ]
+    names = input_names([path for _, path, _ in found])
+    return [Input(source, path, eval_only, name) for (source, path, eval_only), name in zip(found, names, strict=True)]
 
 
 def read_records(
@@ -283,7 +305,7 @@ def read_records(
                 counts.records_read += 1
                 bar.update()
                 try:
-                    parsed = parse(record, item.path.name, number)
+                    parsed = parse(record, item.name, number)
                 except Skip as skip:
                     counts.skip(str(skip), f"{item.path} {label} {number}")
                     continue
@@ -359,6 +381,15 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
             stats[source].eval_pairs += 1
 
     total = sum(stats.values(), SourceStats())
+    warnings = [
+        f"the {split} split is empty (--eval-fraction {config.eval_fraction}): `just mine` and `just train` need "
+        f"{split} pairs; {fix}"
+        for split, rows, fix in (
+            ("train", train, "lower --eval-fraction, or pass fewer files with --ccpm-eval/--flagembedding-eval"),
+            ("eval", evaluation, "raise --eval-fraction, or pass held-out files with --ccpm-eval/--flagembedding-eval"),
+        )
+        if not rows
+    ]
     result = {
         "inputs": [{"source": i.source, "path": str(i.path), "eval_only": i.eval_only} for i in inputs],
         "settings": {"kinds": config.kinds, "eval_fraction": config.eval_fraction, "seed": config.seed},
@@ -369,6 +400,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         "train_groups": len({pairs[key][2] for key in train}),
         "eval_groups": len({pairs[key][2] for key in evaluation}),
         "corpus_size": len(corpus),
+        "warnings": warnings,
     }
 
     def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
@@ -384,6 +416,8 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
                 handle.writelines(lines)
         write_json(tmp / MARKER, result)
     print(summary(result, config.out, time.perf_counter() - start))
+    for message in warnings:
+        warn(message)
     return result
 
 

@@ -20,7 +20,6 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_poetry.config import TrainConfig, UserError, run_cli
-from st_poetry.files import write_json, write_jsonl
+from st_poetry.files import atomic_output_dir, write_json, write_jsonl
 from st_poetry.metrics import build_ir_evaluator, metric_key
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.plots import plot_training_curves
@@ -92,7 +91,7 @@ def _read_flagembedding(path: Path, config: TrainConfig) -> tuple[list[dict], li
     pairs: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}  # (query, pos) -> (negatives, is_eval)
     texts: dict[str, None] = {}
     skipped: Counter = Counter()
-    for _, parsed in read_records([Input("flagembedding", path, eval_only=False)], frozenset(), stats):
+    for _, parsed in read_records([Input("flagembedding", path, False, path.name)], frozenset(), stats):
         texts.update(dict.fromkeys(parsed.texts))
         is_eval = is_eval_group(parsed.pairs[0][0], config.seed, config.eval_fraction)
         for pair in parsed.pairs:
@@ -323,25 +322,28 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
     return {label: metrics[metric_key(metric)] for label, metric in HEADLINE.items()}
 
 
-def _publish_model(model: SentenceTransformer, out: Path) -> None:
-    """Save the final model into `out` so it never looks complete before it is.
+def publish_model(model: SentenceTransformer, out: Path) -> None:
+    """Save the final model into `out`, beside the checkpoints and logs, whole or not at all.
 
-    Everything is written to a hidden staging folder first, then moved in with config.json and modules.json
-    last: without modules.json a folder does not load as this model.
+    config.json and modules.json go in last: without modules.json the folder does not load as this model
+    (and with config.json alone it would load as a plain checkpoint).
     """
-    staging = Path(tempfile.mkdtemp(prefix=".final-partial-", dir=out))
-    last = ("config.json", "modules.json")
-    try:
+    with atomic_output_dir(out, "modules.json", merge=True, last=("config.json",)) as staging:
         model.save_pretrained(str(staging))
-        for name in last:
-            (out / name).unlink(missing_ok=True)
-        for entry in sorted(staging.iterdir(), key=lambda path: last.index(path.name) + 1 if path.name in last else 0):
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_base_model(config: TrainConfig) -> SentenceTransformer:
+    """The model to fine-tune; `--query-instruction` becomes its query prompt, which the saved model records."""
+    model = load_model(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        query_instruction=config.query_instruction,
+        replace_query_prompt=True,
+    )
+    model.model_card_data.set_language("zh")
+    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
+    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+    return model
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
@@ -354,10 +356,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
     # 1. The base model. A plain HF checkpoint becomes Transformer + CLS pooling + Normalize; a
     #    sentence-transformers model keeps its pooling and prompts; --query-instruction becomes its query prompt.
-    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-    model.model_card_data.set_language("zh")
-    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
-    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+    model = load_base_model(config)
 
     # 2. The data: every row has the same columns, anchor, positive, negative_1..k.
     data = load_training_data(config)
@@ -485,7 +484,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         "config": vars(config),
     }
     write_json(out / SUMMARY, summary)
-    _publish_model(model, out)
+    publish_model(model, out)
     print(format_summary(summary))
     return summary
 

@@ -18,6 +18,7 @@ from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
 from fastapi.testclient import TestClient
 
 from st_poetry.config import IndexConfig, ServeConfig, parse_config
+from st_poetry.schema import CORPUS
 from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index
 from st_poetry.serve import create_app, highlight, main
 
@@ -34,7 +35,7 @@ def index_dir(tmp_path_factory):
     corpus.append({**next(row for row in corpus if row["title"] == "江雪"), "id": "clause", "text": "千山鸟飞"})
     texts = [row["text"] for row in corpus] + [row["anchor"] for row in train] + [DESCRIPTION]
     model = save_bag_of_chars_model(folder / "bag-of-chars", texts)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in corpus))
+    CORPUS.write(folder / "corpus.jsonl", corpus)
     build_index(IndexConfig(model=model, corpus=str(folder / "corpus.jsonl"), out=str(folder / "index")))
     return folder / "index"
 

@@ -29,6 +29,7 @@ from st_poetry.train import (
     _training_speed,
     column_prompts,
     load_training_data,
+    publish_model,
     train,
     with_negative_columns,
 )
@@ -204,6 +205,37 @@ def test_prompts_follow_the_model(tiny_st_model, tiny_hf_model):
     assert column_prompts(SentenceTransformer(tiny_hf_model), columns) is None
 
 
+def test_the_final_model_joins_out_whole_or_not_at_all(tiny_st_model, tmp_path, monkeypatch):
+    """publish_model goes through files.atomic_output_dir (merge=True), the way every stage writes its output."""
+    out = tmp_path / "out"
+    (out / CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    (out / TRAIN_LOG).write_text("{}\n")
+    model = SentenceTransformer(tiny_st_model)
+    publish_model(model, out)
+    assert SentenceTransformer(str(out)).prompts["query"] == "query: "
+    assert (out / CHECKPOINTS / "checkpoint-2").is_dir() and (out / TRAIN_LOG).is_file()  # left as they were
+
+    # killed while moving the files in: the folder no longer claims to hold a model
+    moved = []
+    real_replace = Path.replace
+
+    def dies_after_three(self, target):
+        if len(moved) == 3:
+            raise KeyboardInterrupt
+        moved.append(self.name)
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        publish_model(model, out)
+    assert "modules.json" not in moved and "config.json" not in moved  # they go last
+    assert not (out / "modules.json").exists() and not (out / "config.json").exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+    monkeypatch.undo()
+    publish_model(model, out)  # a rerun completes it
+    assert SentenceTransformer(str(out)).prompts["query"] == "query: "
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Training runs
 
@@ -220,7 +252,7 @@ def test_a_few_steps_give_a_loadable_model(tiny_st_model, mined_dir, tmp_path):
     for name in ("1_Pooling/config.json", "2_Normalize", "README.md", TRAIN_LOG, CURVES, SUMMARY):
         assert (out / name).exists(), name
     assert (out / CHECKPOINTS / "checkpoint-2").is_dir()
-    assert not list(out.glob(".final-partial-*"))
+    assert not list(tmp_path.glob(".out.partial-*"))
     card = (out / "README.md").read_text()
     assert "language:\n- zh" in card and "CachedMultipleNegativesRankingLoss" in card
 
