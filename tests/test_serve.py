@@ -17,9 +17,10 @@ import pytest
 from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
 from fastapi.testclient import TestClient
 
-from st_poetry.config import IndexConfig, ServeConfig, parse_config
+from st_poetry.config import IndexConfig, QueryConfig, ServeConfig, parse_config
+from st_poetry.modeling import load_reranker
 from st_poetry.schema import CORPUS
-from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index
+from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
 from st_poetry.serve import create_app, highlight, main
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
@@ -96,6 +97,30 @@ def test_post_answers_several_queries_in_order_and_k_defaults_to_the_servers(cli
     assert results[1]["results"][0]["poem"]["hit"] == 0
     three = client.post("/api/search", json={"queries": queries, "k": 3}).json()["queries"]
     assert [len(result["results"]) for result in three] == [3, 3]
+
+
+def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, index, tiny_reranker):
+    config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8)
+    with TestClient(create_app(index, config, load_reranker(tiny_reranker))) as reranking:
+        hits = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3}).json()["results"]
+        # what `just search --reranker --json` prints, plus the poems
+        expected = query(
+            QueryConfig(queries=[DESCRIPTION], index=str(index.folder), top_k=3, reranker=tiny_reranker, rerank_top_k=8)
+        )[0]["results"]
+        assert [{key: hit[key] for key in hit if key != "poem"} for hit in hits] == expected
+        assert all("rerank_score" in hit and bool(hit["poem"]) == bool(hit["title"]) for hit in hits)
+        plain = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3, "rerank": "false"}).json()["results"]
+        assert plain[0]["text"] == "独钓寒江雪" and not any("rerank_score" in hit for hit in plain)
+        posted = reranking.post("/api/search", json={"queries": [DESCRIPTION], "k": 3}).json()["queries"][0]
+        assert posted["results"] == hits
+        page = reranking.get("/", params={"q": DESCRIPTION}).text
+        assert f"reranker <code>{tiny_reranker}</code> (top 8)" in page and "reranker score" in page
+
+
+def test_rerank_without_a_reranker_is_a_400(client):
+    response = client.get("/api/search", params={"q": DESCRIPTION, "rerank": "true"})
+    assert response.status_code == 400 and "no reranker" in response.json()["detail"]
+    assert "rerank_score" not in client.get("/api/search", params={"q": DESCRIPTION}).json()["results"][0]
 
 
 @pytest.mark.parametrize(
