@@ -50,6 +50,11 @@ class PrepareConfig:
     ccpm_eval: list[str] = option((), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)")
     flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
     flagembedding_eval: list[str] = option((), "FlagEmbedding-format files or folders that go wholly to eval")
+    poems: list[str] = option(
+        (),
+        "chinese-poetry collection files or folders (every .json below): their lines join the corpus, in "
+        "simplified script, and the other inputs' lines are linked to their poems",
+    )
     out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json")
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
     eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash")
@@ -58,8 +63,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         _check(bool(self.kinds), "kinds must name at least one Kind (e.g. 诗 词 曲)")
-        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval
-        _check(bool(inputs), "no input given: pass --works, --ccpm or --flagembedding (files or folders)")
+        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval + self.poems
+        _check(bool(inputs), "no input given: pass --works, --ccpm, --flagembedding or --poems (files or folders)")
 
 
 @dataclass

@@ -18,7 +18,8 @@ from sentence_transformers.util import cos_sim
 
 from st_poetry.config import UserError
 from st_poetry.files import read_jsonl
-from st_poetry.prepare import EMPTY_TRANSLATION, Skip, parse_ccpm
+from st_poetry.prepare import EMPTY_TRANSLATION, parse_ccpm
+from st_poetry.records import Skip
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"

@@ -23,7 +23,6 @@ import hashlib
 import random
 import shutil
 import time
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from sentence_transformers.util import mine_hard_negatives
 from st_poetry.config import MineConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, read_rows, write_json, write_jsonl
 from st_poetry.modeling import load_model
+from st_poetry.records import normalize
 
 MARKER = "mine_stats.json"
 SPLITS = ("train", "eval")
@@ -46,12 +46,6 @@ SHORT_ROWS_WARNING = 0.1
 # A candidate that contains the positive (its couplet) or is contained in it counts as the same text, down to
 # this many characters: the shortest classical lines (四言).
 MIN_CONTAINED_CHARS = 4
-
-
-def normalize(text: str) -> str:
-    """The text with punctuation and whitespace removed (after NFKC), to compare lines that differ only there."""
-    text = unicodedata.normalize("NFKC", text)
-    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch)[0] not in "PZ")
 
 
 def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
