@@ -88,10 +88,16 @@ class MineConfig:
     max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
     cache_folder: str | None = option("data/cache", "embeddings are cached here, per model, between runs (None: off)")
     query_instruction: str | None = option(None, "instruction prepended to queries, e.g. bge's retrieval one")
-    seed: int = option(42, "seed for random sampling")
+    max_corpus: int | None = option(
+        None,
+        "candidate pool: every positive and given negative plus a seeded sample of the other corpus lines, this "
+        "many in all, so a CPU need not encode a corpus of millions (None: the whole corpus)",
+    )
+    seed: int = option(42, "seed for random sampling and the candidate pool")
 
     def __post_init__(self) -> None:
         _check(self.num_negatives >= 1, f"num_negatives must be >= 1, got {self.num_negatives}")
+        _check(self.max_corpus is None or self.max_corpus >= 1, f"max_corpus must be >= 1, got {self.max_corpus}")
         _check(0 <= self.range_min < self.range_max, "need 0 <= range_min < range_max")
         _check(self.range_max - self.range_min >= self.num_negatives, "range_max - range_min < num_negatives")
         _check(self.relative_margin is None or 0 <= self.relative_margin < 1, "relative_margin must be in [0, 1)")

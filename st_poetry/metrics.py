@@ -56,9 +56,7 @@ def build_ir_evaluator(
         raise UserError("the eval split is empty: nothing to evaluate")
 
     if max_corpus is not None and len(corpus) > max_corpus:
-        keep = set().union(*relevant.values())
-        others = sorted(set(corpus) - keep)
-        keep.update(random.Random(seed).sample(others, max(0, min(len(others), max_corpus - len(keep)))))
+        keep = sample_pool(corpus, set().union(*relevant.values()), max_corpus, seed)
         corpus = {corpus_id: text for corpus_id, text in corpus.items() if corpus_id in keep}
 
     return InformationRetrievalEvaluator(
@@ -76,6 +74,12 @@ def build_ir_evaluator(
         name=EVALUATOR_NAME,
         write_csv=False,
     )
+
+
+def sample_pool(items: Iterable[str], keep: set[str], size: int, seed: int) -> set[str]:
+    """`keep` and a seeded sample of the other items, `size` in all (or all of `keep` when it is larger)."""
+    others = sorted(set(items) - keep)
+    return keep | set(random.Random(seed).sample(others, max(0, min(len(others), size - len(keep)))))
 
 
 def metric_key(metric: str) -> str:
