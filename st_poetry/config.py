@@ -68,6 +68,29 @@ class PrepareConfig:
 
 
 @dataclass
+class DownloadConfig:
+    """Fetch the public raw data at pinned versions with checksums into data/raw/, or copy it from a folder."""
+
+    out: str = option("data/raw", "one folder per source goes here (the default RAW_DATA of `just prepare`)")
+    sources: list[str] = option(
+        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry"), "sources to bring (names in st_poetry/sources.json)"
+    )
+    from_dir: str | None = option(
+        None, "copy DIR/<source>/ from this local folder instead of downloading (no internet)", flag="--from"
+    )
+    mirror: str = option("https://raw.githubusercontent.com", "base URL that serves <repo>/<commit>/<path>")
+    manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
+    retries: int = option(3, "tries per file; each one resumes where the last stopped")
+    retry_wait: float = option(2.0, "seconds to wait between tries")
+    timeout: float = option(60.0, "seconds without data before a try fails")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.sources), "name at least one source")
+        _check(self.retries >= 1, f"retries must be >= 1, got {self.retries}")
+        _check(self.timeout > 0 and self.retry_wait >= 0, "timeout must be > 0 and retry_wait >= 0")
+
+
+@dataclass
 class MineConfig:
     """Add hard negatives to prepared pairs with sentence-transformers' mine_hard_negatives (faiss)."""
 
@@ -295,7 +318,7 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
         if f.metadata.get("positional"):
             parser.add_argument(f.name, **kwargs)
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+            parser.add_argument(f.metadata.get("flag", _flag(f.name)), dest=f.name, **kwargs)
     return parser
 
 
