@@ -50,11 +50,14 @@ def load_model(
     *,
     max_seq_length: int | None = None,
     query_instruction: str | None = None,
+    replace_query_prompt: bool = False,
 ) -> SentenceTransformer:
     """Load `name_or_path` for encoding or training.
 
-    `query_instruction` becomes the model's "query" prompt, so training, evaluation, mining and the saved
-    model (its config stores prompts) all apply it the same way.
+    `query_instruction` becomes the model's "query" prompt. Training sets it once (`replace_query_prompt`):
+    the saved model records it in its prompts, and every later stage finds it there. A stage that only
+    encodes refuses an instruction that contradicts the prompt a model records, since its queries would then
+    be encoded unlike the ones the model was trained or published with.
     """
     try:
         if _is_sentence_transformer(name_or_path):
@@ -70,6 +73,15 @@ def load_model(
     if max_seq_length is not None and model.max_seq_length != math.inf:  # a static embedding has no token limit
         model.max_seq_length = max_seq_length
     if query_instruction:
+        recorded = query_prompt(model)
+        if recorded not in (None, query_instruction):
+            if not replace_query_prompt:
+                raise UserError(
+                    f"--query-instruction {query_instruction!r} contradicts the query prompt {recorded!r} that "
+                    f"{name_or_path} records (set when it was trained): omit --query-instruction to use the "
+                    "model's own, or train with the instruction you want"
+                )
+            print(f"note: the query prompt of {name_or_path} becomes {query_instruction!r} (was {recorded!r})")
         model.prompts[QUERY_PROMPT] = query_instruction
     return model
 
