@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,22 +76,6 @@ def reading_order(path: Path) -> tuple[int, str]:
 def file_dynasty(path: Path) -> str:
     rank, _ = reading_order(path)
     return COLLECTION[rank][1] if rank < len(COLLECTION) else ""
-
-
-def find_files(paths: Iterable[str]) -> list[Path]:
-    """Files as given and every .json under a folder, in reading order."""
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = [file for file in path.rglob("*.json") if file.is_file()]
-            if not found:
-                raise UserError(f"--poems: no .json files under {path}")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"--poems: no such file or folder: {path}")
-    return sorted(dict.fromkeys(files), key=reading_order)
 
 
 def _load(path: Path) -> Any:

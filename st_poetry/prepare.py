@@ -265,7 +265,9 @@ def resolve_inputs(config: PrepareConfig) -> list[Input]:
         for path in _files(paths, pattern, flag)
     ]
     # the poems come last: the lines of the inputs above are linked to them as they are read
-    found += [("poems", path, False) for path in poems.find_files(config.poems)]
+    found += [
+        ("poems", path, False) for path in sorted(_files(config.poems, "**/*.json", "poems"), key=poems.reading_order)
+    ]
     names = input_names([path for _, path, _ in found])
     return [Input(source, path, eval_only, name) for (source, path, eval_only), name in zip(found, names, strict=True)]
 

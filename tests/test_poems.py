@@ -260,7 +260,7 @@ def test_bad_paths_and_json_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such file or folder"):
         run(tmp_path, poems=[str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match=r"no \.json files"):
+    with pytest.raises(UserError, match=r"no \*\*/\*\.json files in"):
         run(tmp_path, poems=[str(tmp_path / "empty")])
     (tmp_path / "bad.json").write_text("[{", encoding="utf-8")
     with pytest.raises(UserError, match=r"bad\.json:1: not valid JSON"):
