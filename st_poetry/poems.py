@@ -29,6 +29,7 @@ from typing import Any
 import opencc
 
 from st_poetry.config import UserError
+from st_poetry.files import decode_text
 from st_poetry.records import Parsed, Skip, clean, normalize
 
 # (folder/file pattern, dynasty). Files are read in this order, the oldest collections first and the anthologies
@@ -80,9 +81,7 @@ def file_dynasty(path: Path) -> str:
 
 def _load(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return json.loads(decode_text(path.read_bytes(), path))
     except json.JSONDecodeError as error:
         raise UserError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
 
