@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from st_poetry.config import UserError
 from st_poetry.files import atomic_output_dir, decode_text, read_jsonl
-
-DEAD_PID = 999_999_999  # above Linux's pid_max (2**22): never a running process
 
 
 def _write(out: Path, marker: str, text: str) -> None:
@@ -25,24 +26,48 @@ def _siblings(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir())
 
 
+def _killed_while_writing(out: Path, kill_at: str) -> None:
+    """Run a writer of `out` in another process and SIGKILL it from inside, at `kill_at`: "body" (while the
+    files are written) or "rename" (between moving the old folder aside and moving the new one in)."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from st_poetry.files import atomic_output_dir\n"
+        "out, kill_at = Path(sys.argv[1]), sys.argv[2]\n"
+        "rename = Path.rename\n"
+        "def rename_then_die(self, target):\n"
+        "    rename(self, target)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if kill_at == 'rename':\n"
+        "    Path.rename = rename_then_die\n"
+        "with atomic_output_dir(out, 'stats.json') as tmp:\n"
+        "    (tmp / 'data.txt').write_text('new')\n"
+        "    (tmp / 'stats.json').write_text('{}')\n"
+        "    if kill_at == 'body':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(out), kill_at], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
 def test_partial_folders_of_killed_runs_are_cleaned_on_the_next_run(tmp_path):
     out = tmp_path / "out"
-    for name in (f".out.partial-{DEAD_PID}-0a1b2c3d", ".out.partial-k3x9_q2z"):  # a killed run, an old mkdtemp name
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "train.jsonl").write_text("half")
+    _killed_while_writing(out, "body")
+    assert len(list(tmp_path.glob(".out.partial-*"))) == 1  # what the kill left
+    legacy = tmp_path / ".out.partial-k3x9_q2z"  # tempfile.mkdtemp's name, from earlier versions
+    legacy.mkdir()
     live = tmp_path / f".out.partial-{os.getpid()}-feedbeef"  # a run still writing (this process): kept
     live.mkdir()
-    _write(out, "stats.json", "new")
+    _write(out, "stats.json", "next")
     assert _siblings(tmp_path) == [live.name, "out"]
-    assert (out / "data.txt").read_text() == "new"
+    assert (out / "data.txt").read_text() == "next"
 
 
 def test_a_kill_between_the_two_renames_is_undone(tmp_path, capsys):
     out = tmp_path / "out"
     _write(out, "stats.json", "old")
-    # What a kill right after `out -> .out.old` leaves: no out, the old set aside, the new one complete but unmoved.
-    out.rename(tmp_path / ".out.old")
-    (tmp_path / f".out.partial-{DEAD_PID}-0a1b2c3d").mkdir()
+    _killed_while_writing(out, "rename")
+    assert not out.exists() and (tmp_path / ".out.old").is_dir()  # what the kill left
 
     with pytest.raises(RuntimeError), atomic_output_dir(out, "stats.json"):
         raise RuntimeError("the next run fails too")
