@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from st_poetry.config import FusionOptions
+from st_poetry.config import FusionOptions, QueryConfig
 from st_poetry.hybrid import Candidates, candidates, fuse, fused_choice_scores, ranking
 from st_poetry.lexical import bm25_scores, build_bm25, single_chars
 
@@ -76,7 +76,11 @@ def test_ccpm_choices_are_fused_over_each_records_choices():
     assert [len(scores) for scores in fused_choice_scores(dense, lexical, FusionOptions(fusion="rrf"))] == [4, 3]
 
 
-def test_fusion_options_are_checked():
+def test_fusion_options_are_checked_also_beside_a_configs_other_options():
     for bad in ({"alpha": 1.5}, {"depth": 0}, {"rrf_k": -1}):
         with pytest.raises(ValueError):
             FusionOptions(**bad)
+    with pytest.raises(ValueError, match="alpha"):
+        QueryConfig(alpha=-0.1)
+    with pytest.raises(ValueError, match="rerank_top_k"):  # the reranking options' checks still run
+        QueryConfig(rerank_top_k=0)
