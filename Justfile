@@ -24,6 +24,10 @@ mine *args:
 train *args:
     {{python}} -m st_poetry.train "$@"
 
+# data/mined -> models/st-poetry-reranker (a cross-encoder that reranks retrieved lines)
+train-reranker *args:
+    {{python}} -m st_poetry.rerank "$@"
+
 # models side by side on the eval split, CCPM and BM25
 evaluate *args:
     {{python}} -m st_poetry.evaluate "$@"

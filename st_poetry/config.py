@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 DEFAULT_MODEL = "BAAI/bge-base-zh-v1.5"
+DEFAULT_RERANKER = "BAAI/bge-reranker-base"
 BGE_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 
 C = TypeVar("C")
@@ -181,9 +182,12 @@ class MineConfig:
         _check(self.batch_size >= 1 and self.max_seq_length >= 8, "batch_size >= 1 and max_seq_length >= 8")
 
 
-@stage_config
-class TrainConfig:
-    """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
+@dataclass
+class FitConfig:
+    """The fields every training stage shares: the data, the schedule, checkpoints and evaluation during training.
+
+    Not a stage itself: TrainConfig and RerankConfig extend it, and their `__post_init__` runs these checks first.
+    """
 
     data: str = option(
         "data/mined",
@@ -197,13 +201,6 @@ class TrainConfig:
     epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)")
     max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0")
     batch_size: int = option(64, "queries per batch and process: every other row's texts are in-batch negatives")
-    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
-    cached_loss: bool = option(
-        True,
-        "CachedMultipleNegativesRankingLoss: memory flat in --batch-size; --no-cached-loss trains with the plain "
-        "MultipleNegativesRankingLoss (same gradients, no second forward pass: 1.7x faster in the CPU benchmark; "
-        "memory grows with the batch)",
-    )
     lr: float = option(2e-5, "peak learning rate")
     warmup: float = option(0.1, "warmup: a fraction of all steps when < 1, else a step count")
     num_negatives: int = option(
@@ -211,19 +208,14 @@ class TrainConfig:
         "use the first n negatives of each row (short rows: topped up with other rows' positives); 0 = in-batch only",
     )
     max_seq_length: int = option(64, "token limit for queries and lines")
-    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
     eval_steps: int = option(100, "evaluate every this many steps")
     save_every_evals: int = option(1, "save a checkpoint every this many evaluations (a new best is always saved)")
     save_total_limit: int | None = option(2, "checkpoints kept on disk besides the best one (None: all)")
     patience: int = option(3, "early stopping: evaluations without NDCG@10 improvement before stopping")
-    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
     eval_max_rows: int | None = option(
         2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)"
     )
     eval_fraction: float = option(0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval")
-    query_instruction: str | None = option(
-        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
-    )
     logging_steps: int = option(10, "log the training loss every this many steps")
     seed: int = option(42, "seed for data order and initialisation")
     resume: bool = option(False, "continue from the last checkpoint in --out")
@@ -231,18 +223,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
         _check(self.batch_size >= 2, f"batch_size must be >= 2 for in-batch negatives, got {self.batch_size}")
-        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
         _check(self.num_negatives >= 0, f"num_negatives must be >= 0, got {self.num_negatives}")
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
         _check(
             self.eval_steps >= 1 and self.save_every_evals >= 1,
             "eval_steps and save_every_evals must be >= 1",
         )
         _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
         _check(self.eval_max_rows is None or self.eval_max_rows >= 1, "eval_max_rows must be >= 1")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1")
         _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
@@ -251,6 +240,59 @@ class TrainConfig:
             self.max_steps <= 0 or self.max_steps >= self.eval_steps,
             f"max_steps ({self.max_steps}) < eval_steps ({self.eval_steps}): no evaluation would pick a best model",
         )
+
+
+@stage_config
+class TrainConfig(FitConfig):
+    """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
+
+    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
+    cached_loss: bool = option(
+        True,
+        "CachedMultipleNegativesRankingLoss: memory flat in --batch-size; --no-cached-loss trains with the plain "
+        "MultipleNegativesRankingLoss (same gradients, no second forward pass: 1.7x faster in the CPU benchmark; "
+        "memory grows with the batch)",
+    )
+    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
+    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
+    query_instruction: str | None = option(
+        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
+        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
+        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
+
+
+@stage_config
+class RerankConfig(FitConfig):
+    """Train a reranker: a CrossEncoder reads a description and a line together (CrossEncoderTrainer)."""
+
+    model: str = option(
+        DEFAULT_RERANKER, "base: a reranker, a bi-encoder or a plain checkpoint (Hub id or local path; a new head)"
+    )
+    out: str = option(
+        "models/st-poetry-reranker", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
+    )
+    batch_size: int = option(16, "descriptions per batch and process: each is scored against its candidates")
+    num_negatives: int = option(
+        3,
+        "hard negatives per description: its row's first n (short rows: topped up with other rows' positives)",
+    )
+    in_batch_negatives: int = option(
+        4, "other rows' positives and negatives each description is also scored against (random, per step)"
+    )
+    max_seq_length: int = option(128, "token limit of a description and a line read together")
+    eval_max_rows: int | None = option(
+        500, "evaluate during training on this many sampled eval rows, each against its negatives (None: all)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.in_batch_negatives >= 0, f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        _check(self.num_negatives >= 1, "num_negatives must be >= 1: evaluation ranks each positive among them")
 
 
 @stage_config
@@ -269,12 +311,18 @@ class EvaluateConfig:
     query_instruction: str | None = option(
         None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
     )
+    reranker: str | None = option(None, "reranker (`just train-reranker`) to rerank each model's top lines with")
+    rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked")
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "name at least one --model")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
+        _check(
+            bool(self.rerank_top_k) and min(self.rerank_top_k) >= 1,
+            f"rerank_top_k must be >= 1, got {self.rerank_top_k}",
+        )
 
 
 @stage_config
@@ -321,9 +369,12 @@ class QueryConfig:
     top_k: int = option(10, "lines to return per query")
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     json: bool = option(False, "print one JSON object per query instead of a table")
+    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 

@@ -2,6 +2,7 @@
 
     python -m st_poetry.search build --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
     python -m st_poetry.search query --index indexes/poetry "山中下雨后傍晚的秋天"
+    python -m st_poetry.search query --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
 
 An index folder holds
 - `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default or an
@@ -27,11 +28,12 @@ from typing import Any
 import faiss
 import numpy as np
 from datasets import Dataset, load_from_disk
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from st_poetry.config import IndexConfig, QueryConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, decode_text, write_json
-from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.rerank import rerank
 from st_poetry.schema import CORPUS
 
 INDEX_INFO = "index.json"
@@ -253,9 +255,18 @@ def _width(text: str) -> int:
 
 
 def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
-    header = ("#", "score", "line", "title", "author", "dynasty")
+    reranked = any("rerank_score" in hit for hit in hits)
+    header = ("#", "score", *(("rerank",) if reranked else ()), "line", "title", "author", "dynasty")
     rows = [header] + [
-        (str(hit["rank"]), f"{hit['score']:.3f}", hit["text"], hit["title"], hit["author"], hit["dynasty"])
+        (
+            str(hit["rank"]),
+            f"{hit['score']:.3f}",
+            *((f"{hit['rerank_score']:.3f}" if "rerank_score" in hit else "",) if reranked else ()),
+            hit["text"],
+            hit["title"],
+            hit["author"],
+            hit["dynasty"],
+        )
         for hit in hits
     ]
     widths = [max(_width(row[column]) for row in rows) for column in range(len(header))]
@@ -265,19 +276,48 @@ def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
     return "\n".join([f"» {query}", *(line.rstrip() for line in lines)])
 
 
-def query(config: QueryConfig) -> list[dict[str, Any]]:
-    """Search the index for every query and print a table per query (or one JSON object per line)."""
-    queries = read_queries(config)  # before the slow model load
-    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
-    results = [
-        {"query": query, "results": hits}
-        for query, hits in zip(queries, index.search(queries, config.top_k), strict=True)
+def reranked(
+    reranker: CrossEncoder, queries: Sequence[str], hits: Sequence[Sequence[dict[str, Any]]], k: int, top_k: int
+) -> list[list[dict[str, Any]]]:
+    """The reranker's order of each query's first k hits, cut to top_k; "rank" is the new place, the retriever's
+    place and score stay as "retrieval_rank" and "score"."""
+    return [
+        [{**hit, "rank": rank, "retrieval_rank": hit["rank"]} for rank, hit in enumerate(query_hits[:top_k], start=1)]
+        for query_hits in rerank(reranker, queries, hits, k)
     ]
+
+
+def query(config: QueryConfig) -> list[dict[str, Any]]:
+    """Search the index for every query and print a table per query (or one JSON object per line).
+
+    With --reranker the retriever's top --rerank-top-k lines are reordered; the time per query of retrieval
+    and of reranking goes to stderr (stdout stays one JSON object per line with --json).
+    """
+    queries = read_queries(config)  # before the slow model loads
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
+    reranker = load_reranker(config.reranker) if config.reranker else None
+    k = min(config.rerank_top_k, index.index.ntotal)
+    if reranker and k < config.rerank_top_k:
+        print(
+            f"note: --rerank-top-k {config.rerank_top_k} is more than the index's {k:,} lines: reranking them all",
+            file=sys.stderr,
+        )
+    start = time.perf_counter()
+    hits = index.search(queries, max(config.top_k, k) if reranker else config.top_k)
+    latency = {"retrieval_ms": (time.perf_counter() - start) * 1000 / len(queries)}
+    if reranker:
+        start = time.perf_counter()
+        hits = reranked(reranker, queries, hits, k, config.top_k)
+        latency["rerank_ms"] = (time.perf_counter() - start) * 1000 / len(queries)
+    results = [{"query": query, "results": query_hits} for query, query_hits in zip(queries, hits, strict=True)]
     for result in results:
         if config.json:
             print(json.dumps(result, ensure_ascii=False))
         else:
             print(format_table(result["query"], result["results"]), end="\n\n")
+    timing = ", ".join(f"{name.removesuffix('_ms')} {ms:.1f} ms" for name, ms in latency.items())
+    reranking = f" (reranking the top {k})" if reranker else ""
+    print(f"{len(queries)} queries, per query: {timing}{reranking}", file=sys.stderr)
     return results
 
 
