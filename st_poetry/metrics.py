@@ -18,7 +18,8 @@ from sentence_transformers.util import cos_sim
 
 from st_poetry.config import UserError
 from st_poetry.files import read_jsonl
-from st_poetry.prepare import EMPTY_TRANSLATION, Skip, parse_ccpm
+from st_poetry.prepare import EMPTY_TRANSLATION, parse_ccpm
+from st_poetry.records import Skip
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
@@ -70,9 +71,7 @@ def build_ir_evaluator(
         raise UserError("the eval split is empty: nothing to evaluate")
 
     if max_corpus is not None and len(corpus) > max_corpus:
-        keep = set().union(*relevant.values())
-        others = sorted(set(corpus) - keep)
-        keep.update(random.Random(seed).sample(others, max(0, min(len(others), max_corpus - len(keep)))))
+        keep = sample_pool(corpus, set().union(*relevant.values()), max_corpus, seed)
         corpus = {corpus_id: text for corpus_id, text in corpus.items() if corpus_id in keep}
 
     return RankingEvaluator(
@@ -90,6 +89,12 @@ def build_ir_evaluator(
         name=EVALUATOR_NAME,
         write_csv=False,
     )
+
+
+def sample_pool(items: Iterable[str], keep: set[str], size: int, seed: int) -> set[str]:
+    """`keep` and a seeded sample of the other items, `size` in all (or all of `keep` when it is larger)."""
+    others = sorted(set(items) - keep)
+    return keep | set(random.Random(seed).sample(others, max(0, min(len(others), size - len(keep)))))
 
 
 def metric_key(metric: str) -> str:

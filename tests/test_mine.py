@@ -10,7 +10,7 @@ import pytest
 
 from st_poetry.config import MineConfig, UserError
 from st_poetry.files import write_jsonl
-from st_poetry.mine import main, mine, model_fingerprint, normalize
+from st_poetry.mine import candidate_texts, main, mine, model_fingerprint, normalize, read_prepared
 from st_poetry.modeling import load_model
 from st_poetry.schema import CORPUS, MINED, RowType, read_split
 
@@ -228,6 +228,30 @@ def test_config_validation(overrides, message):
 def test_normalize_ignores_punctuation_width_and_spaces():
     assert normalize("空山新雨后，天气晚来秋。") == normalize("空山新雨后 天气晚来秋") == "空山新雨后天气晚来秋"
     assert normalize("“春眠不觉晓”！") == "春眠不觉晓"
+
+
+def test_candidate_pool_keeps_positives_and_given_negatives_and_samples_the_rest(prepared_dir, tiny_st_model):
+    extra = [
+        {"id": f"x{i}", "text": f"远方第{i}句诗", "title": "", "author": "", "dynasty": "", "group": f"x{i}"}
+        for i in range(40)
+    ]
+    _edit(prepared_dir, "corpus", lambda rows: rows.extend(extra))
+    _edit(prepared_dir, "train", lambda rows: rows[0].update(negatives=["远方第3句诗"]))
+    data = read_prepared(prepared_dir)
+    positives = {row["positive"] for split in ("train", "eval") for row in data[split]}
+    keep = positives | {"远方第3句诗"}
+    pool = candidate_texts(data, max_corpus=len(keep) + 5, seed=1)
+    assert keep <= set(pool) and len(pool) == len(keep) + 5
+    assert pool == candidate_texts(data, max_corpus=len(keep) + 5, seed=1)  # seeded
+    assert pool != candidate_texts(data, max_corpus=len(keep) + 5, seed=2)
+    assert candidate_texts(data, max_corpus=3) == [t for t in candidate_texts(data) if t in keep]  # never fewer
+    assert len(candidate_texts(data, max_corpus=10**6)) == len(candidate_texts(data))
+
+    config = _config(prepared_dir, tiny_st_model, max_corpus=len(keep) + 5, seed=1, range_max=len(keep) + 4)
+    stats = mine(config)
+    assert stats["candidates"] == len(keep) + 5
+    for row in _read(Path(config.out) / "train.jsonl"):
+        assert set(_negatives(row)) - {None} <= set(pool)
 
 
 def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, tiny_hf_model):
