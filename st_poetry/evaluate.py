@@ -19,7 +19,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
@@ -111,18 +111,29 @@ def _unit(embeddings: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(unit, dtype=np.float32)
 
 
-def hybrid_candidates(
-    evaluator: InformationRetrievalEvaluator,
-    model: SentenceTransformer,
-    corpus: torch.Tensor,
-    bm25: Any,
-    query_tokens: Sequence[Sequence[str]],
-    depth: int,
-) -> Candidates:
-    """Each eval query's fusion candidates: an exact faiss index over the model's `corpus` embeddings + BM25."""
+class DenseSide(NamedTuple):
+    """A model's side of the fusion: an exact faiss index of its corpus embeddings, its query embeddings."""
+
+    index: faiss.Index
+    queries: np.ndarray
+
+
+def dense_side(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> DenseSide:
+    """The corpus and the queries encoded once, as the evaluator itself would: for the dense row and the fusion."""
+    corpus = _unit(evaluator_embeddings(evaluator, model, "document"))
     index = faiss.IndexFlatIP(corpus.shape[1])
-    index.add(_unit(corpus))
-    return candidates(index, _unit(evaluator_embeddings(evaluator, model, "query")), bm25, query_tokens, depth)
+    index.add(corpus)
+    return DenseSide(index, _unit(evaluator_embeddings(evaluator, model, "query")))
+
+
+def dense_metrics(evaluator: InformationRetrievalEvaluator, dense: DenseSide) -> dict[str, float]:
+    """The model's row from its faiss ranking (exact cosine), scored by the evaluator's own metric code."""
+    scores, ids = dense.index.search(dense.queries, min(max_k(evaluator), dense.index.ntotal))
+    ranked = [
+        [{"corpus_id": evaluator.corpus_ids[i], "score": float(s)} for s, i in zip(row_scores, row_ids, strict=True)]
+        for row_scores, row_ids in zip(scores, ids, strict=True)
+    ]
+    return reported_metrics(evaluator.compute_metrics(ranked))
 
 
 def fused_metrics(
@@ -327,8 +338,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         for name, path, model in zip(_short_names(names), names, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
-            corpus = evaluator_embeddings(evaluator, model, "document") if config.hybrid else None
-            retrieval = retrieval_metrics(evaluator, model, corpus_embeddings=corpus)
+            # With --hybrid the model encodes the corpus and the queries once, for its row and the fusion alike.
+            dense = dense_side(evaluator, model) if config.hybrid else None
+            retrieval = dense_metrics(evaluator, dense) if dense else retrieval_metrics(evaluator, model)
             dense_ccpm = {
                 label: ccpm_scores(model, records, batch_size=config.batch_size, show_progress_bar=True)
                 for label, records in ccpm_sets.items()
@@ -349,9 +361,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             if config.hybrid:
                 print(f"{name} + {HYBRID_LEXICAL}: fusing, and sweeping the fusion settings")
                 start = time.perf_counter()
-                found = hybrid_candidates(
-                    evaluator, model, corpus, corpus_bm25, query_tokens, max(*SWEEP_DEPTHS, config.depth)
-                )
+                depth = max(*SWEEP_DEPTHS, config.depth)
+                found = candidates(dense.index, dense.queries, corpus_bm25, query_tokens, depth)
                 retrieval = fused_metrics(evaluator, found, config, top_k=max_k(evaluator))
                 ccpm = fused_ccpm(ccpm_sets, dense_ccpm, ccpm_lexical, config)
                 rows.append(_row(f"{name} + {HYBRID_LEXICAL}", path, retrieval, ccpm, time.perf_counter() - start))

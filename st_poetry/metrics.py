@@ -141,14 +141,9 @@ def reported_metrics(scores: Mapping[str, Mapping[int, float]]) -> dict[str, flo
     return picked
 
 
-def retrieval_metrics(
-    evaluator: InformationRetrievalEvaluator, model: SentenceTransformer, corpus_embeddings: torch.Tensor | None = None
-) -> dict[str, float]:
-    """Run the evaluator on `model` and keep the reported metrics.
-
-    It encodes the queries, and the whole corpus unless given its embeddings (`evaluator_embeddings`).
-    """
-    results = evaluator(model, corpus_embeddings=corpus_embeddings)
+def retrieval_metrics(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> dict[str, float]:
+    """Run the evaluator on `model` (it encodes the queries and the whole corpus once) and keep the reported metrics."""
+    results = evaluator(model)
     return {metric: float(results[metric_key(metric)]) for metric in RETRIEVAL_METRICS}
 
 

@@ -225,6 +225,10 @@ def test_hybrid_rows_and_sweep_use_the_same_metric_code_and_never_tune_on_ccpm(t
     tuned = rows["tiny-st + bm25-chars (tuned)"]
     assert tuned["retrieval"]["ndcg@10"] == pytest.approx(best["ndcg@10"]) and set(tuned["ccpm"]) == {"ccpm.jsonl"}
 
+    # the model's row (from the faiss ranking that the fusion reuses) is what the evaluator itself reports
+    plain = evaluate(EvaluateConfig(**{**base, "hybrid": False}, bm25=False, out=str(tmp_path / "plain")))
+    assert plain["rows"][0]["retrieval"] == pytest.approx(rows["tiny-st"]["retrieval"])
+
     # a CCPM file changes no sweep figure: the settings are chosen on the eval split alone
     without = evaluate(EvaluateConfig(**base, bm25=False, out=str(tmp_path / "without-ccpm")))
     assert without["fusion_sweep"] == report["fusion_sweep"]
