@@ -181,7 +181,7 @@ def test_data_without_negatives_is_refused(tiny_hf_model, prepared_dir, tmp_path
     ("argv", "message"),
     [
         (["--num-negatives", "0"], "num_negatives must be >= 1"),
-        (["--in-batch-negatives", "-1"], "in_batch_negatives must be >= 0"),
+        (["--in-batch-negatives", "0"], "in_batch_negatives must be >= 1"),
         (["--max-steps", "5", "--eval-steps", "10"], "no evaluation would pick a best model"),
     ],
 )
