@@ -91,7 +91,7 @@ def _check_output_folder(flag: str, value: str, example: str) -> None:
     """An output folder is replaced whole, so it must be able to become a folder of its own."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {value} is a file: an output folder must be a folder")
+        raise ValueError(f"{flag} {value} is a file, not a folder")
     if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
         raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
     cwd = Path.cwd()
@@ -133,6 +133,11 @@ class PrepareConfig:
     ccpm_eval: list[str] = option((), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)")
     flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
     flagembedding_eval: list[str] = option((), "FlagEmbedding-format files or folders that go wholly to eval")
+    poems: list[str] = option(
+        (),
+        "chinese-poetry collection files or folders (every .json below): their lines join the corpus, in "
+        "simplified script, and the other inputs' lines are linked to their poems",
+    )
     out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json", output=True)
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
     eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash")
@@ -141,8 +146,31 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         _check(bool(self.kinds), "kinds must name at least one Kind (e.g. 诗 词 曲)")
-        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval
-        _check(bool(inputs), "no input given: pass --works, --ccpm or --flagembedding (files or folders)")
+        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval + self.poems
+        _check(bool(inputs), "no input given: pass --works, --ccpm, --flagembedding or --poems (files or folders)")
+
+
+@stage_config
+class DownloadConfig:
+    """Fetch the public raw data at pinned versions with checksums into data/raw/, or copy it from a folder."""
+
+    out: str = option("data/raw", "one folder per source goes here (the default RAW_DATA of `just prepare`)")
+    sources: list[str] = option(
+        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry"), "sources to bring (names in st_poetry/sources.json)"
+    )
+    from_dir: str | None = option(
+        None, "copy DIR/<source>/ from this local folder instead of downloading (no internet)", flag="--from"
+    )
+    mirror: str = option("https://raw.githubusercontent.com", "base URL that serves <repo>/<commit>/<path>")
+    manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
+    retries: int = option(3, "tries per file; each one resumes where the last stopped")
+    retry_wait: float = option(2.0, "seconds to wait between tries")
+    timeout: float = option(60.0, "seconds without data before a try fails")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.sources), "name at least one source")
+        _check(self.retries >= 1, f"retries must be >= 1, got {self.retries}")
+        _check(self.timeout > 0 and self.retry_wait >= 0, "timeout must be > 0 and retry_wait >= 0")
 
 
 @stage_config
@@ -168,10 +196,16 @@ class MineConfig:
     query_instruction: str | None = option(
         None, "query prompt for a model that records none, e.g. bge's retrieval one (one contradicting it: refused)"
     )
-    seed: int = option(42, "seed for random sampling")
+    max_corpus: int | None = option(
+        None,
+        "candidate pool: every positive and given negative plus a seeded sample of the other corpus lines, this "
+        "many in all, so a CPU need not encode a corpus of millions (None: the whole corpus)",
+    )
+    seed: int = option(42, "seed for random sampling and the candidate pool")
 
     def __post_init__(self) -> None:
         _check(self.num_negatives >= 1, f"num_negatives must be >= 1, got {self.num_negatives}")
+        _check(self.max_corpus is None or self.max_corpus >= 1, f"max_corpus must be >= 1, got {self.max_corpus}")
         _check(0 <= self.range_min < self.range_max, "need 0 <= range_min < range_max")
         _check(
             self.range_max - self.range_min >= self.num_negatives,
@@ -242,6 +276,30 @@ class FitConfig:
         )
 
 
+@dataclass
+class FusionOptions:
+    """Hybrid retrieval settings shared by `just evaluate` and `just search` (st_poetry.hybrid documents them)."""
+
+    hybrid: bool = option(
+        False, "fuse the model's ranking with BM25 over characters (evaluate: a hybrid row per model and the sweep)"
+    )
+    fusion: Literal["interpolate", "rrf"] = option(
+        "interpolate",
+        "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
+        choices=("interpolate", "rrf"),
+    )
+    alpha: float = option(0.5, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
+    depth: int = option(50, "candidates: the union of each side's top `depth`")
+    rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _check(self.rrf_k >= 0, f"rrf_k must be >= 0, got {self.rrf_k}")
+        if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
+            more_checks()
+
+
 @stage_config
 class TrainConfig(FitConfig):
     """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
@@ -299,7 +357,7 @@ class RerankConfig(FitConfig):
 
 
 @stage_config
-class EvaluateConfig:
+class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
     data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
@@ -319,6 +377,7 @@ class EvaluateConfig:
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(bool(self.model), "name at least one --model")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
@@ -362,7 +421,18 @@ class IndexConfig:
 
 
 @stage_config
-class QueryConfig:
+class RerankOptions:
+    """Reranking settings shared by `just search` and `just serve`."""
+
+    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
+
+    def __post_init__(self) -> None:
+        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
+
+
+@stage_config
+class QueryConfig(FusionOptions, RerankOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)
@@ -372,18 +442,18 @@ class QueryConfig:
     top_k: int = option(10, "lines to return per query")
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     json: bool = option(False, "print one JSON object per query instead of a table")
-    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
-    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
 @stage_config
-class ServeConfig:
-    """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
+class ServeConfig(RerankOptions):
+    """Serve the search page and a JSON API: the model and index are loaded once, for every request.
+
+    With --reranker every request is reranked unless it says rerank=false."""
 
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
@@ -398,6 +468,7 @@ class ServeConfig:
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
@@ -458,7 +529,7 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
         if f.metadata.get("positional"):
             parser.add_argument(f.name, **kwargs)
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+            parser.add_argument(f.metadata.get("flag", _flag(f.name)), dest=f.name, **kwargs)
     return parser
 
 

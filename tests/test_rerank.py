@@ -32,7 +32,7 @@ def hard_negatives_dir(prepared_dir) -> Path:
     lines = [row["text"] for row in prepared_rows()[2]]
     for name in ("train", "eval"):
         path = prepared_dir / f"{name}.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = PAIR.read(path)
         for index, row in enumerate(rows):
             row["negatives"] = [line for line in lines if line != row["positive"]][index % 10 :][:3]
         PAIR.write(path, rows)
