@@ -48,3 +48,7 @@ test-all *args:
 lint:
     ruff check .
     ruff format --check .
+
+# prepare -> mine -> train -> evaluate -> index from one TOML file (--config configs/cpu-e5-small.toml)
+pipeline *args:
+    {{python}} -m st_poetry.pipeline "$@"

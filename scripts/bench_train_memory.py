@@ -13,6 +13,16 @@ results of earlier calls stay in the summary JSON (the model is built once, seed
 On a GPU the step timer also records torch's peak GPU memory. On a CPU everything is fp32; on a GPU the
 weights, gradients and AdamW moments stay fp32 while bf16 autocast halves most activations. What the CPU runs
 show that carries over: how peak memory moves with the batch size, with and without the cache.
+
+`--model PATH` trains an existing model instead (issue #10 D11: e5-small-zh with `--no-cached-loss`, batch 64,
+3 negatives), and the `*_n3` runs take that config, once as is and once with glibc's malloc told to map every
+block of 1 MiB or more on its own (`GLIBC_TUNABLES`), which hands freed activations back to the kernel at once:
+if resident memory were fragmentation, that run would stay flat. `--plot` draws resident memory and the padded
+tokens of each step, which tells growth from fragmentation apart from growth with the batches' lengths.
+
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_train_memory.py --model ../shared/models/e5-small-zh \
+        --data /work/artifacts/processed --work .bench/bench_train_memory_e5 --steps 12 \
+        --runs no_cache_n3 no_cache_n3_mmap preset --plot docs/train_memory_e5_small.png
 """
 
 from __future__ import annotations
@@ -26,16 +36,30 @@ from pathlib import Path
 
 import torch
 from benchlib import run_timed
+from matplotlib.figure import Figure
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 # name: (what it is, flags over the defaults). "floor" has next to no activations: weights, gradients, AdamW
 # moments, the data and the libraries, i.e. what every other run's peak holds besides activations.
+MMAP_EACH_MIB = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}  # fixed: no dynamic threshold
 RUNS = {
-    "default": ("default (batch 64, cached, mini-batch 32)", []),
-    "batch128": ("batch 128, cached, mini-batch 32", ["--batch-size", "128"]),
-    "no_cache": ("batch 64, --no-cached-loss", ["--no-cached-loss"]),
-    "no_cache_b16": ("batch 16, --no-cached-loss", ["--no-cached-loss", "--batch-size", "16"]),
-    "floor": ("batch 2, mini-batch 1 (floor)", ["--batch-size", "2", "--mini-batch-size", "1"]),
+    "default": ("default (batch 64, cached, mini-batch 32)", [], {}),
+    "batch128": ("batch 128, cached, mini-batch 32", ["--batch-size", "128"], {}),
+    "no_cache": ("batch 64, --no-cached-loss", ["--no-cached-loss"], {}),
+    "no_cache_b16": ("batch 16, --no-cached-loss", ["--no-cached-loss", "--batch-size", "16"], {}),
+    "floor": ("batch 2, mini-batch 1 (floor)", ["--batch-size", "2", "--mini-batch-size", "1"], {}),
+    "no_cache_n3": ("batch 64, --no-cached-loss, 3 negatives", ["--no-cached-loss", "--num-negatives", "3"], {}),
+    "no_cache_n3_mmap": (
+        "batch 64, --no-cached-loss, 3 negatives, malloc mmaps >= 1 MiB",
+        ["--no-cached-loss", "--num-negatives", "3"],
+        MMAP_EACH_MIB,
+    ),
+    "cached_n3": ("batch 64, cached, mini-batch 32, 3 negatives", ["--num-negatives", "3"], {}),
+    "preset": (
+        "CPU preset: batch 16, --no-cached-loss, 3 negatives",
+        ["--no-cached-loss", "--batch-size", "16", "--num-negatives", "3"],
+        {},
+    ),
 }
 BGE_BASE_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 
@@ -55,29 +79,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/mined", help="a `just mine` (or `just prepare`) folder")
     parser.add_argument("--tokenizer-from", default="../shared/models/e5-small-zh")
+    parser.add_argument("--model", help="train this model instead of a random-init BERT of bge-base's shape")
+    parser.add_argument("--plot", help="draw resident memory and padded tokens per step of the runs to this PNG")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is not timed")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument("--work", default=".bench/bench_train_memory")
     args = parser.parse_args()
 
     work = Path(args.work)
-    model = work / "bert-base-random"
     work.mkdir(parents=True, exist_ok=True)
     summary_path = work / "bench_train_memory.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {"runs": {}}
-    if not (model / "config.json").is_file():
-        summary["parameters"] = base_sized_model(model, args.tokenizer_from)
-    print(f"random-init BERT, {summary['parameters'] / 1e6:.0f}M parameters, at {model}", flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    chosen = {name: RUNS[name] for name in args.runs}
-    for name, (label, flags) in chosen.items():
+    if args.model:
+        model = Path(args.model)
+        print(f"model {model}", flush=True)
+    else:
+        model = work / "bert-base-random"
+        if not (model / "config.json").is_file():
+            summary["parameters"] = base_sized_model(model, args.tokenizer_from)
+        print(f"random-init BERT, {summary['parameters'] / 1e6:.0f}M parameters, at {model}", flush=True)
+    for name in args.runs:
+        label, flags, malloc = RUNS[name]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **malloc}
         shutil.rmtree(work / name, ignore_errors=True)
         command = ["st_poetry.train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
         command += ["--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
         command += ["--eval-max-rows", "32", "--eval-max-corpus", "256", *flags]
         timed = run_timed(sys.executable, command, work, name, env, check=False)  # an out-of-memory kill is a result
         cost = timed["process"]
-        summary["runs"][name] = {"label": label, "flags": flags, **timed}
+        summary["runs"][name] = {"label": label, "model": str(model), "flags": flags, "env": malloc, **timed}
         outcome = "ok" if cost["exit_code"] == 0 else f"FAILED, exit code {cost['exit_code']}"
         speed = f"{timed['samples_per_s']:5.2f} samples/s" if timed["samples_per_s"] else "no step timed"
         peak = f"peak RSS {cost['peak_rss_mib'] / 1024:5.2f} GiB"
@@ -85,6 +115,27 @@ def main() -> None:
             peak += f", GPU {timed['cuda_peak_allocated_gib']:.2f} GiB allocated"
         print(f"  {label:<45} {peak}  {speed}  ({cost['seconds']:.0f} s, {outcome})", flush=True)
         summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")  # runs of earlier calls stay
+    if args.plot:
+        plot_memory([summary["runs"][name] for name in args.runs], Path(args.plot))
+
+
+def plot_memory(runs: list[dict], path: Path) -> None:
+    """Resident memory after each step (solid) and the peak so far (dotted) per run; padded tokens on the right."""
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    tokens = axes.twinx()
+    for run in runs:
+        memory = run.get("memory") or []
+        steps = [entry["step"] for entry in memory]
+        (line,) = axes.plot(steps, [entry["rss_mib"] / 1024 for entry in memory], marker="o", label=run["label"])
+        axes.plot(steps, [entry["peak_rss_mib"] / 1024 for entry in memory], linestyle=":", color=line.get_color())
+        tokens.bar(steps, [entry["padded_tokens"] for entry in memory], alpha=0.12, color=line.get_color())
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("resident memory after the step, GiB (dotted: peak so far)")
+    tokens.set_ylabel("padded tokens in the step's batch (bars)")
+    axes.legend(fontsize=7, loc="lower right")
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

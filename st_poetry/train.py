@@ -54,6 +54,7 @@ CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 CURVES = "training_curves.png"
 SUMMARY = "train_summary.json"
+FINAL_MARKER = "modules.json"  # the final model's file written last: without it a folder does not load as a model
 BEST_METRIC = "ndcg@10"
 HEADLINE = {"Recall@1": "recall@1", "Recall@10": "recall@10", "MRR@10": "mrr@10", "NDCG@10": "ndcg@10"}
 # The final model is re-evaluated after training; it must score what its checkpoint scored when it was best.
@@ -340,7 +341,7 @@ def _publish_model(model: SentenceTransformer, out: Path) -> None:
     last: without modules.json a folder does not load as this model.
     """
     staging = Path(tempfile.mkdtemp(prefix=".final-partial-", dir=out))
-    last = ("config.json", "modules.json")
+    last = ("config.json", FINAL_MARKER)
     try:
         model.save_pretrained(str(staging))
         for name in last:
