@@ -36,6 +36,10 @@ index *args:
 search *args:
     {{python}} -m st_poetry.search query "$@"
 
+# prepare -> mine -> train -> evaluate -> index from one TOML file (--config configs/cpu-e5-small.toml)
+pipeline *args:
+    {{python}} -m st_poetry.pipeline "$@"
+
 # the default (fast) test suite
 test *args:
     {{python}} -m pytest "$@"
@@ -48,7 +52,3 @@ test-all *args:
 lint:
     ruff check .
     ruff format --check .
-
-# prepare -> mine -> train -> evaluate -> index from one TOML file (--config configs/cpu-e5-small.toml)
-pipeline *args:
-    {{python}} -m st_poetry.pipeline "$@"

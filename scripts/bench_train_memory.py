@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -75,6 +76,50 @@ def base_sized_model(folder: Path, tokenizer_from: str) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
+def kept_activations(args: argparse.Namespace, batches: int = 200) -> dict[str, dict]:
+    """What the plain loss keeps for backward, measured: the bytes of the tensors autograd saves in the forward
+    passes of one batch (every column, parameters excluded), for the median and the longest of `batches` batches
+    sampled from --data, as `just train --no-cached-loss` would build them (prompts, token limit 64)."""
+    from sentence_transformers import SentenceTransformer
+
+    from st_poetry.config import TrainConfig
+    from st_poetry.train import column_prompts, load_training_data
+
+    config = TrainConfig(data=args.data, model=args.model, num_negatives=args.negatives, eval_max_rows=1)
+    rows = load_training_data(config).train
+    model = SentenceTransformer(args.model)
+    model.max_seq_length = config.max_seq_length
+    prompts = column_prompts(model, list(rows[0])) or {}
+    rng = random.Random(0)
+    sampled = []
+    for _ in range(batches):
+        batch = rng.sample(rows, args.batch_size)
+        columns = {name: [prompts.get(name, "") + row[name] for row in batch] for name in batch[0]}
+        features = {name: model.preprocess(texts) for name, texts in columns.items()}
+        sampled.append((sum(f["input_ids"].numel() for f in features.values()), features))
+    sampled.sort(key=lambda item: item[0])
+    parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    storages: dict[int, int] = {}  # each saved storage once: several ops may save the same tensor
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    model.train()
+    result = {}
+    for name, (padded, features) in {"median": sampled[len(sampled) // 2], "longest": sampled[-1]}.items():
+        storages.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            embeddings = [model(dict(column))["sentence_embedding"] for column in features.values()]
+        del embeddings
+        result[name] = {"padded_tokens": padded, "kept_mib": round(sum(storages.values()) / 2**20)}
+        kept = result[name]["kept_mib"]
+        print(f"  {name} of {batches} sampled batches: {padded:,} padded tokens, {kept:,} MiB kept for backward")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/mined", help="a `just mine` (or `just prepare`) folder")
@@ -84,12 +129,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is not timed")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument("--work", default=".bench/bench_train_memory")
+    parser.add_argument(
+        "--activations",
+        action="store_true",
+        help="with --model: measure the activations the plain loss keeps for one batch instead of training",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="--activations: rows per batch")
+    parser.add_argument("--negatives", type=int, default=3, help="--activations: negatives per row")
     args = parser.parse_args()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     summary_path = work / "bench_train_memory.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {"runs": {}}
+    if args.activations:
+        print(f"{args.model}: activations kept for backward, batch {args.batch_size}, {args.negatives} negatives")
+        key = f"activations_batch{args.batch_size}_neg{args.negatives}"
+        summary[key] = kept_activations(args)
+        summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        return
     if args.model:
         model = Path(args.model)
         print(f"model {model}", flush=True)
