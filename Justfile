@@ -3,17 +3,22 @@
 set positional-arguments
 
 python := env("PYTHON", "python")
-# Where the raw data lives; override with RAW_DATA=... just prepare
-raw := env("RAW_DATA", "../shared/data")
+# Where the raw data lives (`just download` puts it there); override with RAW_DATA=... just prepare
+raw := env("RAW_DATA", "data/raw")
 
 # list the recipes
 default:
     @just --list
 
+# the public raw data at pinned versions -> data/raw (or `just download --from DIR` to copy a local folder)
+download *args:
+    {{python}} -m st_poetry.download "$@"
+
 # raw poetry data -> data/processed (train/eval pairs, corpus, stats)
-# (no arguments: the works files and CCPM train under RAW_DATA)
+# (no arguments: the works files, CCPM train and the chinese-poetry collection under RAW_DATA)
 prepare *args:
-    if [ "$#" -eq 0 ]; then set -- --works "{{raw}}/chinese-poetry-and-prose" --ccpm "{{raw}}/ccpm/train.jsonl"; fi; \
+    if [ "$#" -eq 0 ]; then set -- --works "{{raw}}/chinese-poetry-and-prose" --ccpm "{{raw}}/ccpm/train.jsonl" \
+        --poems "{{raw}}/chinese-poetry"; fi; \
     {{python}} -m st_poetry.prepare "$@"
 
 # data/processed -> data/mined (hard negatives)
@@ -23,6 +28,10 @@ mine *args:
 # data/mined -> models/st-poetry (fine-tuned model, checkpoints, curves)
 train *args:
     {{python}} -m st_poetry.train "$@"
+
+# data/mined -> models/st-poetry-reranker (a cross-encoder that reranks retrieved lines)
+train-reranker *args:
+    {{python}} -m st_poetry.rerank "$@"
 
 # models side by side on the eval split, CCPM and BM25
 evaluate *args:
@@ -35,6 +44,10 @@ index *args:
 # find the poem lines for a description
 search *args:
     {{python}} -m st_poetry.search query "$@"
+
+# the search page and JSON API at http://127.0.0.1:8000 (--index DIR --host --port)
+serve *args:
+    {{python}} -m st_poetry.serve "$@"
 
 # prepare -> mine -> train -> evaluate -> index from one TOML file (--config configs/cpu-e5-small.toml)
 pipeline *args:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import types
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 DEFAULT_MODEL = "BAAI/bge-base-zh-v1.5"
+DEFAULT_RERANKER = "BAAI/bge-reranker-base"
 BGE_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 
 C = TypeVar("C")
@@ -26,6 +28,23 @@ C = TypeVar("C")
 
 class UserError(Exception):
     """A mistake the user can fix (bad path, bad input, bad value): reported in one line, no traceback."""
+
+
+# OSErrors that say something about the machine (full disk, permissions), not about the code: one line, no traceback.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
+INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def describe_os_error(error: OSError) -> str:
+    """'No space left on device: path', the one line a machine error is reported in."""
+    if not error.strerror:
+        return str(error)
+    return error.strerror + (f": {error.filename}" if error.filename else "")
+
+
+def warn(message: str) -> None:
+    """A problem that does not stop the stage but will bite later: one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -43,7 +62,71 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-@dataclass
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "none"}
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """isinstance for the annotations configs use; an int is a float, a bool is not an int."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or origin is typing.Union:
+        return any(_has_type(value, arg) for arg in typing.get_args(tp))
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, typing.get_args(tp)[0]) for item in value)
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    if tp is float:
+        return isinstance(value, int | float)
+    return isinstance(value, origin or tp)
+
+
+def _check_output_folder(flag: str, value: str, example: str) -> None:
+    """An output folder is replaced whole, so it must be able to become a folder of its own."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {value} is a file: an output folder must be a folder")
+    if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
+        raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
+    cwd = Path.cwd()
+    if path.resolve() in (cwd, *cwd.parents):
+        raise ValueError(
+            f"{flag} {value} is the current folder or one above it, and an output folder is replaced whole: "
+            f"name a folder of its own, e.g. {flag} {example}"
+        )
+
+
+def stage_config(cls: type[C]) -> type[C]:
+    """@dataclass plus the checks every stage config shares: each field has its annotated type (a config file
+    can hold anything), checked before the class's own `__post_init__`, and an `output=True` field names a
+    folder that can be written."""
+    own_checks = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self: Any) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise TypeError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
+        if own_checks:
+            own_checks(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("output"):
+                _check_output_folder(_flag(f.name), getattr(self, f.name), f.default)
+
+    cls.__post_init__ = __post_init__
+    return dataclass(cls)
+
+
+@stage_config
 class PrepareConfig:
     """Turn raw poetry data into (query, positive) pairs, a grouped train/eval split and a candidate corpus."""
 
@@ -52,7 +135,12 @@ class PrepareConfig:
     ccpm_eval: list[str] = option((), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)")
     flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
     flagembedding_eval: list[str] = option((), "FlagEmbedding-format files or folders that go wholly to eval")
-    out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json")
+    poems: list[str] = option(
+        (),
+        "chinese-poetry collection files or folders (every .json below): their lines join the corpus, in "
+        "simplified script, and the other inputs' lines are linked to their poems",
+    )
+    out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json", output=True)
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
     eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash")
     seed: int = option(42, "seed of the grouped train/eval split")
@@ -60,16 +148,39 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         _check(bool(self.kinds), "kinds must name at least one Kind (e.g. 诗 词 曲)")
-        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval
-        _check(bool(inputs), "no input given: pass --works, --ccpm or --flagembedding (files or folders)")
+        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval + self.poems
+        _check(bool(inputs), "no input given: pass --works, --ccpm, --flagembedding or --poems (files or folders)")
 
 
-@dataclass
+@stage_config
+class DownloadConfig:
+    """Fetch the public raw data at pinned versions with checksums into data/raw/, or copy it from a folder."""
+
+    out: str = option("data/raw", "one folder per source goes here (the default RAW_DATA of `just prepare`)")
+    sources: list[str] = option(
+        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry"), "sources to bring (names in st_poetry/sources.json)"
+    )
+    from_dir: str | None = option(
+        None, "copy DIR/<source>/ from this local folder instead of downloading (no internet)", flag="--from"
+    )
+    mirror: str = option("https://raw.githubusercontent.com", "base URL that serves <repo>/<commit>/<path>")
+    manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
+    retries: int = option(3, "tries per file; each one resumes where the last stopped")
+    retry_wait: float = option(2.0, "seconds to wait between tries")
+    timeout: float = option(60.0, "seconds without data before a try fails")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.sources), "name at least one source")
+        _check(self.retries >= 1, f"retries must be >= 1, got {self.retries}")
+        _check(self.timeout > 0 and self.retry_wait >= 0, "timeout must be > 0 and retry_wait >= 0")
+
+
+@stage_config
 class MineConfig:
     """Add hard negatives to prepared pairs with sentence-transformers' mine_hard_negatives (faiss)."""
 
     data: str = option("data/processed", "folder written by `just prepare`")
-    out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json")
+    out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json", output=True)
     model: str = option(DEFAULT_MODEL, "model that scores candidates: Hub id or local path")
     num_negatives: int = option(9, "negatives per row (given negatives first, mined ones fill up)")
     range_min: int = option(10, "skip the top-ranked candidates, where false negatives live (docs/BENCHMARKS.md)")
@@ -84,20 +195,35 @@ class MineConfig:
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
     cache_folder: str | None = option("data/cache", "embeddings are cached here, per model, between runs (None: off)")
-    query_instruction: str | None = option(None, "instruction prepended to queries, e.g. bge's retrieval one")
-    seed: int = option(42, "seed for random sampling")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none, e.g. bge's retrieval one (one contradicting it: refused)"
+    )
+    max_corpus: int | None = option(
+        None,
+        "candidate pool: every positive and given negative plus a seeded sample of the other corpus lines, this "
+        "many in all, so a CPU need not encode a corpus of millions (None: the whole corpus)",
+    )
+    seed: int = option(42, "seed for random sampling and the candidate pool")
 
     def __post_init__(self) -> None:
         _check(self.num_negatives >= 1, f"num_negatives must be >= 1, got {self.num_negatives}")
+        _check(self.max_corpus is None or self.max_corpus >= 1, f"max_corpus must be >= 1, got {self.max_corpus}")
         _check(0 <= self.range_min < self.range_max, "need 0 <= range_min < range_max")
-        _check(self.range_max - self.range_min >= self.num_negatives, "range_max - range_min < num_negatives")
+        _check(
+            self.range_max - self.range_min >= self.num_negatives,
+            f"num_negatives {self.num_negatives} is more than the {self.range_max - self.range_min} candidates of "
+            f"ranks range_min {self.range_min} to range_max {self.range_max}: widen the range or lower num_negatives",
+        )
         _check(self.relative_margin is None or 0 <= self.relative_margin < 1, "relative_margin must be in [0, 1)")
         _check(self.batch_size >= 1 and self.max_seq_length >= 8, "batch_size >= 1 and max_seq_length >= 8")
 
 
 @dataclass
-class TrainConfig:
-    """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
+class FitConfig:
+    """The fields every training stage shares: the data, the schedule, checkpoints and evaluation during training.
+
+    Not a stage itself: TrainConfig and RerankConfig extend it, and their `__post_init__` runs these checks first.
+    """
 
     data: str = option(
         "data/mined",
@@ -105,17 +231,12 @@ class TrainConfig:
         "or a FlagEmbedding train .jsonl (query, pos, neg)",
     )
     model: str = option(DEFAULT_MODEL, "base model: Hub id or local path")
-    out: str = option("models/st-poetry", "output folder: final model, checkpoints/, train_log.jsonl, curves")
+    out: str = option(
+        "models/st-poetry", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
+    )
     epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)")
     max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0")
     batch_size: int = option(64, "queries per batch and process: every other row's texts are in-batch negatives")
-    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
-    cached_loss: bool = option(
-        True,
-        "CachedMultipleNegativesRankingLoss: memory flat in --batch-size; --no-cached-loss trains with the plain "
-        "MultipleNegativesRankingLoss (same gradients, no second forward pass: 1.7x faster in the CPU benchmark; "
-        "memory grows with the batch)",
-    )
     lr: float = option(2e-5, "peak learning rate")
     warmup: float = option(0.1, "warmup: a fraction of all steps when < 1, else a step count")
     num_negatives: int = option(
@@ -123,17 +244,14 @@ class TrainConfig:
         "use the first n negatives of each row (short rows: topped up with other rows' positives); 0 = in-batch only",
     )
     max_seq_length: int = option(64, "token limit for queries and lines")
-    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
     eval_steps: int = option(100, "evaluate every this many steps")
     save_every_evals: int = option(1, "save a checkpoint every this many evaluations (a new best is always saved)")
     save_total_limit: int | None = option(2, "checkpoints kept on disk besides the best one (None: all)")
     patience: int = option(3, "early stopping: evaluations without NDCG@10 improvement before stopping")
-    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
     eval_max_rows: int | None = option(
         2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)"
     )
     eval_fraction: float = option(0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval")
-    query_instruction: str | None = option(None, "instruction prepended to queries everywhere (train, eval, inference)")
     logging_steps: int = option(10, "log the training loss every this many steps")
     seed: int = option(42, "seed for data order and initialisation")
     resume: bool = option(False, "continue from the last checkpoint in --out")
@@ -141,18 +259,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
         _check(self.batch_size >= 2, f"batch_size must be >= 2 for in-batch negatives, got {self.batch_size}")
-        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
         _check(self.num_negatives >= 0, f"num_negatives must be >= 0, got {self.num_negatives}")
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
         _check(
             self.eval_steps >= 1 and self.save_every_evals >= 1,
             "eval_steps and save_every_evals must be >= 1",
         )
         _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
         _check(self.eval_max_rows is None or self.eval_max_rows >= 1, "eval_max_rows must be >= 1")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1")
         _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
@@ -163,29 +278,90 @@ class TrainConfig:
         )
 
 
-@dataclass
+@stage_config
+class TrainConfig(FitConfig):
+    """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
+
+    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
+    cached_loss: bool = option(
+        True,
+        "CachedMultipleNegativesRankingLoss: memory flat in --batch-size; --no-cached-loss trains with the plain "
+        "MultipleNegativesRankingLoss (same gradients, no second forward pass: 1.7x faster in the CPU benchmark; "
+        "memory grows with the batch)",
+    )
+    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
+    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
+    query_instruction: str | None = option(
+        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
+        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
+        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
+
+
+@stage_config
+class RerankConfig(FitConfig):
+    """Train a reranker: a CrossEncoder reads a description and a line together (CrossEncoderTrainer)."""
+
+    model: str = option(
+        DEFAULT_RERANKER, "base: a reranker, a bi-encoder or a plain checkpoint (Hub id or local path; a new head)"
+    )
+    out: str = option(
+        "models/st-poetry-reranker", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
+    )
+    batch_size: int = option(16, "descriptions per batch and process: each is scored against its candidates")
+    num_negatives: int = option(
+        3,
+        "hard negatives per description: its row's first n (short rows: topped up with other rows' positives)",
+    )
+    in_batch_negatives: int = option(
+        4, "other rows' positives and negatives each description is also scored against (random, per step)"
+    )
+    max_seq_length: int = option(128, "token limit of a description and a line read together")
+    eval_max_rows: int | None = option(
+        500, "evaluate during training on this many sampled eval rows, each against its negatives (None: all)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.in_batch_negatives >= 0, f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        _check(self.num_negatives >= 1, "num_negatives must be >= 1: evaluation ranks each positive among them")
+
+
+@stage_config
 class EvaluateConfig:
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
     data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
     model: list[str] = option((DEFAULT_MODEL,), "models to compare side by side: Hub ids or local paths")
-    out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}")
+    out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}", output=True)
     ccpm: list[str] = option((), "CCPM-format .jsonl files to score multiple-choice accuracy on")
     ccpm_eval_split: bool = option(True, "also score CCPM accuracy on the eval split's held-out CCPM records")
     bm25: bool = option(True, "add BM25 baseline rows (jieba words and single characters)")
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
     max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
-    query_instruction: str | None = option(None, "instruction prepended to queries of every model")
+    query_instruction: str | None = option(
+        None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
+    )
+    reranker: str | None = option(None, "reranker (`just train-reranker`) to rerank each model's top lines with")
+    rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked")
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "name at least one --model")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
+        _check(
+            bool(self.rerank_top_k) and min(self.rerank_top_k) >= 1,
+            f"rerank_top_k must be >= 1, got {self.rerank_top_k}",
+        )
 
 
-@dataclass
+@stage_config
 class IndexConfig:
     """Encode a corpus once and save a faiss index with its metadata."""
 
@@ -193,7 +369,7 @@ class IndexConfig:
     corpus: str = option(
         "data/processed/corpus.jsonl", "corpus.jsonl: rows with text and optional id, title, author, dynasty, group"
     )
-    out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)")
+    out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)", output=True)
     index_type: Literal["flat", "hnsw"] = option(
         "flat",
         "flat = exact inner product; hnsw = approximate graph search, for millions of lines",
@@ -204,7 +380,9 @@ class IndexConfig:
     hnsw_ef_search: int = option(128, "hnsw: default candidate list size per query (more = better recall, slower)")
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
-    query_instruction: str | None = option(None, "instruction prepended to queries (recorded in the index)")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none (recorded in the index; a contradicting one: refused)"
+    )
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -216,7 +394,7 @@ class IndexConfig:
         )
 
 
-@dataclass
+@stage_config
 class QueryConfig:
     """Find the poem lines that modern-Chinese descriptions describe."""
 
@@ -227,9 +405,36 @@ class QueryConfig:
     top_k: int = option(10, "lines to return per query")
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     json: bool = option(False, "print one JSON object per query instead of a table")
+    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
+        _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
+
+
+@stage_config
+class ServeConfig:
+    """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
+
+    index: str = option("indexes/poetry", "index folder written by `just index`")
+    model: str | None = option(None, "model to query with; None: the one that built the index")
+    host: str = option(
+        "127.0.0.1", "address to bind; 127.0.0.1 = this machine only (0.0.0.0 exposes it: see the README first)"
+    )
+    port: int = option(8000, "TCP port")
+    top_k: int = option(10, "lines per query when a request gives no k")
+    max_k: int = option(100, "the largest k a request may ask for")
+    max_query_chars: int = option(200, "the longest description accepted (the model reads 64 tokens anyway)")
+    max_queries: int = option(32, "the most descriptions in one POST request")
+    ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
+        _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
+        _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
+        _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
@@ -334,7 +539,7 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
         if f.metadata.get("positional"):
             parser.add_argument(f.name, **kwargs)
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+            parser.add_argument(f.metadata.get("flag", _flag(f.name)), dest=f.name, **kwargs)
     return parser
 
 
@@ -378,16 +583,26 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | No
         values = load_config_file(config_path, cls) if config_path else {}
         return cls(**{**values, **flags})
     except (UserError, ValueError, TypeError) as error:
-        parser.error(str(error))  # exits with status 2
+        # flags arrive typed by argparse, so a wrong type came from the file: name it
+        parser.error(f"{config_path}: {error}" if isinstance(error, TypeError) and config_path else str(error))
 
 
 def run_cli(
     cls: type[C], stage: Callable[[C], Any], argv: Sequence[str] | None = None, prog: str | None = None
 ) -> None:
-    """The whole `__main__` of a stage: parse, run, turn a UserError into one line on stderr and exit code 2."""
+    """The whole `__main__` of a stage: parse and run, and end in one line on stderr instead of a traceback for
+    a UserError (exit code 2), a machine error such as a full disk (1), or Ctrl-C (130)."""
     config = parse_config(cls, argv, prog)
     try:
         stage(config)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    except OSError as error:
+        if error.errno not in MACHINE_ERRNOS:
+            raise
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        raise SystemExit(1) from None

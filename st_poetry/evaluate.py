@@ -17,19 +17,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import EvaluateConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_rows, write_json
+from sentence_transformers import CrossEncoder
+
+from st_poetry.config import EvaluateConfig, run_cli
+from st_poetry.files import atomic_output_dir, write_json
 from st_poetry.lexical import BM25_TOKENIZERS, bm25_ccpm_accuracy, bm25_retrieval_metrics
 from st_poetry.metrics import (
     RETRIEVAL_METRICS,
+    RankingEvaluator,
     build_ir_evaluator,
     ccpm_accuracy,
     ccpm_records_from_eval,
     read_ccpm,
+    reported_metrics,
     retrieval_metrics,
 )
-from st_poetry.modeling import load_model
+from st_poetry.modeling import load_model, load_reranker
 from st_poetry.plots import plot_metric_bars
+from st_poetry.rerank import ccpm_accuracy as reranker_ccpm_accuracy
+from st_poetry.rerank import reorder, rerank_scores
+from st_poetry.schema import CORPUS, PAIR, read_split, require_files
 
 MARKER = "evaluation.json"
 EVAL_SPLIT_CCPM = "eval split"
@@ -52,8 +59,60 @@ def _short_names(names: Sequence[str]) -> list[str]:
     return [s if short.count(s) == 1 else name for s, name in zip(short, names, strict=True)]
 
 
+def _distinct(names: Sequence[str]) -> list[str]:
+    """Each model once, in the order given: one folder under two spellings (models/x, ./models/x/) is one model."""
+    kept: dict[Any, str] = {}
+    for name in names:
+        path = Path(name).expanduser()
+        key = path.resolve() if path.exists() else name
+        if key in kept:
+            print(f"note: {name} is {kept[key]} again: evaluated once")
+        kept.setdefault(key, name)
+    return list(kept.values())
+
+
 def _row(name: str, source: str, retrieval: dict[str, float], ccpm: dict[str, float], seconds: float) -> dict:
     return {"name": name, "model": source, "retrieval": retrieval, "ccpm": ccpm, "seconds": round(seconds, 1)}
+
+
+def reranked_rows(
+    name: str,
+    evaluator: RankingEvaluator,
+    reranker: CrossEncoder,
+    top_ks: Sequence[int],
+    ccpm: dict[str, float],
+    batch_size: int,
+) -> tuple[list[dict], dict[str, Any]]:
+    """A row per K: the ranking the evaluator scored last (whichever retriever's) with its top K reranked.
+
+    The reranker scores each query's top max(K) once; a smaller K reorders its own top K by those scores.
+    Returns the rows and the scoring pass's size and speed.
+    """
+    ranking = [sorted(hits, key=lambda hit: (-hit["score"], hit["corpus_id"])) for hits in evaluator.last_ranking]
+    text_of = dict(zip(evaluator.corpus_ids, evaluator.corpus, strict=True))
+    start = time.perf_counter()
+    scores = rerank_scores(
+        reranker,
+        evaluator.queries,
+        ranking,
+        max(top_ks),
+        text=lambda hit: text_of[hit["corpus_id"]],
+        batch_size=batch_size,
+        show_progress_bar=True,
+    )
+    seconds = time.perf_counter() - start
+    pairs = sum(map(len, scores))
+    rows = []
+    for k in top_ks:
+        reranked = [reorder(hits, query_scores[:k]) for hits, query_scores in zip(ranking, scores, strict=True)]
+        # The metric code ranks by "score": hand it the new order.
+        ranks = [
+            [{"corpus_id": hit["corpus_id"], "score": -rank} for rank, hit in enumerate(hits)] for hits in reranked
+        ]
+        retrieval = reported_metrics(evaluator.compute_metrics(ranks))
+        row = _row(f"{name} + rerank@{k}", name, retrieval, ccpm, seconds)
+        rows.append({**row, "rerank_top_k": k})
+    return rows, {"retriever": name, "pairs": pairs, "seconds": round(seconds, 1), "pairs_per_second": pairs / seconds}
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -82,6 +141,18 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"CCPM accuracy: the translation picks the most similar of its choices ({counts}). "
             f"For context, the CCPM paper on its test split: {reference}."
         )
+    if rerank := report.get("reranker"):
+        passes = "; ".join(
+            f"{scoring['retriever']}: {scoring['pairs']:,} pairs in {scoring['seconds']:.0f} s "
+            f"({scoring['pairs_per_second']:.0f} pairs/s)"
+            for scoring in rerank["scoring"]
+        )
+        notes.append(
+            f"`+ rerank@K`: the row's top K lines reordered by the reranker `{rerank['model']}`, whose CCPM accuracy "
+            f"(its score over the choices) the row shows. One scoring pass per retriever at the deepest K ({passes}); "
+            "the added latency per query is about K / (pairs/s)."
+        )
+        notes += [f"note: {note}" for note in rerank["notes"]]
     if any(row["model"] == "bm25s" for row in report["rows"]):
         notes.append("bm25-*: bm25s (Lucene BM25, k1=1.5, b=0.75) over the same corpus, jieba words or single chars.")
     notes.append("seconds: the time each row took to encode/index and score (model loading excluded).")
@@ -90,26 +161,29 @@ def report_markdown(report: Mapping[str, Any]) -> str:
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Score every model (and the BM25 baselines) and write evaluation.{json,md,png} to `config.out`."""
-    data = Path(config.data)
-    for name in ("eval.jsonl", "corpus.jsonl"):
-        if not (data / name).is_file():
-            raise UserError(f"{data} has no {name}: pass --data a folder written by `just prepare` or `just mine`")
-    eval_rows = read_rows(data / "eval.jsonl", ("anchor", "positive"))
-    corpus_rows = read_rows(data / "corpus.jsonl", ("id", "text"))
+    data = require_files(
+        config.data, ("eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare` or `just mine`"
+    )
+    eval_split = read_split(data / "eval.jsonl")
+    eval_rows = eval_split.rows
+    corpus_rows = CORPUS.read(data / "corpus.jsonl")
     ccpm_sets, ccpm_skipped = {}, {}
     for label, path in zip(_short_names(config.ccpm), config.ccpm, strict=True):
         ccpm_sets[label], ccpm_skipped[label] = read_ccpm(path)
     if config.ccpm_eval_split:
-        if held_out := ccpm_records_from_eval(eval_rows):
+        held_out = ccpm_records_from_eval(eval_rows) if eval_split.type is PAIR else []
+        if held_out:
             ccpm_sets[EVAL_SPLIT_CCPM] = held_out
         else:  # e.g. a `just mine` folder: its rows no longer carry CCPM's choices
             print(f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column")
 
+    names = _distinct(config.model)
     with atomic_output_dir(config.out, MARKER) as out:
         models = [
             load_model(path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-            for path in config.model
+            for path in names
         ]
+        reranker = load_reranker(config.reranker) if config.reranker else None
 
         evaluator = build_ir_evaluator(
             eval_rows,
@@ -118,9 +192,18 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             seed=config.seed,
             batch_size=config.batch_size,
             show_progress_bar=True,
+            rank_depth=max(config.rerank_top_k),
         )
         print(f"{len(evaluator.queries):,} queries against {len(evaluator.corpus):,} corpus lines")
-        rows = []
+        top_ks = sorted({min(k, len(evaluator.corpus)) for k in config.rerank_top_k})
+        rerank_notes = [
+            f"--rerank-top-k {k} is more than the {len(evaluator.corpus):,} corpus lines: reranked them all"
+            for k in config.rerank_top_k
+            if k > len(evaluator.corpus)
+        ]
+        for note in rerank_notes if reranker else ():
+            print(f"note: {note}")
+        rows, scoring, reranker_ccpm = [], [], {}
         if config.bm25:
             for name, tokenize in BM25_TOKENIZERS.items():
                 print(f"{name}: indexing and retrieving")
@@ -128,7 +211,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 retrieval = bm25_retrieval_metrics(evaluator, tokenize, show_progress_bar=True)
                 ccpm = {label: bm25_ccpm_accuracy(records, tokenize) for label, records in ccpm_sets.items()}
                 rows.append(_row(name, "bm25s", retrieval, ccpm, time.perf_counter() - start))
-        for name, path, model in zip(_short_names(config.model), config.model, models, strict=True):
+        for name, path, model in zip(_short_names(names), names, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
             retrieval = retrieval_metrics(evaluator, model)
@@ -137,6 +220,17 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 for label, records in ccpm_sets.items()
             }
             rows.append(_row(name, path, retrieval, ccpm, time.perf_counter() - start))
+            if reranker:
+                print(f"{name}: reranking its top {max(top_ks)} with {config.reranker}")
+                reranker_ccpm = reranker_ccpm or {
+                    label: reranker_ccpm_accuracy(reranker, records, batch_size=config.batch_size)
+                    for label, records in ccpm_sets.items()
+                }
+                reranked, pass_stats = reranked_rows(
+                    name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size
+                )
+                rows += reranked
+                scoring.append(pass_stats)
 
         report = {
             "data": str(data),
@@ -149,6 +243,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             "ccpm_reference": CCPM_REFERENCE,
             "rows": rows,
         }
+        if reranker:
+            report["reranker"] = {"model": config.reranker, "scoring": scoring, "notes": rerank_notes}
         markdown = report_markdown(report)
         (out / "evaluation.md").write_text(f"# Evaluation\n\n{markdown}", encoding="utf-8")
         bars = {

@@ -18,10 +18,24 @@ from sentence_transformers.util import cos_sim
 
 from st_poetry.config import UserError
 from st_poetry.files import read_jsonl
-from st_poetry.prepare import EMPTY_TRANSLATION, Skip, parse_ccpm
+from st_poetry.prepare import EMPTY_TRANSLATION, parse_ccpm
+from st_poetry.records import Skip
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
+
+
+class RankingEvaluator(InformationRetrievalEvaluator):
+    """The IR evaluator, keeping the ranking it scored last: what a reranker reorders is what the metrics saw."""
+
+    last_ranking: list[list[dict]] | None = None
+
+    def compute_metrics(self, queries_result_list: list[list[dict]]) -> dict:
+        self.last_ranking = queries_result_list
+        return super().compute_metrics(queries_result_list)
+
+
+MAP_CUTOFF = 100
 
 
 def build_ir_evaluator(
@@ -32,12 +46,14 @@ def build_ir_evaluator(
     seed: int = 42,
     batch_size: int = 64,
     show_progress_bar: bool = False,
-) -> InformationRetrievalEvaluator:
+    rank_depth: int = MAP_CUTOFF,
+) -> RankingEvaluator:
     """Each distinct eval anchor is a query; its relevant documents are the corpus entries of its positives.
 
     `max_corpus` keeps every relevant line and samples the remaining distractors (seeded), so an eval
     during training stays fast on a large corpus. The evaluator encodes with each model's encode_query and
-    encode_document, so every model gets its own prompts from the one evaluator.
+    encode_document, so every model gets its own prompts from the one evaluator. It ranks each query's top
+    `rank_depth` lines (at least 100, MAP@100's): as deep as a reranker will look.
     """
     corpus = {str(row["id"]): row["text"] for row in corpus_rows}
     id_of_text: dict[str, str] = {}
@@ -55,12 +71,10 @@ def build_ir_evaluator(
         raise UserError("the eval split is empty: nothing to evaluate")
 
     if max_corpus is not None and len(corpus) > max_corpus:
-        keep = set().union(*relevant.values())
-        others = sorted(set(corpus) - keep)
-        keep.update(random.Random(seed).sample(others, max(0, min(len(others), max_corpus - len(keep)))))
+        keep = sample_pool(corpus, set().union(*relevant.values()), max_corpus, seed)
         corpus = {corpus_id: text for corpus_id, text in corpus.items() if corpus_id in keep}
 
-    return InformationRetrievalEvaluator(
+    return RankingEvaluator(
         queries={query_id: anchor for anchor, query_id in query_id_of.items()},
         corpus=corpus,
         relevant_docs=relevant,
@@ -68,13 +82,19 @@ def build_ir_evaluator(
         precision_recall_at_k=[1, 5, 10],
         mrr_at_k=[10],
         ndcg_at_k=[10],
-        map_at_k=[100],
+        map_at_k=sorted({MAP_CUTOFF, rank_depth}),  # the deepest cutoff is how many lines a ranking keeps
         score_functions={SCORE_FUNCTION: cos_sim},  # the metric keys name it, whatever a model's own similarity
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         name=EVALUATOR_NAME,
         write_csv=False,
     )
+
+
+def sample_pool(items: Iterable[str], keep: set[str], size: int, seed: int) -> set[str]:
+    """`keep` and a seeded sample of the other items, `size` in all (or all of `keep` when it is larger)."""
+    others = sorted(set(items) - keep)
+    return keep | set(random.Random(seed).sample(others, max(0, min(len(others), size - len(keep)))))
 
 
 def metric_key(metric: str) -> str:
@@ -134,14 +154,14 @@ def read_ccpm(path: str | Path) -> tuple[list[CCPMRecord], int]:
 
 
 def ccpm_records_from_eval(eval_rows: Iterable[Mapping]) -> list[CCPMRecord]:
-    """The CCPM records held out in a prepared eval split: the translation against its original four choices.
+    """The CCPM records held out in a prepared eval split (PAIR rows): the translation against its four choices.
 
     `just prepare` keeps a CCPM record's wrong choices as the row's given negatives. The choices are sorted
     so the answer's position carries no hint (a scorer that ties would otherwise always pick it).
     """
     records = []
     for row in eval_rows:
-        if row.get("source") == "ccpm" and row.get("negatives"):
+        if row["source"] == "ccpm" and row["negatives"]:
             choices = sorted({row["positive"], *row["negatives"]})
             records.append(CCPMRecord(row["anchor"], choices, choices.index(row["positive"])))
     return records

@@ -20,27 +20,30 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import random
 import shutil
 import time
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
-from st_poetry.config import MineConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_rows, write_json, write_jsonl
-from st_poetry.modeling import load_model
+from st_poetry.config import MineConfig, UserError, run_cli, warn
+from st_poetry.files import atomic_output_dir, write_json
+from st_poetry.metrics import sample_pool
+from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.records import normalize
+from st_poetry.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
 
 MARKER = "mine_stats.json"
-SPLITS = ("train", "eval")
 # Above this share of rows short of num_negatives, the summary suggests widening the range.
 SHORT_ROWS_WARNING = 0.1
 # A candidate that contains the positive (its couplet) or is contained in it counts as the same text, down to
@@ -48,26 +51,11 @@ SHORT_ROWS_WARNING = 0.1
 MIN_CONTAINED_CHARS = 4
 
 
-def normalize(text: str) -> str:
-    """The text with punctuation and whitespace removed (after NFKC), to compare lines that differ only there."""
-    text = unicodedata.normalize("NFKC", text)
-    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch)[0] not in "PZ")
-
-
 def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """The prepared train/eval rows and corpus; a missing file or a malformed row names the file and line."""
-    if not folder.is_dir():
-        raise UserError(f"prepared data folder not found: {folder} (run `just prepare` or pass --data)")
-    data: dict[str, list[dict[str, Any]]] = {}
-    for name in (*SPLITS, "corpus"):
-        path = folder / f"{name}.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path} is missing: --data must be a folder written by `just prepare`")
-        required = ("text",) if name == "corpus" else ("anchor", "positive")
-        data[name] = read_rows(path, required)
-        for line_no, row in enumerate(data[name], start=1):
-            if not isinstance(row.get("negatives", []), list):
-                raise UserError(f"{path}: row {line_no}: 'negatives' must be a list of texts")
+    """The prepared train/eval pair rows and corpus; a missing file or a malformed row names the file and line."""
+    require_files(folder, ("train.jsonl", "eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare`")
+    data = {split: read_split(folder / f"{split}.jsonl", accept=(PAIR,)).rows for split in SPLITS}
+    data["corpus"] = CORPUS.read(folder / "corpus.jsonl")
     if not data["corpus"]:
         raise UserError(f"{folder / 'corpus.jsonl'} is empty: there is nothing to mine negatives from")
     return data
@@ -77,26 +65,41 @@ def groups_by_text(data: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]
     """normalize(text) -> every poem/record it belongs to (famous lines recur); "" (unknown) is left out."""
     groups: dict[str, set[str]] = defaultdict(set)
     for row in data["corpus"]:
-        if row.get("group"):
+        if row["group"]:
             groups[normalize(row["text"])].add(row["group"])
     for split in SPLITS:
         for row in data[split]:
-            if row.get("group"):
+            if row["group"]:
                 groups[normalize(row["positive"])].add(row["group"])
     return groups
 
 
-def candidate_texts(data: dict[str, list[dict[str, Any]]]) -> list[str]:
+def candidate_texts(data: dict[str, list[dict[str, Any]]], max_corpus: int | None = None, seed: int = 42) -> list[str]:
     """The corpus plus any positive missing from it (the library would add a split's own anyway): one list for
-    both splits, so its embeddings are computed and cached once."""
+    both splits, so its embeddings are computed and cached once.
+
+    With `max_corpus`, a candidate pool (FlagEmbedding's `candidate_pool` idea): every positive and given
+    negative, and a seeded sample of the other lines, `max_corpus` in all.
+    """
     texts = [row["text"] for row in data["corpus"]] + [row["positive"] for split in SPLITS for row in data[split]]
-    return list(dict.fromkeys(texts))
+    texts = list(dict.fromkeys(texts))
+    if max_corpus is None or len(texts) <= max_corpus:
+        return texts
+    rows = [row for split in SPLITS for row in data[split]]
+    keep = {row["positive"] for row in rows} | {text for row in rows for text in row.get("negatives", [])}
+    pool = sample_pool(texts, keep, max_corpus, seed)
+    return [text for text in texts if text in pool]
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:
-    """A short hash of the weights, architecture and token limit: the library keys its cache on the model's Hub
-    name only, which is empty for a local folder, so two local models would otherwise share embeddings."""
-    digest = hashlib.sha256(f"{model!r}|{model.max_seq_length}".encode())
+    """A short hash of the weights, architecture, token limit and the prompt strings encoding adds.
+
+    The library keys its cache on the model's Hub name (empty for a local folder) and on prompts passed to it
+    explicitly, not on the model's own prompts that encode_query/encode_document add: without them here a
+    changed query prompt would reuse stale query embeddings.
+    """
+    prompts = json.dumps([query_prompt(model), document_prompt(model)], ensure_ascii=False)
+    digest = hashlib.sha256(f"{model!r}|{model.max_seq_length}|{prompts}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
@@ -178,7 +181,7 @@ def assemble(
     ignores punctuation and whitespace; a couplet holding the positive line (or a half of it) is no negative.
     """
     anchor, positive = normalize(row["anchor"]), normalize(row["positive"])
-    positive_groups = groups.get(positive, set()) | ({row["group"]} if row.get("group") else set())
+    positive_groups = groups.get(positive, set()) | ({row["group"]} if row["group"] else set())
     seen: set[str] = set()
 
     def reason(text: str, is_mined: bool) -> str | None:
@@ -197,7 +200,7 @@ def assemble(
         seen.add(key)
         return None
 
-    given = [text for text in row.get("negatives", []) if not _dropped(reason(text, False), drops["given"])]
+    given = [text for text in row["negatives"] if not _dropped(reason(text, False), drops["given"])]
     if len(given) > config.num_negatives:
         drops["given"]["over_num_negatives"] += len(given) - config.num_negatives
         given = given[: config.num_negatives]
@@ -218,11 +221,12 @@ def _dropped(reason: str | None, counter: Counter) -> bool:
 def mine_split(
     split: str,
     data: dict[str, list[dict[str, Any]]],
+    pool: list[str],
     model: SentenceTransformer,
     config: MineConfig,
     cache_folder: str | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Mine one split against the whole corpus; train never sees an eval anchor or positive (any form)."""
+    """Mine one split against the candidate `pool`; train never sees an eval anchor or positive (any form)."""
     banned: set[str] = set()
     rows_dropped: Counter = Counter()
     rows = data[split]
@@ -237,23 +241,23 @@ def mine_split(
             else:
                 kept.append(row)
         rows = kept
-    candidates, timing = mine_candidates(rows, candidate_texts(data), model, config, cache_folder)
+    candidates, timing = mine_candidates(rows, pool, model, config, cache_folder)
 
     groups = groups_by_text(data)
     rng = random.Random(config.seed)
     drops = {"given": Counter(), "mined": Counter()}
     out, short, given_used, mined_used = [], 0, 0, 0
+    same_poem: Counter = Counter()  # mined candidates dropped as the positive's poem, by the row's source
     for row in rows:
-        pool = candidates.get((row["anchor"], row["positive"]), [])
-        negatives, n_mined = assemble(row, pool, groups, banned, config, rng, drops)
+        before = drops["mined"]["same_poem"]
+        found = candidates.get((row["anchor"], row["positive"]), [])
+        negatives, n_mined = assemble(row, found, groups, banned, config, rng, drops)
+        same_poem[row.get("source", "")] += drops["mined"]["same_poem"] - before
         short += len(negatives) < config.num_negatives
         given_used += len(negatives) - n_mined
         mined_used += n_mined
         padded = negatives + [None] * (config.num_negatives - len(negatives))
-        out.append(
-            {"anchor": row["anchor"], "positive": row["positive"]}
-            | {f"negative_{i}": text for i, text in enumerate(padded, start=1)}
-        )
+        out.append(mined_row(row["anchor"], row["positive"], padded))
     stats = {
         "rows_in": len(data[split]),
         "rows_out": len(out),
@@ -266,24 +270,59 @@ def mine_split(
         "rows_without_candidates": sum((r["anchor"], r["positive"]) not in candidates for r in rows),
         "dropped_given": dict(drops["given"]),
         "dropped_mined": dict(drops["mined"]),
+        "same_poem_by_source": {source: count for source, count in same_poem.items() if count},
         **timing,
     }
     return out, stats
+
+
+def check_inputs(data: dict[str, list[dict[str, Any]]], data_dir: Path, config: MineConfig) -> None:
+    """Refuse a --num-negatives the corpus cannot fill (it would only write nulls); warn about an empty split,
+    which `just train` would otherwise be the first to notice."""
+    candidates = len(candidate_texts(data)) - 1  # every line but the row's own positive
+    if config.range_min + config.num_negatives > candidates:
+        raise UserError(
+            f"--num-negatives {config.num_negatives} from rank --range-min {config.range_min} on needs "
+            f"{config.range_min + config.num_negatives + 1:,} candidate lines, but {data_dir} has {candidates + 1:,}: "
+            "lower --num-negatives or --range-min"
+        )
+    for split in SPLITS:
+        if not data[split]:
+            warn(
+                f"{data_dir / f'{split}.jsonl'} has no rows, so the mined {split} split is empty too, and "
+                f"`just train` needs {split} rows (see `just prepare --help`: --eval-fraction, --ccpm-eval)"
+            )
+
+
+def drop_unreadable_cache(folder: Path) -> None:
+    """The library saves its cache with np.save straight to the final name, so a run killed meanwhile leaves a
+    truncated .npy that would fail to load: treat such a file as a cache miss (removed here, written again)."""
+    for path in sorted(folder.glob("*.npy")):
+        try:
+            np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError):
+            path.unlink()
+            print(f"note: {path} is unreadable (an interrupted run?): removed, its embeddings are computed again")
 
 
 def mine(config: MineConfig) -> dict[str, Any]:
     """Mine hard negatives for the prepared train and eval splits into `config.out`; returns the stats."""
     data_dir = Path(config.data)
     data = read_prepared(data_dir)
+    check_inputs(data, data_dir, config)
     model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
     cache_folder = str(Path(config.cache_folder) / model_fingerprint(model)) if config.cache_folder else None
+    if cache_folder:
+        drop_unreadable_cache(Path(cache_folder))
 
-    stats: dict[str, Any] = {"corpus_size": len(data["corpus"])}
+    pool = candidate_texts(data, config.max_corpus, config.seed)
+    stats: dict[str, Any] = {"corpus_size": len(data["corpus"]), "candidates": len(pool)}
+    where = f"{len(pool):,} candidates ({len(data['corpus']):,} corpus lines)"
     with atomic_output_dir(config.out, MARKER) as tmp:
         for split in SPLITS:
-            print(f"Mining {split} ({len(data[split]):,} rows) against {len(data['corpus']):,} corpus lines")
-            rows, stats[split] = mine_split(split, data, model, config, cache_folder)
-            write_jsonl(tmp / f"{split}.jsonl", rows)
+            print(f"Mining {split} ({len(data[split]):,} rows) against {where}")
+            rows, stats[split] = mine_split(split, data, pool, model, config, cache_folder)
+            MINED.write(tmp / f"{split}.jsonl", rows)
         shutil.copyfile(data_dir / "corpus.jsonl", tmp / "corpus.jsonl")
         stats["config"] = dataclasses.asdict(config)
         write_json(tmp / MARKER, stats)

@@ -11,8 +11,8 @@ Three input formats, any mix, each given as files or folders:
 - FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives.
 
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
-same inputs always give the same files, and adding a file does not move the groups already there. This module
-is stdlib + tqdm only (no torch), so the stage takes seconds.
+same inputs always give the same files, and adding a file does not move the groups already there (group ids:
+`input_names`). This module is stdlib + tqdm only (no torch), so the stage takes seconds.
 """
 
 from __future__ import annotations
@@ -26,35 +26,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from st_poetry.config import PrepareConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry import poems
+from st_poetry.config import PrepareConfig, UserError, run_cli, warn
+from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, write_json
+from st_poetry.records import Parsed, Skip, clean
+from st_poetry.schema import CORPUS, PAIR, encode
 
 MARKER = "stats.json"
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
 _SECTION = re.compile(r"【[^】]*】")  # a whole line like 【其一】 heads a poem in a series; it is no verse
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
-
-
-class Skip(Exception):
-    """A record that cannot be used; the message is the reason counted in stats.json."""
-
-
-@dataclass
-class Parsed:
-    """What one input record contributes."""
-
-    group: str
-    pairs: list[tuple[str, str]]  # (anchor, positive)
-    texts: list[str]  # candidate-corpus lines
-    negatives: tuple[str, ...] = ()  # given hard negatives, shared by the record's pairs
-    meta: tuple[str, str, str] = ("", "", "")  # title, author, dynasty
-    unpaired: str | None = None  # why a kept record made no pairs (its lines still join the corpus)
 
 
 @dataclass
@@ -66,6 +52,7 @@ class SourceStats:
     records_kept: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     kept_without_pairs: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)  # about kept records and files (e.g. converted script)
     pairs_made: int = 0
     duplicate_pairs_removed: int = 0
     eval_pairs_dropped_as_leak: int = 0
@@ -90,11 +77,6 @@ class SourceStats:
 
 # ---------------------------------------------------------------------------------------------------------
 # Cleaning and the three record formats
-
-
-def clean(text: str) -> str:
-    """Drop quote marks (a quotation often opens on one line and closes on another) and outer whitespace."""
-    return text.replace("“", "").replace("”", "").strip()
 
 
 def clean_lines(text: str) -> list[str]:
@@ -194,10 +176,7 @@ def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
     The text is read at once, but only one record at a time becomes Python objects: a million-record file
     needs far less memory than the full `json.load` tree would.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    text = decode_text(path.read_bytes(), path)
     decoder = json.JSONDecoder()
     position = _WHITESPACE.match(text).end()
     if not text.startswith("[", position):
@@ -225,9 +204,10 @@ def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
 class Input:
     """One input file and how to read it."""
 
-    source: str  # works | ccpm | flagembedding
+    source: str  # works | ccpm | flagembedding | poems
     path: Path
     eval_only: bool
+    name: str  # the file in its records' group ids (input_names)
 
 
 def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
@@ -246,6 +226,28 @@ def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
     return files
 
 
+def input_names(paths: list[Path]) -> list[str]:
+    """Each file's name in group ids: its file name, or as many of its folders as tell it from another input
+    file of the same name (`a/train.jsonl`, `b/train.jsonl`).
+
+    Group ids must be unique per input file, or the same-poem filter and the split would take two files'
+    records for one; and stable across machines, so no absolute path. A file whose name no other input shares
+    keeps its plain name, the ids (and the split) of earlier versions.
+    """
+    parts = [path.resolve().parts for path in paths]
+    by_name: dict[str, set[tuple[str, ...]]] = {}
+    for these in parts:
+        by_name.setdefault(these[-1], set()).add(these)
+    names = []
+    for these in parts:
+        others = by_name[these[-1]] - {these}
+        depth = 1
+        while any(other[-depth:] == these[-depth:] for other in others):
+            depth += 1
+        names.append("/".join(these[-depth:]))
+    return names
+
+
 def resolve_inputs(config: PrepareConfig) -> list[Input]:
     groups = [
         ("works", config.works, "works*.json", "works", False),
@@ -254,11 +256,17 @@ def resolve_inputs(config: PrepareConfig) -> list[Input]:
         ("flagembedding", config.flagembedding, "*.jsonl", "flagembedding", False),
         ("flagembedding", config.flagembedding_eval, "*.jsonl", "flagembedding-eval", True),
     ]
-    return [
-        Input(source, path, eval_only)
+    found = [
+        (source, path, eval_only)
         for source, paths, pattern, flag, eval_only in groups
         for path in _files(paths, pattern, flag)
     ]
+    # the poems come last: the lines of the inputs above are linked to them as they are read
+    found += [
+        ("poems", path, False) for path in sorted(_files(config.poems, "**/*.json", "poems"), key=poems.reading_order)
+    ]
+    names = input_names([path for _, path, _ in found])
+    return [Input(source, path, eval_only, name) for (source, path, eval_only), name in zip(found, names, strict=True)]
 
 
 def read_records(
@@ -269,27 +277,32 @@ def read_records(
         "works": functools.partial(parse_works, kinds=kinds),
         "ccpm": parse_ccpm,
         "flagembedding": parse_flagembedding,
+        "poems": poems.parse_poem,
     }
     with tqdm(desc="reading", unit=" records", unit_scale=True) as bar:
         for item in inputs:
             counts = stats.setdefault(item.source, SourceStats())
             counts.files += 1
             bar.set_postfix_str(item.path.name)
-            parse, label = parsers[item.source], "record" if item.source == "works" else "line"
-            records = read_json_array(item.path) if item.source == "works" else read_jsonl(item.path)
+            parse, label = parsers[item.source], "line" if item.path.suffix == ".jsonl" else "record"
+            if item.source == "poems":
+                records = poems.read_file(item.path, counts.notes)
+            else:
+                records = read_json_array(item.path) if item.source == "works" else read_jsonl(item.path)
             for number, record in records:
                 if not isinstance(record, dict):
                     raise UserError(f"{item.path} {label} {number}: not a JSON object")
                 counts.records_read += 1
                 bar.update()
                 try:
-                    parsed = parse(record, item.path.name, number)
+                    parsed = parse(record, item.name, number)
                 except Skip as skip:
                     counts.skip(str(skip), f"{item.path} {label} {number}")
                     continue
                 counts.records_kept += 1
                 if parsed.unpaired:
                     counts.kept_without_pairs[parsed.unpaired] += 1
+                counts.notes.update(parsed.notes)
                 yield item, parsed
 
 
@@ -297,18 +310,20 @@ def read_records(
 # Split, deduplicate, write
 
 
-# Rows are written as text, the same text `json.dumps(row, ensure_ascii=False)` gives. The closing fields that a
-# record's rows share are encoded once per record, only the rest per row: a million-record input writes millions
-# of rows, and this is several times faster than encoding each row as a dict.
+# Rows are written as text, the text `schema.PAIR.line` / `CORPUS.line` give (json.dumps), from templates the schema
+# derives from its declaration. The closing fields that a record's rows share are encoded once per record, only
+# the rest per row: a million-record input writes millions of rows, and this is several times faster than
+# encoding each row as a dict (docs/BENCHMARKS.md#prepare).
+PAIR_HEAD, PAIR_TAIL = PAIR.template("anchor", "positive"), PAIR.template("negatives", "source", "group")
+CORPUS_HEAD, CORPUS_TAIL = CORPUS.template("id", "text"), CORPUS.template("title", "author", "dynasty", "group")
 
 
 def corpus_row_end(meta: tuple[str, str, str], group: str) -> str:
-    title, author, dynasty = map(_quote, meta)
-    return f', "title": {title}, "author": {author}, "dynasty": {dynasty}, "group": {_quote(group)}}}'
+    return CORPUS_TAIL.format(*map(encode, (*meta, group)))
 
 
 def pair_row_end(negatives: tuple[str, ...], source: str, group: str) -> str:
-    return f', "negatives": [{", ".join(map(_quote, negatives))}], "source": "{source}", "group": {_quote(group)}}}'
+    return PAIR_TAIL.format(encode(list(negatives)), encode(source), encode(group))
 
 
 def is_eval_group(group: str, seed: int, fraction: float) -> bool:
@@ -318,28 +333,49 @@ def is_eval_group(group: str, seed: int, fraction: float) -> bool:
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
-    """Read the inputs, split by group, deduplicate, and write train/eval/corpus.jsonl and stats.json."""
+    """Read the inputs, link their lines to poems, split by group, deduplicate, and write the four files."""
     start = time.perf_counter()
     inputs = resolve_inputs(config)
     stats: dict[str, SourceStats] = {}
-    # (anchor, positive) -> (row end, source, group, is_eval); the first occurrence of a pair wins
-    pairs: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
     corpus: dict[str, str] = {}  # text -> row end (title, author, dynasty, group); the first occurrence wins
+    linker = poems.Linker()
+    lines_of: dict[str, list[str]] = {}  # source -> the corpus lines its records gave, repeats included
+    paired: list[tuple[Input, Parsed]] = []
+    recurring: set[str] = set()  # poem lines found in more than one poem
     for item, parsed in read_records(inputs, frozenset(config.kinds), stats):
         corpus_end = corpus_row_end(parsed.meta, parsed.group)
+        if item.source == "poems":
+            linker.offer(parsed.texts, parsed.group, corpus_end)
+            for text in parsed.texts:
+                if corpus.setdefault(text, corpus_end) is not corpus_end and text not in linker.keys:
+                    recurring.add(text)
+            continue
+        lines_of.setdefault(item.source, []).extend(parsed.texts)
         for text in parsed.texts:
             corpus.setdefault(text, corpus_end)
-        if not parsed.pairs:
-            continue
+            if config.poems:
+                linker.want(text)
+        if parsed.pairs:
+            paired.append((item, parsed))
+    for text in linker.keys:  # a linked line takes its poem's title, author, dynasty and group
+        if found := linker.link(text):
+            corpus[text] = found[1]
+
+    # (anchor, positive) -> (row end, source, group, is_eval); the first occurrence of a pair wins
+    pairs: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
+    for item, parsed in paired:
         counts = stats[item.source]
         counts.pairs_made += len(parsed.pairs)
-        is_eval = item.eval_only or is_eval_group(parsed.group, config.seed, config.eval_fraction)
-        pair_end = pair_row_end(parsed.negatives, item.source, parsed.group)
+        # a record whose lines come from a poem takes the poem's group, so one poem is never on both sides
+        linked = Counter(found[0] for _, positive in parsed.pairs if (found := linker.link(positive)))
+        group = linked.most_common(1)[0][0] if linked else parsed.group
+        is_eval = item.eval_only or is_eval_group(group, config.seed, config.eval_fraction)
+        pair_end = pair_row_end(parsed.negatives, item.source, group)
         for pair in parsed.pairs:
             if pair in pairs:
                 counts.duplicate_pairs_removed += 1
             else:
-                pairs[pair] = (pair_end, item.source, parsed.group, is_eval)
+                pairs[pair] = (pair_end, item.source, group, is_eval)
     if not pairs:
         raise UserError("the inputs gave no pairs: " + "; ".join(_why(name, s) for name, s in stats.items()))
 
@@ -357,6 +393,15 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
             stats[source].eval_pairs += 1
 
     total = sum(stats.values(), SourceStats())
+    warnings = [
+        f"the {split} split is empty (--eval-fraction {config.eval_fraction}): `just mine` and `just train` need "
+        f"{split} pairs; {fix}"
+        for split, rows, fix in (
+            ("train", train, "lower --eval-fraction, or pass fewer files with --ccpm-eval/--flagembedding-eval"),
+            ("eval", evaluation, "raise --eval-fraction, or pass held-out files with --ccpm-eval/--flagembedding-eval"),
+        )
+        if not rows
+    ]
     result = {
         "inputs": [{"source": i.source, "path": str(i.path), "eval_only": i.eval_only} for i in inputs],
         "settings": {"kinds": config.kinds, "eval_fraction": config.eval_fraction, "seed": config.seed},
@@ -367,14 +412,18 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         "train_groups": len({pairs[key][2] for key in train}),
         "eval_groups": len({pairs[key][2] for key in evaluation}),
         "corpus_size": len(corpus),
+        "warnings": warnings,
     }
+    if config.poems:
+        result["linking"] = linking_stats(linker, lines_of, pairs)
+        result["lines_in_several_poems"] = len(recurring)
 
     def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
         for anchor, positive in keys:
-            yield f'{{"anchor": {_quote(anchor)}, "positive": {_quote(positive)}{pairs[anchor, positive][0]}\n'
+            yield PAIR_HEAD.format(encode(anchor), encode(positive)) + pairs[anchor, positive][0]
 
     corpus_rows = (
-        f'{{"id": "c{index}", "text": {_quote(text)}{end}\n' for index, (text, end) in enumerate(corpus.items())
+        CORPUS_HEAD.format(encode(f"c{index}"), encode(text)) + end for index, (text, end) in enumerate(corpus.items())
     )
     with atomic_output_dir(config.out, MARKER) as tmp:
         for name, lines in (("train", pair_rows(train)), ("eval", pair_rows(evaluation)), ("corpus", corpus_rows)):
@@ -382,6 +431,26 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
                 handle.writelines(lines)
         write_json(tmp / MARKER, result)
     print(summary(result, config.out, time.perf_counter() - start))
+    for message in warnings:
+        warn(message)
+    return result
+
+
+def linking_stats(
+    linker: poems.Linker, lines_of: dict[str, list[str]], pairs: dict[tuple[str, str], tuple[str, str, str, bool]]
+) -> dict[str, dict[str, int]]:
+    """Per source: how many of its lines (CCPM: choices) and pair positives were linked to a poem."""
+    result = {}
+    for source, lines in lines_of.items():
+        found = [text for text in lines if linker.link(text)]
+        positives = [positive for (_, positive), value in pairs.items() if value[1] == source]
+        result[source] = {
+            "lines": len(lines),
+            "lines_linked": len(found),
+            "lines_linked_by_half_line": sum(linker.keys[text] in linker.by_clause for text in found),
+            "positives": len(positives),
+            "positives_linked": sum(linker.link(positive) is not None for positive in positives),
+        }
     return result
 
 
@@ -412,6 +481,17 @@ def summary(result: dict[str, Any], out: str, seconds: float) -> str:
             lines.append(f"skipped    {name}: {reason}: {count:,} (e.g. {counts['first_skipped'][reason]})")
         for reason, count in sorted(counts["kept_without_pairs"].items(), key=lambda kv: -kv[1]):
             lines.append(f"no pairs   {name}: {reason}: {count:,} (lines still in the corpus)")
+        for note, count in sorted(counts["notes"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"noted      {name}: {note}: {count:,}")
+    for name, linked in result.get("linking", {}).items():
+        lines.append(
+            f"linked     {name}: {linked['positives_linked']:,} of {linked['positives']:,} positives, "
+            f"{linked['lines_linked']:,} of {linked['lines']:,} lines ({linked['lines_linked_by_half_line']:,} "
+            "by a half line) to a poem"
+        )
+    if "lines_in_several_poems" in result:
+        several = result["lines_in_several_poems"]
+        lines.append(f"recurring  {several:,} lines are in several poems (the earliest poem keeps them)")
     lines.append(
         f"train {result['train_pairs']:,} pairs / {result['train_groups']:,} groups; "
         f"eval {result['eval_pairs']:,} pairs / {result['eval_groups']:,} groups; "

@@ -2,6 +2,7 @@
 
     python -m st_poetry.search build --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
     python -m st_poetry.search query --index indexes/poetry "山中下雨后傍晚的秋天"
+    python -m st_poetry.search query --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
 
 An index folder holds
 - `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default or an
@@ -27,16 +28,20 @@ from typing import Any
 import faiss
 import numpy as np
 from datasets import Dataset, load_from_disk
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from st_poetry.config import IndexConfig, QueryConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_rows, write_json
-from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.files import atomic_output_dir, decode_text, write_json
+from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.rerank import rerank
+from st_poetry.schema import CORPUS
 
 INDEX_INFO = "index.json"
 FAISS_FILE = "index.faiss"
 LINES_DIR = "lines"
-METADATA = ("id", "text", "title", "author", "dynasty", "group")
+METADATA = CORPUS.names
+# What a query reads from index.json.
+INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
 PROBE_TEXT = "空山新雨后，天气晚来秋。"
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
@@ -49,10 +54,8 @@ PROBE_MIN_COSINE = 0.999
 
 
 def read_corpus(path: str | Path) -> list[dict[str, str]]:
-    """Corpus rows with every metadata field as a string ("" when absent); a row without text is an error."""
-    rows = [
-        {key: "" if row.get(key) is None else str(row[key]) for key in METADATA} for row in read_rows(path, ("text",))
-    ]
+    """Corpus rows, every field a string (schema.CORPUS: "" when absent, a missing id numbered); no text: an error."""
+    rows = CORPUS.read(path)
     if not rows:
         raise UserError(f"{path}: the corpus is empty")
     return rows
@@ -135,6 +138,35 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
 # query
 
 
+def _read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Dataset]:
+    """index.json, index.faiss and lines/, checked to belong together; anything damaged is one line that says
+    to rebuild, never a traceback from faiss or datasets."""
+    rebuild = f"rebuild it: just index --model PATH --out {folder}"
+    try:
+        info = json.loads((folder / INDEX_INFO).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise UserError(f"{folder / INDEX_INFO} is unreadable ({error}): {rebuild}") from None
+    missing = [key for key in INFO_KEYS if key not in info] if isinstance(info, dict) else list(INFO_KEYS)
+    if missing:
+        raise UserError(f"{folder / INDEX_INFO} lacks {', '.join(missing)}: not written by `just index`; {rebuild}")
+    try:
+        index = faiss.read_index(str(folder / FAISS_FILE))
+    except RuntimeError as error:
+        reason = str(error).rsplit("Error: ", 1)[-1].strip()
+        raise UserError(f"{folder / FAISS_FILE} is unreadable (truncated or corrupt: {reason}): {rebuild}") from None
+    try:
+        lines = load_from_disk(str(folder / LINES_DIR))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder / LINES_DIR} is missing or unreadable ({error}): {rebuild}") from None
+    if not index.ntotal == len(lines) == info["size"] or index.d != info["embedding_dim"]:
+        raise UserError(
+            f"{folder} does not hold together: {FAISS_FILE} has {index.ntotal:,} {index.d}-dim vectors, {LINES_DIR}/ "
+            f"{len(lines):,} lines, {INDEX_INFO} says {info['size']:,} of {info['embedding_dim']} dims "
+            f"(files of two builds?): {rebuild}"
+        )
+    return info, index, lines
+
+
 class PoetryIndex:
     """An index folder opened for search, with a model checked to encode like the one that built it."""
 
@@ -145,9 +177,7 @@ class PoetryIndex:
             raise UserError(
                 f"no index at {self.folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"
             )
-        self.info = json.loads(info_path.read_text(encoding="utf-8"))
-        self.index = faiss.read_index(str(self.folder / FAISS_FILE))
-        self.lines = load_from_disk(str(self.folder / LINES_DIR))
+        self.info, self.index, self.lines = _read_index_folder(self.folder)
         if ef_search is not None:
             if not isinstance(self.index, faiss.IndexHNSW):
                 raise UserError(f"--ef-search applies to hnsw indexes; {self.folder} is {self.info['index_type']}")
@@ -205,9 +235,9 @@ def read_queries(config: QueryConfig) -> list[str]:
         raise UserError('empty query: describe what you are looking for, e.g. "山中下雨后傍晚的秋天"')
     if config.file is not None:
         if config.file == "-":
-            source, text = "stdin", sys.stdin.read()
+            source, text = "stdin", decode_text(sys.stdin.buffer.read(), "stdin")
         elif Path(config.file).is_file():
-            source, text = config.file, Path(config.file).read_text(encoding="utf-8")
+            source, text = config.file, decode_text(Path(config.file).read_bytes(), config.file)
         else:
             raise UserError(f"query file not found: {config.file}")
         from_file = [line.strip() for line in text.splitlines() if line.strip()]
@@ -225,9 +255,18 @@ def _width(text: str) -> int:
 
 
 def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
-    header = ("#", "score", "line", "title", "author", "dynasty")
+    reranked = any("rerank_score" in hit for hit in hits)
+    header = ("#", "score", *(("rerank",) if reranked else ()), "line", "title", "author", "dynasty")
     rows = [header] + [
-        (str(hit["rank"]), f"{hit['score']:.3f}", hit["text"], hit["title"], hit["author"], hit["dynasty"])
+        (
+            str(hit["rank"]),
+            f"{hit['score']:.3f}",
+            *((f"{hit['rerank_score']:.3f}" if "rerank_score" in hit else "",) if reranked else ()),
+            hit["text"],
+            hit["title"],
+            hit["author"],
+            hit["dynasty"],
+        )
         for hit in hits
     ]
     widths = [max(_width(row[column]) for row in rows) for column in range(len(header))]
@@ -237,19 +276,48 @@ def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
     return "\n".join([f"» {query}", *(line.rstrip() for line in lines)])
 
 
-def query(config: QueryConfig) -> list[dict[str, Any]]:
-    """Search the index for every query and print a table per query (or one JSON object per line)."""
-    queries = read_queries(config)  # before the slow model load
-    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
-    results = [
-        {"query": query, "results": hits}
-        for query, hits in zip(queries, index.search(queries, config.top_k), strict=True)
+def reranked(
+    reranker: CrossEncoder, queries: Sequence[str], hits: Sequence[Sequence[dict[str, Any]]], k: int, top_k: int
+) -> list[list[dict[str, Any]]]:
+    """The reranker's order of each query's first k hits, cut to top_k; "rank" is the new place, the retriever's
+    place and score stay as "retrieval_rank" and "score"."""
+    return [
+        [{**hit, "rank": rank, "retrieval_rank": hit["rank"]} for rank, hit in enumerate(query_hits[:top_k], start=1)]
+        for query_hits in rerank(reranker, queries, hits, k)
     ]
+
+
+def query(config: QueryConfig) -> list[dict[str, Any]]:
+    """Search the index for every query and print a table per query (or one JSON object per line).
+
+    With --reranker the retriever's top --rerank-top-k lines are reordered; the time per query of retrieval
+    and of reranking goes to stderr (stdout stays one JSON object per line with --json).
+    """
+    queries = read_queries(config)  # before the slow model loads
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
+    reranker = load_reranker(config.reranker) if config.reranker else None
+    k = min(config.rerank_top_k, index.index.ntotal)
+    if reranker and k < config.rerank_top_k:
+        print(
+            f"note: --rerank-top-k {config.rerank_top_k} is more than the index's {k:,} lines: reranking them all",
+            file=sys.stderr,
+        )
+    start = time.perf_counter()
+    hits = index.search(queries, max(config.top_k, k) if reranker else config.top_k)
+    latency = {"retrieval_ms": (time.perf_counter() - start) * 1000 / len(queries)}
+    if reranker:
+        start = time.perf_counter()
+        hits = reranked(reranker, queries, hits, k, config.top_k)
+        latency["rerank_ms"] = (time.perf_counter() - start) * 1000 / len(queries)
+    results = [{"query": query, "results": query_hits} for query, query_hits in zip(queries, hits, strict=True)]
     for result in results:
         if config.json:
             print(json.dumps(result, ensure_ascii=False))
         else:
             print(format_table(result["query"], result["results"]), end="\n\n")
+    timing = ", ".join(f"{name.removesuffix('_ms')} {ms:.1f} ms" for name, ms in latency.items())
+    reranking = f" (reranking the top {k})" if reranker else ""
+    print(f"{len(queries)} queries, per query: {timing}{reranking}", file=sys.stderr)
     return results
 
 

@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from st_poetry.config import MineConfig, UserError
-from st_poetry.mine import main, mine, normalize
+from st_poetry.files import write_jsonl
+from st_poetry.mine import candidate_texts, main, mine, model_fingerprint, normalize, read_prepared
+from st_poetry.modeling import load_model
+from st_poetry.schema import CORPUS, MINED, RowType, read_split
 
 EVAL_TEXTS = ("空山新雨后", "锄禾日当午")  # eval positives (groups p7, p8) in the conftest poems
 
 
+def _type(path: Path) -> RowType:
+    return CORPUS if path.name == "corpus.jsonl" else read_split(path).type
+
+
 def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    """A split or corpus file through the schema's reader."""
+    return _type(path).read(path)
 
 
 def _config(prepared_dir: Path, model: str, **overrides) -> MineConfig:
@@ -43,9 +48,10 @@ def _negatives(row: dict) -> list[str | None]:
 
 
 def _edit(prepared_dir: Path, name: str, edit) -> None:
-    rows = _read(prepared_dir / f"{name}.jsonl")
+    path = prepared_dir / f"{name}.jsonl"
+    rows = _read(path)
     edit(rows)
-    _write(prepared_dir / f"{name}.jsonl", rows)
+    _type(path).write(path, rows)
 
 
 def test_output_files_columns_and_order(prepared_dir, tiny_st_model):
@@ -55,11 +61,14 @@ def test_output_files_columns_and_order(prepared_dir, tiny_st_model):
     assert sorted(p.name for p in out.iterdir()) == ["corpus.jsonl", "eval.jsonl", "mine_stats.json", "train.jsonl"]
     assert (out / "corpus.jsonl").read_bytes() == (prepared_dir / "corpus.jsonl").read_bytes()
     for split in ("train", "eval"):
-        rows = _read(out / f"{split}.jsonl")
+        lines = (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        rows = [json.loads(line) for line in lines]
+        assert read_split(out / f"{split}.jsonl").type is MINED
         source = _read(prepared_dir / f"{split}.jsonl")
         assert [(r["anchor"], r["positive"]) for r in rows] == [(r["anchor"], r["positive"]) for r in source]
-        for row in rows:
+        for line, row in zip(lines, rows, strict=True):
             assert list(row) == ["anchor", "positive", "negative_1", "negative_2", "negative_3", "negative_4"]
+            assert line == MINED.line(row)  # the declared format, byte for byte
             assert all(isinstance(n, str) for n in _negatives(row))  # the whole corpus is in range: no short rows
 
 
@@ -190,13 +199,15 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
         main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "mined")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: prepared data folder not found: {tmp_path / 'nowhere'} (run `just prepare` or pass --data)"
+        f"error: data folder not found: {tmp_path / 'nowhere'}: --data must be a folder written by `just prepare`"
     )
 
 
 def test_malformed_row_names_file_and_line(prepared_dir, tiny_st_model):
-    _edit(prepared_dir, "eval", lambda rows: rows[2].pop("positive"))
-    with pytest.raises(UserError, match=r"eval.jsonl:3: expected an object with non-empty anchor, positive"):
+    rows = _read(prepared_dir / "eval.jsonl")
+    rows[2].pop("positive")
+    write_jsonl(prepared_dir / "eval.jsonl", rows)  # a row the schema's writer would refuse to write
+    with pytest.raises(UserError, match=r"eval.jsonl:3: 'positive' is missing: expected an object with non-empty"):
         mine(_config(prepared_dir, tiny_st_model, range_max=10))
 
 
@@ -205,7 +216,7 @@ def test_malformed_row_names_file_and_line(prepared_dir, tiny_st_model):
     [
         ({"num_negatives": 0}, "num_negatives"),
         ({"range_min": 5, "range_max": 5}, "range_min < range_max"),
-        ({"range_min": 0, "range_max": 4, "num_negatives": 5}, "range_max - range_min"),
+        ({"range_min": 0, "range_max": 4, "num_negatives": 5}, "more than the 4 candidates of ranks"),
         ({"relative_margin": 1.5}, "relative_margin"),
     ],
 )
@@ -217,3 +228,70 @@ def test_config_validation(overrides, message):
 def test_normalize_ignores_punctuation_width_and_spaces():
     assert normalize("空山新雨后，天气晚来秋。") == normalize("空山新雨后 天气晚来秋") == "空山新雨后天气晚来秋"
     assert normalize("“春眠不觉晓”！") == "春眠不觉晓"
+
+
+def test_candidate_pool_keeps_positives_and_given_negatives_and_samples_the_rest(prepared_dir, tiny_st_model):
+    extra = [
+        {"id": f"x{i}", "text": f"远方第{i}句诗", "title": "", "author": "", "dynasty": "", "group": f"x{i}"}
+        for i in range(40)
+    ]
+    _edit(prepared_dir, "corpus", lambda rows: rows.extend(extra))
+    _edit(prepared_dir, "train", lambda rows: rows[0].update(negatives=["远方第3句诗"]))
+    data = read_prepared(prepared_dir)
+    positives = {row["positive"] for split in ("train", "eval") for row in data[split]}
+    keep = positives | {"远方第3句诗"}
+    pool = candidate_texts(data, max_corpus=len(keep) + 5, seed=1)
+    assert keep <= set(pool) and len(pool) == len(keep) + 5
+    assert pool == candidate_texts(data, max_corpus=len(keep) + 5, seed=1)  # seeded
+    assert pool != candidate_texts(data, max_corpus=len(keep) + 5, seed=2)
+    assert candidate_texts(data, max_corpus=3) == [t for t in candidate_texts(data) if t in keep]  # never fewer
+    assert len(candidate_texts(data, max_corpus=10**6)) == len(candidate_texts(data))
+
+    config = _config(prepared_dir, tiny_st_model, max_corpus=len(keep) + 5, seed=1, range_max=len(keep) + 4)
+    stats = mine(config)
+    assert stats["candidates"] == len(keep) + 5
+    for row in _read(Path(config.out) / "train.jsonl"):
+        assert set(_negatives(row)) - {None} <= set(pool)
+
+
+def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, tiny_hf_model):
+    first = mine(_config(prepared_dir, tiny_hf_model, range_max=10))
+    assert first["train"]["encoded_texts"] > 0
+    again = mine(_config(prepared_dir, tiny_hf_model, range_max=10))
+    assert again["train"]["encoded_texts"] == 0  # same model, same prompts: served from the cache
+    instructed = mine(_config(prepared_dir, tiny_hf_model, range_max=10, query_instruction="为这个句子生成表示："))
+    assert instructed["train"]["encoded_texts"] > 0  # the queries now carry a prompt: encoded anew
+    assert len(list((prepared_dir.parent / "cache").iterdir())) == 2
+
+    model = load_model(tiny_hf_model)
+    plain = model_fingerprint(model)
+    model.prompts["query"] = "问："
+    with_query = model_fingerprint(model)
+    model.prompts["document"] = "答："
+    assert len({plain, with_query, model_fingerprint(model)}) == 3
+
+
+def test_num_negatives_beyond_the_corpus_is_refused(prepared_dir, tiny_st_model):
+    # Allowed by the range, but 38 lines cannot give 100 negatives: it used to write rows of nulls.
+    with pytest.raises(UserError, match=r"--num-negatives 100 from rank --range-min 0 on needs 101 .* has 38"):
+        mine(_config(prepared_dir, tiny_st_model, num_negatives=100, range_max=200))
+    assert not (prepared_dir.parent / "mined").exists()
+
+
+def test_an_empty_eval_split_is_reported(prepared_dir, tiny_st_model, capsys):
+    (prepared_dir / "eval.jsonl").write_text("")
+    stats = mine(_config(prepared_dir, tiny_st_model, range_max=10))
+    assert stats["eval"]["rows_out"] == 0
+    assert "warning: " in (err := capsys.readouterr().err) and "eval.jsonl has no rows" in err
+
+
+def test_a_truncated_cache_file_is_a_cache_miss(prepared_dir, tiny_st_model, capsys):
+    config = _config(prepared_dir, tiny_st_model, range_max=10)
+    first = _read(Path(mine(config)["config"]["out"]) / "train.jsonl")
+    cached = sorted((prepared_dir.parent / "cache").rglob("*.npy"))
+    for path in cached:  # what a run killed while np.save wrote the cache leaves
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    second = mine(config)
+    assert second["train"]["encoded_texts"] > 0 and "unreadable" in capsys.readouterr().out
+    assert _read(Path(config.out) / "train.jsonl") == first
+    assert all(np.load(path).ndim == 2 for path in cached)  # written again, whole

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
-from st_poetry.config import UserError
+from st_poetry import modeling
+from st_poetry.config import TrainConfig, UserError
+from st_poetry.evaluate import main as evaluate_main
+from st_poetry.mine import main as mine_main
 from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.search import main as search_main
+from st_poetry.train import load_base_model
 
 
 def test_plain_checkpoint_gets_cls_pooling_and_normalize(tiny_hf_model):
@@ -35,6 +42,42 @@ def test_query_instruction_becomes_the_query_prompt(tiny_hf_model):
     assert model.prompts["query"].startswith("为这个句子")
 
 
+INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
+
+
+def test_training_records_the_query_instruction_in_the_saved_model(tiny_st_model, tmp_path, capsys):
+    config = TrainConfig(model=tiny_st_model, query_instruction=INSTRUCTION, out=str(tmp_path / "out"))
+    model = load_base_model(config)  # the model train() fine-tunes and saves
+    assert "becomes '为这个句子" in capsys.readouterr().out  # it replaced the e5-style "query: "
+    model.save(str(tmp_path / "trained"))
+    reloaded = load_model(str(tmp_path / "trained"))
+    assert query_prompt(reloaded) == INSTRUCTION and document_prompt(reloaded) == "passage: "
+    # the same instruction again is no conflict
+    assert query_prompt(load_model(str(tmp_path / "trained"), query_instruction=INSTRUCTION)) == INSTRUCTION
+
+
+def test_an_instruction_that_contradicts_the_recorded_prompt_is_refused(tiny_st_model):
+    with pytest.raises(UserError, match=r"contradicts the query prompt 'query: ' that .* records"):
+        load_model(tiny_st_model, query_instruction=INSTRUCTION)
+
+
+@pytest.mark.parametrize("stage", ["mine", "evaluate", "index"])
+def test_encoding_stages_refuse_a_contradicting_instruction(stage, tiny_st_model, prepared_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["--model", tiny_st_model, "--out", str(out), "--query-instruction", INSTRUCTION]
+    commands = {
+        "mine": (mine_main, ["--data", str(prepared_dir), *common]),
+        "evaluate": (evaluate_main, ["--data", str(prepared_dir), *common]),
+        "index": (search_main, ["build", "--corpus", str(prepared_dir / "corpus.jsonl"), *common]),
+    }
+    main, argv = commands[stage]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "contradicts the query prompt 'query: '" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_missing_local_folder_is_one_clear_line(tmp_path):
     with pytest.raises(UserError, match="model folder not found"):
         load_model(str(tmp_path / "nope" / "model"))
@@ -49,3 +92,34 @@ def test_unreachable_hub_says_what_to_pass(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="--model PATH"):
         load_model("some-org/not-cached-model")
+
+
+def test_a_model_without_its_tokenizer_files_is_refused(tmp_path, tiny_st_model):
+    # It would load with only the special tokens and encode every text to the same vector.
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_st_model, folder)
+    for path in folder.glob("tokenizer*"):
+        path.unlink()
+    with pytest.raises(UserError, match=r"tokenizer has 5 tokens for 21,018 embedding rows"):
+        load_model(str(folder))
+
+
+def test_truncated_weights_are_one_clear_line(tmp_path, tiny_st_model):
+    folder = tmp_path / "truncated"
+    shutil.copytree(tiny_st_model, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"cannot load model '{folder}': .*deserializing header"):
+        load_model(str(folder))
+
+
+def test_a_relative_path_that_does_not_exist_is_not_a_hub_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("models/nope names a folder under ./models: the Hub must not be asked")
+
+    monkeypatch.setattr(modeling, "hf_hub_download", no_hub)
+    with pytest.raises(UserError, match=r"^model folder not found: models/nope$"):
+        load_model("models/nope")

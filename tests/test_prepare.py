@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
+from st_poetry import files
 from st_poetry import prepare as prepare_stage
 from st_poetry.config import PrepareConfig, UserError
 from st_poetry.prepare import clean_lines, is_eval_group, main, prepare
+from st_poetry.schema import CORPUS, PAIR
 
 FILES = ("train.jsonl", "eval.jsonl", "corpus.jsonl", "stats.json")
 
@@ -46,16 +50,18 @@ def write_json(path: Path, value) -> Path:
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    """An input file (CCPM, FlagEmbedding: not a stage's row type, so the generic writer)."""
+    files.write_jsonl(path, rows)
     return path
 
 
 def read(folder: Path, name: str) -> list[dict]:
-    """Rows of an output file, each checked to be exactly what json.dumps would have written."""
-    rows = []
-    for line in (folder / name).read_text(encoding="utf-8").splitlines():
-        rows.append(json.loads(line))
-        assert line == json.dumps(rows[-1], ensure_ascii=False)
+    """Rows of an output file, each line checked to be exactly what the schema's writer writes for the row."""
+    row_type = CORPUS if name == "corpus.jsonl" else PAIR
+    lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    rows = row_type.read(folder / name)
+    assert [row_type.line(row, index) for index, row in enumerate(rows)] == lines
+    assert all(list(json.loads(line)) == list(row_type.names) for line in lines)  # every field, declared order
     return rows
 
 
@@ -452,3 +458,80 @@ def test_group_falls_back_to_the_record_index_without_an_id(tmp_path):
     del record["Id"]
     _, train, _, _ = run(tmp_path, works=[str(write_json(tmp_path / "w.json", [record]))], eval_fraction=0.0)
     assert train[0]["group"] == "w.json:#0"
+
+
+def test_group_ids_are_unique_per_input_file_and_do_not_depend_on_where_it_lives(tmp_path, monkeypatch):
+    for name, line in (("a", "床前明月光"), ("b", "疑是地上霜")):
+        (tmp_path / "raw" / name).mkdir(parents=True)
+        record = {"translation": f"描写{line}", "choices": [line, "举头望明月"], "answer": 0}
+        write_jsonl(tmp_path / "raw" / name / "train.jsonl", [record])
+    monkeypatch.chdir(tmp_path)
+    _, train, _, _ = run(tmp_path, ccpm=["raw/a/train.jsonl", "raw/b"], eval_fraction=0.0)
+    # two files named train.jsonl: the first record of each is its own group (it used to be train.jsonl:1 twice)
+    assert [r["group"] for r in train] == ["a/train.jsonl:1", "b/train.jsonl:1"]
+
+    # the same files given by absolute path from elsewhere, or moved to another machine's folder: the same ids
+    monkeypatch.chdir(tmp_path / "raw")
+    given = [tmp_path / "raw/a/train.jsonl", Path("b/train.jsonl")]
+    assert prepare_stage.input_names(given) == ["a/train.jsonl", "b/train.jsonl"]
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "raw").rename(moved)
+    assert prepare_stage.input_names([moved / "a/train.jsonl", moved / "b/train.jsonl"]) == [
+        "a/train.jsonl",
+        "b/train.jsonl",
+    ]
+    # a file whose name no other input shares keeps its plain name (and so the split of earlier versions)
+    names = prepare_stage.input_names([moved / "a/train.jsonl", moved / "b/valid.jsonl"])
+    assert names == ["train.jsonl", "valid.jsonl"]
+
+
+def test_an_empty_eval_split_is_a_warning(tmp_path, capsys):
+    stats, train, evaluation, _ = run(
+        tmp_path, works=[str(write_json(tmp_path / "w.json", poem_works()))], eval_fraction=0.0
+    )
+    assert train and not evaluation
+    (warning,) = stats["warnings"]
+    assert warning.startswith("the eval split is empty (--eval-fraction 0.0)")
+    assert f"warning: {warning}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))["warnings"] == [warning]
+
+
+def test_a_bom_jsonl_input_is_read(tmp_path):
+    ccpm = {"translation": "明亮的月光洒在床前", "choices": ["床前明月光", "大漠孤烟直", "长河落日圆"], "answer": 0}
+    path = tmp_path / "ccpm.jsonl"
+    path.write_text("\ufeff" + json.dumps(ccpm, ensure_ascii=False) + "\n", encoding="utf-8")
+    _, train, _, _ = run(tmp_path, ccpm=[str(path)], eval_fraction=0.0)
+    assert [row["positive"] for row in train] == ["床前明月光"]
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (".", "--out . is the current folder or one above it"),
+        ("w.json", "--out w.json is a file"),
+        ("w.json/out", "w.json is a file, not a folder"),
+    ],
+)
+def test_an_output_path_that_cannot_be_a_folder_is_one_line(tmp_path, monkeypatch, capsys, out, message):
+    monkeypatch.chdir(tmp_path)
+    write_json(tmp_path / "w.json", poem_works())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--works", "w.json", "--out", out])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(prepare_stage, "write_json", full)
+    path = write_json(tmp_path / "w.json", poem_works())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--works", str(path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # the reading progress bar, then one line
+    assert err.splitlines()[-1].startswith("error: could not write") and "No space left on device" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]
