@@ -395,7 +395,18 @@ class IndexConfig:
 
 
 @stage_config
-class QueryConfig:
+class RerankOptions:
+    """Reranking settings shared by `just search` and `just serve`."""
+
+    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
+
+    def __post_init__(self) -> None:
+        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
+
+
+@stage_config
+class QueryConfig(RerankOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)
@@ -405,18 +416,18 @@ class QueryConfig:
     top_k: int = option(10, "lines to return per query")
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     json: bool = option(False, "print one JSON object per query instead of a table")
-    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
-    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
 @stage_config
-class ServeConfig:
-    """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
+class ServeConfig(RerankOptions):
+    """Serve the search page and a JSON API: the model and index are loaded once, for every request.
+
+    With --reranker every request is reranked unless it says rerank=false."""
 
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
@@ -431,6 +442,7 @@ class ServeConfig:
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
