@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 import torch
-from benchlib import run_timed
+from benchlib import finish_plot, run_timed
 from matplotlib.figure import Figure
 from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -188,12 +188,8 @@ def plot_memory(runs: list[dict], path: Path) -> None:
         (line,) = axes.plot(steps, [entry["rss_mib"] / 1024 for entry in memory], marker="o", label=run["label"])
         axes.plot(steps, [entry["peak_rss_mib"] / 1024 for entry in memory], linestyle=":", color=line.get_color())
         tokens.bar(steps, [entry["padded_tokens"] for entry in memory], alpha=0.12, color=line.get_color())
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("resident memory after the step, GiB (dotted: peak so far)")
     tokens.set_ylabel("padded tokens in the step's batch (bars)")
-    axes.legend(fontsize=7, loc="lower right")
-    figure.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    finish_plot(figure, axes, path, "optimizer step", "resident memory after the step, GiB (dotted: peak so far)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchlib import run_timed
+from benchlib import finish_plot, run_timed
 from matplotlib.figure import Figure
 
 BASE = {"--batch-size": "16", "--num-negatives": "3", "--lr": "1e-4", "--max-seq-length": "64"}
@@ -110,11 +110,8 @@ def plot(runs: dict[str, dict], path: Path) -> None:
                       textcoords="offset points")  # fmt: skip
     before = next(iter(runs.values()))["before"]
     axes.axhline(before, color="grey", linestyle="--", linewidth=1, label=f"e5-small-zh before training ({before:.3f})")
-    axes.set_xlabel("seconds of optimizer steps (one run's budget of rows; loaded 2-core CPU)")
-    axes.set_ylabel("eval NDCG@10 after the run (capped eval)")
-    axes.legend(fontsize=8, loc="lower right")
-    figure.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    xlabel = "seconds of optimizer steps (one run's budget of rows; loaded 2-core CPU)"
+    finish_plot(figure, axes, path, xlabel, "eval NDCG@10 after the run (capped eval)")
 
 
 if __name__ == "__main__":
