@@ -93,7 +93,7 @@ def _check_output_folder(flag: str, value: str, example: str) -> None:
     """An output folder is replaced whole, so it must be able to become a folder of its own."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {value} is a file: an output folder must be a folder")
+        raise ValueError(f"{flag} {value} is a file, not a folder")
     if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
         raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
     cwd = Path.cwd()
