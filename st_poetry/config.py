@@ -91,7 +91,7 @@ def _check_output_folder(flag: str, value: str, example: str) -> None:
     """An output folder is replaced whole, so it must be able to become a folder of its own."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {value} is a file: an output folder must be a folder")
+        raise ValueError(f"{flag} {value} is a file, not a folder")
     if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
         raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
     cwd = Path.cwd()
@@ -276,6 +276,30 @@ class FitConfig:
         )
 
 
+@dataclass
+class FusionOptions:
+    """Hybrid retrieval settings shared by `just evaluate` and `just search` (st_poetry.hybrid documents them)."""
+
+    hybrid: bool = option(
+        False, "fuse the model's ranking with BM25 over characters (evaluate: a hybrid row per model and the sweep)"
+    )
+    fusion: Literal["interpolate", "rrf"] = option(
+        "interpolate",
+        "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
+        choices=("interpolate", "rrf"),
+    )
+    alpha: float = option(0.5, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
+    depth: int = option(50, "candidates: the union of each side's top `depth`")
+    rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _check(self.rrf_k >= 0, f"rrf_k must be >= 0, got {self.rrf_k}")
+        if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
+            more_checks()
+
+
 @stage_config
 class TrainConfig(FitConfig):
     """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
@@ -316,7 +340,7 @@ class RerankConfig(FitConfig):
         "hard negatives per description: its row's first n (short rows: topped up with other rows' positives)",
     )
     in_batch_negatives: int = option(
-        4, "other rows' positives and negatives each description is also scored against (random, per step)"
+        4, "other rows' lines each description is also scored against (random, per step; at least 1)"
     )
     max_seq_length: int = option(128, "token limit of a description and a line read together")
     eval_max_rows: int | None = option(
@@ -325,12 +349,15 @@ class RerankConfig(FitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.in_batch_negatives >= 0, f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        _check(
+            self.in_batch_negatives >= 1,
+            f"in_batch_negatives must be >= 1 (the library's loss samples at least one), got {self.in_batch_negatives}",
+        )
         _check(self.num_negatives >= 1, "num_negatives must be >= 1: evaluation ranks each positive among them")
 
 
 @stage_config
-class EvaluateConfig:
+class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
     data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
@@ -350,6 +377,7 @@ class EvaluateConfig:
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(bool(self.model), "name at least one --model")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
@@ -404,7 +432,7 @@ class RerankOptions:
 
 
 @stage_config
-class QueryConfig(RerankOptions):
+class QueryConfig(FusionOptions, RerankOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)
