@@ -224,7 +224,10 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
 
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, options: Annotated[Options, QueryParameters()], q: str = "") -> HTMLResponse:
-        context: dict[str, Any] = {"q": q, "k": options.k or config.top_k, "examples": EXAMPLES, **footer}
+        # the request's own options stay on the form, the example links and the JSON link
+        chosen = {name: str(value).lower() if isinstance(value, bool) else value for name, value in options}
+        chosen = {name: value for name, value in chosen.items() if value is not None}
+        context: dict[str, Any] = {"q": q, "options": chosen, "examples": EXAMPLES, **footer}
         status = 200
         if q.strip():
             try:

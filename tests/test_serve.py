@@ -21,7 +21,7 @@ from st_poetry.config import IndexConfig, QueryConfig, ServeConfig, parse_config
 from st_poetry.modeling import load_reranker
 from st_poetry.schema import CORPUS
 from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
-from st_poetry.serve import create_app, highlight, main
+from st_poetry.serve import EXAMPLES, create_app, highlight, main
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
 JSON = {"Content-Type": "application/json"}
@@ -126,8 +126,11 @@ def test_hybrid_search_options_carry_over_as_parameters(capsys, client, index):
     posted = client.post("/api/search", json={"queries": [DESCRIPTION], **options}).json()
     assert posted["queries"][0]["results"] == hits
     assert "dense_score" not in client.get("/api/search", params={"q": DESCRIPTION}).json()["results"][0]
-    page = client.get("/", params={"q": DESCRIPTION, "hybrid": "true"}).text
+    page = client.get("/", params={"q": DESCRIPTION, "hybrid": "true", "alpha": 0.7}).text
     assert "fused score (cosine" in page and "hybrid with BM25" not in page  # the server's default is dense
+    # the request's options stay with the form, the examples and the JSON link
+    assert '<input type="hidden" name="hybrid" value="true"><input type="hidden" name="alpha" value="0.7">' in page
+    assert page.count("&amp;hybrid=true&amp;alpha=0.7") == len(EXAMPLES) + 1
     # bad values: the options' own checks, as one line
     for bad, status, message in (
         ({"alpha": 2}, 400, "alpha must be in [0, 1], got 2"),
