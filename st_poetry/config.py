@@ -276,6 +276,30 @@ class FitConfig:
         )
 
 
+@dataclass
+class FusionOptions:
+    """Hybrid retrieval settings shared by `just evaluate` and `just search` (st_poetry.hybrid documents them)."""
+
+    hybrid: bool = option(
+        False, "fuse the model's ranking with BM25 over characters (evaluate: a hybrid row per model and the sweep)"
+    )
+    fusion: Literal["interpolate", "rrf"] = option(
+        "interpolate",
+        "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
+        choices=("interpolate", "rrf"),
+    )
+    alpha: float = option(0.5, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
+    depth: int = option(50, "candidates: the union of each side's top `depth`")
+    rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _check(self.rrf_k >= 0, f"rrf_k must be >= 0, got {self.rrf_k}")
+        if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
+            more_checks()
+
+
 @stage_config
 class TrainConfig(FitConfig):
     """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
@@ -330,7 +354,7 @@ class RerankConfig(FitConfig):
 
 
 @stage_config
-class EvaluateConfig:
+class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
     data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
@@ -350,6 +374,7 @@ class EvaluateConfig:
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(bool(self.model), "name at least one --model")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
@@ -404,7 +429,7 @@ class RerankOptions:
 
 
 @stage_config
-class QueryConfig(RerankOptions):
+class QueryConfig(FusionOptions, RerankOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)

@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 from st_poetry.config import RerankConfig, UserError, run_cli
 from st_poetry.metrics import CCPMRecord
 from st_poetry.modeling import load_reranker
+from st_poetry.schema import MINED
 from st_poetry.train import Recipe, fit, load_training_data, set_model_card
 
 EVALUATOR_NAME = "poetry-rerank"
@@ -46,7 +47,7 @@ def evaluator_samples(rows: Sequence[dict]) -> list[dict]:
         {
             "query": row["anchor"],
             "positive": [row["positive"]],
-            "negative": [text for key, text in row.items() if key.startswith("negative_")],
+            "negative": MINED.negatives(row),
         }
         for row in rows
     ]

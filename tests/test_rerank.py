@@ -18,14 +18,11 @@ from st_poetry.evaluate import evaluate
 from st_poetry.metrics import CCPMRecord
 from st_poetry.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
 from st_poetry.rerank import ccpm_accuracy, rerank, train
+from st_poetry.schema import PAIR
 from st_poetry.search import build_index, query
 from st_poetry.train import CHECKPOINTS, SUMMARY, TRAIN_LOG
 
 NDCG = "eval_poetry-rerank_ndcg@10"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 @pytest.fixture
@@ -34,10 +31,10 @@ def hard_negatives_dir(prepared_dir) -> Path:
     lines = [row["text"] for row in prepared_rows()[2]]
     for name in ("train", "eval"):
         path = prepared_dir / f"{name}.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = PAIR.read(path)
         for index, row in enumerate(rows):
             row["negatives"] = [line for line in lines if line != row["positive"]][index % 10 :][:3]
-        _write_jsonl(path, rows)
+        PAIR.write(path, rows)
     return prepared_dir
 
 
