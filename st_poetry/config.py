@@ -48,10 +48,12 @@ def warn(message: str) -> None:
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
-    """A config field with its help text; a tuple default becomes a fresh list per instance."""
+    """A config field with its help text; a tuple default becomes a fresh list per instance, a dict a fresh dict."""
     metadata = {"help": help, **extra}
     if isinstance(default, tuple):
         return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -91,7 +93,7 @@ def _check_output_folder(flag: str, value: str, example: str) -> None:
     """An output folder is replaced whole, so it must be able to become a folder of its own."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {value} is a file: an output folder must be a folder")
+        raise ValueError(f"{flag} {value} is a file, not a folder")
     if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
         raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
     cwd = Path.cwd()
@@ -276,6 +278,30 @@ class FitConfig:
         )
 
 
+@dataclass
+class FusionOptions:
+    """Hybrid retrieval settings shared by `just evaluate` and `just search` (st_poetry.hybrid documents them)."""
+
+    hybrid: bool = option(
+        False, "fuse the model's ranking with BM25 over characters (evaluate: a hybrid row per model and the sweep)"
+    )
+    fusion: Literal["interpolate", "rrf"] = option(
+        "interpolate",
+        "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
+        choices=("interpolate", "rrf"),
+    )
+    alpha: float = option(0.5, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
+    depth: int = option(50, "candidates: the union of each side's top `depth`")
+    rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _check(self.rrf_k >= 0, f"rrf_k must be >= 0, got {self.rrf_k}")
+        if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
+            more_checks()
+
+
 @stage_config
 class TrainConfig(FitConfig):
     """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
@@ -316,7 +342,7 @@ class RerankConfig(FitConfig):
         "hard negatives per description: its row's first n (short rows: topped up with other rows' positives)",
     )
     in_batch_negatives: int = option(
-        4, "other rows' positives and negatives each description is also scored against (random, per step)"
+        4, "other rows' lines each description is also scored against (random, per step; at least 1)"
     )
     max_seq_length: int = option(128, "token limit of a description and a line read together")
     eval_max_rows: int | None = option(
@@ -325,12 +351,15 @@ class RerankConfig(FitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.in_batch_negatives >= 0, f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        _check(
+            self.in_batch_negatives >= 1,
+            f"in_batch_negatives must be >= 1 (the library's loss samples at least one), got {self.in_batch_negatives}",
+        )
         _check(self.num_negatives >= 1, "num_negatives must be >= 1: evaluation ranks each positive among them")
 
 
 @stage_config
-class EvaluateConfig:
+class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
     data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
@@ -350,6 +379,7 @@ class EvaluateConfig:
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(bool(self.model), "name at least one --model")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
@@ -393,7 +423,18 @@ class IndexConfig:
 
 
 @stage_config
-class QueryConfig:
+class RerankOptions:
+    """Reranking settings shared by `just search` and `just serve`."""
+
+    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
+
+    def __post_init__(self) -> None:
+        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
+
+
+@stage_config
+class QueryConfig(FusionOptions, RerankOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)
@@ -403,18 +444,18 @@ class QueryConfig:
     top_k: int = option(10, "lines to return per query")
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     json: bool = option(False, "print one JSON object per query instead of a table")
-    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
-    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
 @stage_config
-class ServeConfig:
-    """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
+class ServeConfig(RerankOptions):
+    """Serve the search page and a JSON API: the model and index are loaded once, for every request.
+
+    With --reranker every request is reranked unless it says rerank=false."""
 
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
@@ -429,11 +470,58 @@ class ServeConfig:
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
         _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
+
+
+PIPELINE_STAGES: dict[str, type] = {
+    "prepare": PrepareConfig,
+    "mine": MineConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "index": IndexConfig,
+}
+
+
+@dataclass
+class PipelineConfig:
+    """Run prepare -> mine -> train -> evaluate -> index from one config file (--config, TOML or JSON) that holds a
+    [section] per stage with that stage's own fields (as its --config file would). A stage whose output is newer
+    than its inputs is skipped unless --force.
+    """
+
+    stages: list[str] = option(
+        tuple(PIPELINE_STAGES), "the stages to run (always in pipeline order)", choices=tuple(PIPELINE_STAGES)
+    )
+    force: bool = option(False, "run the chosen stages even when their output is newer than their inputs")
+    prepare: dict = option({}, "the [prepare] section", section=True)
+    mine: dict = option({}, "the [mine] section", section=True)
+    train: dict = option({}, "the [train] section", section=True)
+    evaluate: dict = option({}, "the [evaluate] section", section=True)
+    index: dict = option({}, "the [index] section", section=True)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.stages if name not in PIPELINE_STAGES]
+        _check(bool(self.stages) and not unknown, f"stages must be some of {', '.join(PIPELINE_STAGES)}")
+        self.stage_configs()  # every chosen stage's section is checked before any stage runs
+
+    def stage_configs(self) -> dict[str, Any]:
+        """The chosen stages' typed configs, in pipeline order; a bad value names its section."""
+        configs = {}
+        for name, cls in PIPELINE_STAGES.items():
+            if name in self.stages:
+                section = getattr(self, name)
+                if not isinstance(section, dict):
+                    raise UserError(f"[{name}] must be a table of {name} fields")
+                try:
+                    configs[name] = cls(**config_values(section, cls, f"[{name}]"))
+                except (ValueError, TypeError) as error:
+                    raise UserError(f"[{name}] {error}") from None
+        return configs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -469,6 +557,8 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of field values; flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("section"):
+            continue  # a config file's [section], no flag
         tp = hints[f.name]
         base = _unwrap_optional(tp)
         optional = base is not tp
@@ -511,11 +601,16 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
         raise UserError(f"{path}: not a valid {kind} config: {error}") from error
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config file must hold a table/object of field values")
+    return config_values(values, cls, str(path))
+
+
+def config_values(values: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    """`values` with keys as field names (- or _); unknown keys are an error naming `where`."""
     known = {f.name for f in dataclasses.fields(cls)}
     values = {key.replace("-", "_"): value for key, value in values.items()}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return values
 
 

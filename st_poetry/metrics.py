@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -23,6 +24,17 @@ from st_poetry.records import Skip
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
+
+
+def evaluator_embeddings(
+    evaluator: InformationRetrievalEvaluator, model: SentenceTransformer, side: Literal["query", "document"]
+) -> torch.Tensor:
+    """The evaluator's queries or corpus (documents) encoded as the evaluator itself encodes them, for reuse."""
+    if side == "query":
+        texts, prompt_name, prompt = evaluator.queries, evaluator.query_prompt_name, evaluator.query_prompt
+    else:
+        texts, prompt_name, prompt = evaluator.corpus, evaluator.corpus_prompt_name, evaluator.corpus_prompt
+    return evaluator.embed_inputs(model, texts, encode_fn_name=side, prompt_name=prompt_name, prompt=prompt)
 
 
 class RankingEvaluator(InformationRetrievalEvaluator):
@@ -89,6 +101,18 @@ def build_ir_evaluator(
         name=EVALUATOR_NAME,
         write_csv=False,
     )
+
+
+def max_k(evaluator: InformationRetrievalEvaluator) -> int:
+    """The deepest rank any of the evaluator's metrics looks at: how many ranked lines a query needs."""
+    cutoffs = (
+        evaluator.mrr_at_k,
+        evaluator.ndcg_at_k,
+        evaluator.accuracy_at_k,
+        evaluator.map_at_k,
+        evaluator.precision_recall_at_k,
+    )
+    return max(max(ks) for ks in cutoffs)
 
 
 def sample_pool(items: Iterable[str], keep: set[str], size: int, seed: int) -> set[str]:
@@ -167,10 +191,10 @@ def ccpm_records_from_eval(eval_rows: Iterable[Mapping]) -> list[CCPMRecord]:
     return records
 
 
-def ccpm_accuracy(
+def ccpm_scores(
     model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
-) -> float:
-    """Share of records whose answer is the choice most similar to the translation (the CCPM paper's bi-encoder task).
+) -> list[np.ndarray]:
+    """Each record's choices scored by the model's similarity to its translation (the CCPM paper's bi-encoder task).
 
     Only the records' own texts are encoded: the translation as a query, the choices as documents.
     """
@@ -189,5 +213,18 @@ def ccpm_accuracy(
     counts = [len(record.choices) for record in records]
     repeats = torch.tensor(counts, device=queries.device)
     scores = model.similarity_pairwise(queries.repeat_interleave(repeats, dim=0), choices)
-    predictions = [int(row.argmax()) for row in scores.split(counts)]
-    return sum(p == r.answer for p, r in zip(predictions, records, strict=True)) / len(records)
+    return [row.float().cpu().numpy() for row in scores.split(counts)]
+
+
+def choice_accuracy(records: Sequence[CCPMRecord], scores: Sequence[np.ndarray]) -> float:
+    """Share of records whose answer is the choice scored highest."""
+    return sum(int(row.argmax()) == r.answer for row, r in zip(scores, records, strict=True)) / len(records)
+
+
+def ccpm_accuracy(
+    model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
+) -> float:
+    """Share of records whose answer is the choice most similar to the translation."""
+    return choice_accuracy(
+        records, ccpm_scores(model, records, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    )

@@ -276,15 +276,16 @@ def mine_split(
     return out, stats
 
 
-def check_inputs(data: dict[str, list[dict[str, Any]]], data_dir: Path, config: MineConfig) -> None:
-    """Refuse a --num-negatives the corpus cannot fill (it would only write nulls); warn about an empty split,
+def check_inputs(data: dict[str, list[dict[str, Any]]], pool: list[str], data_dir: Path, config: MineConfig) -> None:
+    """Refuse a --num-negatives the candidates cannot fill (it would only write nulls); warn about an empty split,
     which `just train` would otherwise be the first to notice."""
-    candidates = len(candidate_texts(data)) - 1  # every line but the row's own positive
-    if config.range_min + config.num_negatives > candidates:
+    needed = config.range_min + config.num_negatives + 1  # the row's own positive is among the candidates
+    if needed > len(pool):
         raise UserError(
-            f"--num-negatives {config.num_negatives} from rank --range-min {config.range_min} on needs "
-            f"{config.range_min + config.num_negatives + 1:,} candidate lines, but {data_dir} has {candidates + 1:,}: "
-            "lower --num-negatives or --range-min"
+            f"--num-negatives {config.num_negatives} from rank --range-min {config.range_min} on needs {needed:,} "
+            f"candidate lines, but {data_dir} has {len(pool):,}"
+            + (f" in a --max-corpus {config.max_corpus} pool" if config.max_corpus else "")
+            + ": lower --num-negatives or --range-min"
         )
     for split in SPLITS:
         if not data[split]:
@@ -309,13 +310,13 @@ def mine(config: MineConfig) -> dict[str, Any]:
     """Mine hard negatives for the prepared train and eval splits into `config.out`; returns the stats."""
     data_dir = Path(config.data)
     data = read_prepared(data_dir)
-    check_inputs(data, data_dir, config)
+    pool = candidate_texts(data, config.max_corpus, config.seed)
+    check_inputs(data, pool, data_dir, config)
     model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
     cache_folder = str(Path(config.cache_folder) / model_fingerprint(model)) if config.cache_folder else None
     if cache_folder:
         drop_unreadable_cache(Path(cache_folder))
 
-    pool = candidate_texts(data, config.max_corpus, config.seed)
     stats: dict[str, Any] = {"corpus_size": len(data["corpus"]), "candidates": len(pool)}
     where = f"{len(pool):,} candidates ({len(data['corpus']):,} corpus lines)"
     with atomic_output_dir(config.out, MARKER) as tmp:

@@ -87,7 +87,7 @@ def model_kind(name_or_path: str, flag: str = "--model") -> str | None:
     return CROSS_ENCODER if any(name.endswith("ForSequenceClassification") for name in architectures) else None
 
 
-def _check_tokenizer(model: SentenceTransformer, name: str) -> None:
+def _check_tokenizer(model: SentenceTransformer | CrossEncoder, name: str) -> None:
     """A model folder without its tokenizer files still loads, with a handful of special tokens, and then encodes
     every text to the same vector: refuse a tokenizer much smaller than the embedding matrix it indexes."""
     auto_model = getattr(model[0], "auto_model", None)
@@ -164,6 +164,7 @@ def load_reranker(name_or_path: str, *, max_seq_length: int | None = None, base:
         model = CrossEncoder(name_or_path, num_labels=None if kind == CROSS_ENCODER else 1)
     except LOAD_ERRORS as error:
         raise UserError(f"cannot load reranker {name_or_path!r}: {str(error).splitlines()[0]}") from None
+    _check_tokenizer(model, name_or_path)
     if model.num_labels != 1:
         raise UserError(f"{name_or_path} is a {model.num_labels}-class classifier, not a reranker (one score)")
     if max_seq_length is not None:

@@ -273,8 +273,11 @@ def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, t
 
 def test_num_negatives_beyond_the_corpus_is_refused(prepared_dir, tiny_st_model):
     # Allowed by the range, but 38 lines cannot give 100 negatives: it used to write rows of nulls.
-    with pytest.raises(UserError, match=r"--num-negatives 100 from rank --range-min 0 on needs 101 .* has 38"):
+    with pytest.raises(UserError, match=r"--num-negatives 100 from rank --range-min 0 on needs 101 .* has 38:"):
         mine(_config(prepared_dir, tiny_st_model, num_negatives=100, range_max=200))
+    # a --max-corpus pool keeps every positive (32 here) and samples the rest
+    with pytest.raises(UserError, match=r"needs 36 candidate lines, but .* has 33 in a --max-corpus 33 pool"):
+        mine(_config(prepared_dir, tiny_st_model, num_negatives=30, range_min=5, max_corpus=33))
     assert not (prepared_dir.parent / "mined").exists()
 
 
