@@ -452,10 +452,10 @@ class QueryConfig(FusionOptions, RerankOptions):
 
 
 @stage_config
-class ServeConfig(RerankOptions):
+class ServeConfig(FusionOptions, RerankOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
 
-    With --reranker every request is reranked unless it says rerank=false."""
+    The search options are the server's defaults, which a request may override (hybrid=true, rerank=false, ...)."""
 
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
