@@ -588,8 +588,8 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8-sig")  # not UTF-8: a ValueError, reported below; a BOM is fine
         if path.suffix == ".toml":
             import tomllib
 
