@@ -24,6 +24,10 @@ mine *args:
 train *args:
     {{python}} -m st_poetry.train "$@"
 
+# a model folder -> onnx/ and openvino/ files in it, fp32 and int8, for `--backend` in every stage
+export *args:
+    {{python}} -m st_poetry.export "$@"
+
 # models side by side on the eval split, CCPM and BM25
 evaluate *args:
     {{python}} -m st_poetry.evaluate "$@"

@@ -1,9 +1,11 @@
 """Compare models side by side: retrieval on the eval split, CCPM accuracy, and BM25 baselines.
 
     just evaluate --model ../shared/models/e5-small-zh models/e5-small-zh-poetry --ccpm path/to/ccpm/valid.jsonl
+    just evaluate --model models/st-poetry --backend torch onnx onnx-int8    # what an export costs in quality
 
 1. read the eval split and the corpus of `--data` (a prepared or a mined folder) and any CCPM files;
-2. load every model first, so a bad path fails before minutes of encoding;
+2. load every model with every `--backend` first (a row each), so a bad path or a missing export fails before
+   minutes of encoding;
 3. BM25 rows (bm25s; jieba words, single characters): the baseline a user would otherwise reach for;
 4. each model: retrieval with the evaluator training uses, each eval anchor against the whole corpus
    (encoded once), then CCPM accuracy (only the CCPM texts are encoded); the time it took;
@@ -52,8 +54,26 @@ def _short_names(names: Sequence[str]) -> list[str]:
     return [s if short.count(s) == 1 else name for s, name in zip(short, names, strict=True)]
 
 
-def _row(name: str, source: str, retrieval: dict[str, float], ccpm: dict[str, float], seconds: float) -> dict:
-    return {"name": name, "model": source, "retrieval": retrieval, "ccpm": ccpm, "seconds": round(seconds, 1)}
+def _variants(config: EvaluateConfig) -> list[tuple[str, str, str]]:
+    """(row name, model, backend) per model and backend; the backend joins the name when there are several."""
+    return [
+        (name if len(config.backend) == 1 else f"{name} {backend}", path, backend)
+        for name, path in zip(_short_names(config.model), config.model, strict=True)
+        for backend in config.backend
+    ]
+
+
+def _row(
+    name: str, source: str, backend: str | None, retrieval: dict[str, float], ccpm: dict[str, float], seconds: float
+) -> dict:
+    return {
+        "name": name,
+        "model": source,
+        "backend": backend,
+        "retrieval": retrieval,
+        "ccpm": ccpm,
+        "seconds": round(seconds, 1),
+    }
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -84,6 +104,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         )
     if any(row["model"] == "bm25s" for row in report["rows"]):
         notes.append("bm25-*: bm25s (Lucene BM25, k1=1.5, b=0.75) over the same corpus, jieba words or single chars.")
+    if any(row.get("backend") not in (None, "torch") for row in report["rows"]):
+        notes.append(
+            "onnx / openvino rows: the same model run by ONNX Runtime or OpenVINO from the files `just export` wrote; "
+            "-int8: its int8 copy (quality cost next to the torch row)."
+        )
     notes.append("seconds: the time each row took to encode/index and score (model loading excluded).")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
@@ -106,9 +131,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             print(f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column")
 
     with atomic_output_dir(config.out, MARKER) as out:
+        variants = _variants(config)
         models = [
-            load_model(path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-            for path in config.model
+            load_model(
+                path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction, backend=backend
+            )
+            for _, path, backend in variants
         ]
 
         evaluator = build_ir_evaluator(
@@ -127,8 +155,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 start = time.perf_counter()
                 retrieval = bm25_retrieval_metrics(evaluator, tokenize, show_progress_bar=True)
                 ccpm = {label: bm25_ccpm_accuracy(records, tokenize) for label, records in ccpm_sets.items()}
-                rows.append(_row(name, "bm25s", retrieval, ccpm, time.perf_counter() - start))
-        for name, path, model in zip(_short_names(config.model), config.model, models, strict=True):
+                rows.append(_row(name, "bm25s", None, retrieval, ccpm, time.perf_counter() - start))
+        for (name, path, backend), model in zip(variants, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
             retrieval = retrieval_metrics(evaluator, model)
@@ -136,7 +164,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 label: ccpm_accuracy(model, records, batch_size=config.batch_size, show_progress_bar=True)
                 for label, records in ccpm_sets.items()
             }
-            rows.append(_row(name, path, retrieval, ccpm, time.perf_counter() - start))
+            rows.append(_row(name, path, backend, retrieval, ccpm, time.perf_counter() - start))
 
         report = {
             "data": str(data),

@@ -275,7 +275,12 @@ def mine(config: MineConfig) -> dict[str, Any]:
     """Mine hard negatives for the prepared train and eval splits into `config.out`; returns the stats."""
     data_dir = Path(config.data)
     data = read_prepared(data_dir)
-    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
+    model = load_model(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        query_instruction=config.query_instruction,
+        backend=config.backend,
+    )
     cache_folder = str(Path(config.cache_folder) / model_fingerprint(model)) if config.cache_folder else None
 
     stats: dict[str, Any] = {"corpus_size": len(data["corpus"])}

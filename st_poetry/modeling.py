@@ -2,7 +2,8 @@
 
 - a sentence-transformers model (has `modules.json`) loads as it is: its pooling and prompts are kept;
 - a plain Hugging Face checkpoint becomes Transformer + Pooling(cls) + Normalize, bge's own recipe;
-- a Hub id that cannot be reached fails in one line that says what to pass instead.
+- a Hub id that cannot be reached fails in one line that says what to pass instead;
+- `backend` other than torch runs a file `just export` wrote into the folder (st_poetry.backends).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-from st_poetry.config import UserError
+from st_poetry.backends import exported_sentence_transformer, exported_transformer
+from st_poetry.config import UserError, parse_backend
 
 QUERY_PROMPT = "query"
 # sentence-transformers' encode_document takes the first of these that the model's prompts have
@@ -50,17 +52,26 @@ def load_model(
     *,
     max_seq_length: int | None = None,
     query_instruction: str | None = None,
+    backend: str = "torch",
 ) -> SentenceTransformer:
     """Load `name_or_path` for encoding or training.
 
     `query_instruction` becomes the model's "query" prompt, so training, evaluation, mining and the saved
-    model (its config stores prompts) all apply it the same way.
+    model (its config stores prompts) all apply it the same way. `backend` is a `--backend` value
+    (config.BACKENDS): torch, or an exported ONNX/OpenVINO file in the model folder.
     """
+    runtime, file = parse_backend(backend)
     try:
         if _is_sentence_transformer(name_or_path):
-            model = SentenceTransformer(name_or_path)
+            if runtime == "torch":
+                model = SentenceTransformer(name_or_path)
+            else:
+                model = exported_sentence_transformer(name_or_path, runtime, file)
         else:
-            transformer = Transformer(name_or_path)
+            if runtime == "torch":
+                transformer = Transformer(name_or_path)
+            else:
+                transformer = exported_transformer(name_or_path, runtime, file)
             pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
             model = SentenceTransformer(modules=[transformer, pooling, Normalize()])
     except UserError:
