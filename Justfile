@@ -40,6 +40,10 @@ index *args:
 search *args:
     {{python}} -m st_poetry.search query "$@"
 
+# the search page and JSON API at http://127.0.0.1:8000 (--index DIR --host --port)
+serve *args:
+    {{python}} -m st_poetry.serve "$@"
+
 # the default (fast) test suite
 test *args:
     {{python}} -m pytest "$@"

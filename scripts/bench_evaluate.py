@@ -15,9 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from st_poetry.files import read_jsonl
 from st_poetry.metrics import build_ir_evaluator, retrieval_metrics
 from st_poetry.modeling import load_model
+from st_poetry.schema import CORPUS, read_split
 
 
 def main() -> None:
@@ -32,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
 
     data = Path(args.data)
-    eval_rows = [row for _, row in read_jsonl(data / "eval.jsonl")][: args.queries]
-    corpus_rows = [row for _, row in read_jsonl(data / "corpus.jsonl")]
+    eval_rows = read_split(data / "eval.jsonl").rows[: args.queries]
+    corpus_rows = CORPUS.read(data / "corpus.jsonl")
     model = load_model(args.model, max_seq_length=args.max_seq_length)
     evaluator = build_ir_evaluator(
         eval_rows, corpus_rows, max_corpus=args.lines, batch_size=args.batch_size, show_progress_bar=False

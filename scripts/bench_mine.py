@@ -29,7 +29,8 @@ from pathlib import Path
 
 from benchlib import ROOT, run_measured
 
-from st_poetry.files import read_jsonl, write_jsonl
+from st_poetry.files import write_jsonl
+from st_poetry.schema import CORPUS, PAIR
 
 
 def mine_command(data: Path, out: Path, model: str, args: argparse.Namespace) -> list[str]:
@@ -200,9 +201,9 @@ def bench_flagembedding(args: argparse.Namespace) -> dict:
 
     data = Path(args.data)
     rng = random.Random(args.seed)
-    train = [row for _, row in read_jsonl(data / "train.jsonl")]
+    train = PAIR.read(data / "train.jsonl")
     pairs = rng.sample(train, min(args.pairs, len(train)))
-    corpus = [row for _, row in read_jsonl(data / "corpus.jsonl")]
+    corpus = CORPUS.read(data / "corpus.jsonl")
     needed = {r["positive"] for r in pairs}
     others = [r for r in corpus if r["text"] not in needed]
     pool = [r for r in corpus if r["text"] in needed] + rng.sample(others, max(0, args.corpus - len(needed)))
@@ -210,9 +211,9 @@ def bench_flagembedding(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-mine-", dir=ROOT / ".bench"))
     ours = work / "prepared"
     ours.mkdir()
-    write_jsonl(ours / "train.jsonl", [r | {"negatives": []} for r in pairs])
-    write_jsonl(ours / "eval.jsonl", [])
-    write_jsonl(ours / "corpus.jsonl", pool)
+    PAIR.write(ours / "train.jsonl", [r | {"negatives": []} for r in pairs])
+    PAIR.write(ours / "eval.jsonl", [])
+    CORPUS.write(ours / "corpus.jsonl", pool)
 
     # hn_mine.py has a query instruction but no passage prompt: prefix the pool and positives with the model's
     # document prompt ourselves, so both miners encode exactly the same strings.
@@ -295,7 +296,7 @@ def bench_scale(args: argparse.Namespace) -> dict:
         folder.mkdir()
         lines = synthetic_lines(size, rng, (5, 14))
         anchors = synthetic_lines(args.queries, rng, (10, 24))
-        write_jsonl(
+        CORPUS.write(
             folder / "corpus.jsonl",
             [{"id": f"c{i}", "text": t, "group": f"g{i // 4}"} for i, t in enumerate(lines)],
         )
@@ -303,8 +304,8 @@ def bench_scale(args: argparse.Namespace) -> dict:
             {"anchor": a, "positive": lines[i], "negatives": [], "group": f"g{i // 4}"}
             for a, i in zip(anchors, rng.sample(range(size), args.queries), strict=True)
         ]
-        write_jsonl(folder / "train.jsonl", pairs)
-        write_jsonl(folder / "eval.jsonl", [])
+        PAIR.write(folder / "train.jsonl", pairs)
+        PAIR.write(folder / "eval.jsonl", [])
         measured = run_measured(mine_command(folder, work / f"mined-{size}", model, args), work / f"mine-{size}.log")
         stats = json.loads((work / f"mined-{size}" / "mine_stats.json").read_text())["train"]
         results["sizes"][size] = measured | {k: stats[k] for k in ("encode_seconds", "search_seconds")}

@@ -39,19 +39,20 @@ from pathlib import Path
 from benchlib import run_timed
 from sentence_transformers import SentenceTransformer
 
+from st_poetry.files import write_jsonl
 from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.schema import PAIR
 
 
 def write_bench_data(prepared: Path, path: Path, rows: int, negatives: int, seed: int) -> int:
     """A FlagEmbedding file of `rows` sampled prepared rows with at least `negatives` given negatives."""
-    with open(prepared / "train.jsonl", encoding="utf-8") as handle:
-        candidates = [row for row in map(json.loads, handle) if len(row["negatives"]) >= negatives]
+    candidates = [row for row in PAIR.read(prepared / "train.jsonl") if len(row["negatives"]) >= negatives]
     picked = random.Random(seed).sample(candidates, min(rows, len(candidates)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in picked:
-            record = {"query": row["anchor"], "pos": [row["positive"]], "neg": row["negatives"][:negatives]}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    records = [
+        {"query": row["anchor"], "pos": [row["positive"]], "neg": row["negatives"][:negatives]} for row in picked
+    ]
+    write_jsonl(path, records)  # an input format (FlagEmbedding's), not one of the stages' rows
     return len(picked)
 
 

@@ -109,7 +109,9 @@ class MineConfig:
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
     cache_folder: str | None = option("data/cache", "embeddings are cached here, per model, between runs (None: off)")
-    query_instruction: str | None = option(None, "instruction prepended to queries, e.g. bge's retrieval one")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none, e.g. bge's retrieval one (one contradicting it: refused)"
+    )
     backend: str = option("torch", BACKEND_HELP)
     seed: int = option(42, "seed for random sampling")
 
@@ -160,7 +162,9 @@ class TrainConfig:
         2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)"
     )
     eval_fraction: float = option(0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval")
-    query_instruction: str | None = option(None, "instruction prepended to queries everywhere (train, eval, inference)")
+    query_instruction: str | None = option(
+        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
+    )
     logging_steps: int = option(10, "log the training loss every this many steps")
     seed: int = option(42, "seed for data order and initialisation")
     resume: bool = option(False, "continue from the last checkpoint in --out")
@@ -206,7 +210,9 @@ class EvaluateConfig:
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
     max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
-    query_instruction: str | None = option(None, "instruction prepended to queries of every model")
+    query_instruction: str | None = option(
+        None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
+    )
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
@@ -236,7 +242,9 @@ class IndexConfig:
     hnsw_ef_search: int = option(128, "hnsw: default candidate list size per query (more = better recall, slower)")
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding")
-    query_instruction: str | None = option(None, "instruction prepended to queries (recorded in the index)")
+    query_instruction: str | None = option(
+        None, "query prompt for a model that records none (recorded in the index; a contradicting one: refused)"
+    )
     backend: str = option("torch", f"{BACKEND_HELP} (recorded in the index: queries use it too)")
 
     def __post_init__(self) -> None:
@@ -295,6 +303,30 @@ class ExportConfig:
         _check(bool(self.backend), "name at least one --backend (onnx, openvino)")
         _check(self.calibration_size >= 2, f"calibration_size must be >= 2, got {self.calibration_size}")
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
+
+
+@dataclass
+class ServeConfig:
+    """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
+
+    index: str = option("indexes/poetry", "index folder written by `just index`")
+    model: str | None = option(None, "model to query with; None: the one that built the index")
+    host: str = option(
+        "127.0.0.1", "address to bind; 127.0.0.1 = this machine only (0.0.0.0 exposes it: see the README first)"
+    )
+    port: int = option(8000, "TCP port")
+    top_k: int = option(10, "lines per query when a request gives no k")
+    max_k: int = option(100, "the largest k a request may ask for")
+    max_query_chars: int = option(200, "the longest description accepted (the model reads 64 tokens anyway)")
+    max_queries: int = option(32, "the most descriptions in one POST request")
+    ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
+        _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
+        _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
+        _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
+        _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from st_poetry.config import EvaluateConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_rows, write_json
+from st_poetry.files import atomic_output_dir, write_json
 from st_poetry.lexical import BM25_TOKENIZERS, bm25_ccpm_accuracy, bm25_retrieval_metrics
 from st_poetry.metrics import (
     RETRIEVAL_METRICS,
@@ -32,6 +32,7 @@ from st_poetry.metrics import (
 )
 from st_poetry.modeling import load_model
 from st_poetry.plots import plot_metric_bars
+from st_poetry.schema import CORPUS, PAIR, read_split
 
 MARKER = "evaluation.json"
 EVAL_SPLIT_CCPM = "eval split"
@@ -119,13 +120,15 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     for name in ("eval.jsonl", "corpus.jsonl"):
         if not (data / name).is_file():
             raise UserError(f"{data} has no {name}: pass --data a folder written by `just prepare` or `just mine`")
-    eval_rows = read_rows(data / "eval.jsonl", ("anchor", "positive"))
-    corpus_rows = read_rows(data / "corpus.jsonl", ("id", "text"))
+    eval_split = read_split(data / "eval.jsonl")
+    eval_rows = eval_split.rows
+    corpus_rows = CORPUS.read(data / "corpus.jsonl")
     ccpm_sets, ccpm_skipped = {}, {}
     for label, path in zip(_short_names(config.ccpm), config.ccpm, strict=True):
         ccpm_sets[label], ccpm_skipped[label] = read_ccpm(path)
     if config.ccpm_eval_split:
-        if held_out := ccpm_records_from_eval(eval_rows):
+        held_out = ccpm_records_from_eval(eval_rows) if eval_split.type is PAIR else []
+        if held_out:
             ccpm_sets[EVAL_SPLIT_CCPM] = held_out
         else:  # e.g. a `just mine` folder: its rows no longer carry CCPM's choices
             print(f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column")

@@ -17,21 +17,28 @@ from st_poetry.config import UserError
 
 
 @contextmanager
-def atomic_output_dir(out: str | Path, marker: str) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `out`, on failure it is removed.
+def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success its content becomes `out`, on failure it is removed.
 
-    An interrupted run therefore never leaves a half-written set that looks complete. An existing `out`
-    is replaced only if it holds `marker` (a file this stage writes last), so a folder of the user's that
-    st_poetry did not write is never deleted.
+    An interrupted run therefore never leaves a half-written set that looks complete. By default the new
+    folder replaces `out` whole, and an existing `out` is replaced only if it holds `marker` (a file this stage
+    writes last), so a folder of the user's that st_poetry did not write is never deleted.
+
+    `merge=True` is for a stage whose folder holds more than this one output (train: the final model beside
+    its checkpoints and logs): the entries are moved into `out`, replacing same-named ones and leaving the
+    others. `marker` (and the names in `last`, moved just before it) are taken out of `out` first and moved in
+    at the end, so `out` never holds the marker while only part of the set is there.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / marker).exists():
+    if not merge and out.exists() and any(out.iterdir()) and not (out / marker).exists():
         raise UserError(f"refusing to overwrite {out}: it is not empty and has no {marker} (not written by this stage)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
+        if merge:
+            _move_into(tmp, out, (*last, marker))
+        elif out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
@@ -42,6 +49,19 @@ def atomic_output_dir(out: str | Path, marker: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_into(tmp: Path, out: Path, last: Sequence[str]) -> None:
+    """Move every entry of `tmp` into `out`, the names in `last` removed from `out` first and moved in last."""
+    out.mkdir(exist_ok=True)
+    for name in reversed(last):
+        (out / name).unlink(missing_ok=True)
+    for entry in sorted(tmp.iterdir(), key=lambda path: last.index(path.name) + 1 if path.name in last else 0):
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        entry.replace(target)
+    tmp.rmdir()
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -67,16 +87,6 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                     raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
         except UnicodeDecodeError as error:
             raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-
-
-def read_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, Any]]:
-    """A stage's JSONL output as dicts; a row that is not an object with non-empty `required` texts names file:line."""
-    rows = []
-    for number, row in read_jsonl(path):
-        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) and row[key].strip() for key in required):
-            raise UserError(f"{path}:{number}: expected an object with non-empty {', '.join(required)}")
-        rows.append(row)
-    return rows
 
 
 def write_json(path: str | Path, value: Any) -> None:

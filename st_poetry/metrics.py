@@ -134,14 +134,14 @@ def read_ccpm(path: str | Path) -> tuple[list[CCPMRecord], int]:
 
 
 def ccpm_records_from_eval(eval_rows: Iterable[Mapping]) -> list[CCPMRecord]:
-    """The CCPM records held out in a prepared eval split: the translation against its original four choices.
+    """The CCPM records held out in a prepared eval split (PAIR rows): the translation against its four choices.
 
     `just prepare` keeps a CCPM record's wrong choices as the row's given negatives. The choices are sorted
     so the answer's position carries no hint (a scorer that ties would otherwise always pick it).
     """
     records = []
     for row in eval_rows:
-        if row.get("source") == "ccpm" and row.get("negatives"):
+        if row["source"] == "ccpm" and row["negatives"]:
             choices = sorted({row["positive"], *row["negatives"]})
             records.append(CCPMRecord(row["anchor"], choices, choices.index(row["positive"])))
     return records

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import random
 import shutil
 import time
@@ -36,11 +37,11 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
 from st_poetry.config import MineConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_rows, write_json, write_jsonl
-from st_poetry.modeling import load_model
+from st_poetry.files import atomic_output_dir, write_json
+from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
 
 MARKER = "mine_stats.json"
-SPLITS = ("train", "eval")
 # Above this share of rows short of num_negatives, the summary suggests widening the range.
 SHORT_ROWS_WARNING = 0.1
 # A candidate that contains the positive (its couplet) or is contained in it counts as the same text, down to
@@ -55,19 +56,10 @@ def normalize(text: str) -> str:
 
 
 def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """The prepared train/eval rows and corpus; a missing file or a malformed row names the file and line."""
-    if not folder.is_dir():
-        raise UserError(f"prepared data folder not found: {folder} (run `just prepare` or pass --data)")
-    data: dict[str, list[dict[str, Any]]] = {}
-    for name in (*SPLITS, "corpus"):
-        path = folder / f"{name}.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path} is missing: --data must be a folder written by `just prepare`")
-        required = ("text",) if name == "corpus" else ("anchor", "positive")
-        data[name] = read_rows(path, required)
-        for line_no, row in enumerate(data[name], start=1):
-            if not isinstance(row.get("negatives", []), list):
-                raise UserError(f"{path}: row {line_no}: 'negatives' must be a list of texts")
+    """The prepared train/eval pair rows and corpus; a missing file or a malformed row names the file and line."""
+    require_files(folder, ("train.jsonl", "eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare`")
+    data = {split: read_split(folder / f"{split}.jsonl", accept=(PAIR,)).rows for split in SPLITS}
+    data["corpus"] = CORPUS.read(folder / "corpus.jsonl")
     if not data["corpus"]:
         raise UserError(f"{folder / 'corpus.jsonl'} is empty: there is nothing to mine negatives from")
     return data
@@ -77,11 +69,11 @@ def groups_by_text(data: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]
     """normalize(text) -> every poem/record it belongs to (famous lines recur); "" (unknown) is left out."""
     groups: dict[str, set[str]] = defaultdict(set)
     for row in data["corpus"]:
-        if row.get("group"):
+        if row["group"]:
             groups[normalize(row["text"])].add(row["group"])
     for split in SPLITS:
         for row in data[split]:
-            if row.get("group"):
+            if row["group"]:
                 groups[normalize(row["positive"])].add(row["group"])
     return groups
 
@@ -94,9 +86,14 @@ def candidate_texts(data: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:
-    """A short hash of the weights, architecture and token limit: the library keys its cache on the model's Hub
-    name only, which is empty for a local folder, so two local models would otherwise share embeddings."""
-    digest = hashlib.sha256(f"{model!r}|{model.max_seq_length}".encode())
+    """A short hash of the weights, architecture, token limit and the prompt strings encoding adds.
+
+    The library keys its cache on the model's Hub name (empty for a local folder) and on prompts passed to it
+    explicitly, not on the model's own prompts that encode_query/encode_document add: without them here a
+    changed query prompt would reuse stale query embeddings.
+    """
+    prompts = json.dumps([query_prompt(model), document_prompt(model)], ensure_ascii=False)
+    digest = hashlib.sha256(f"{model!r}|{model.max_seq_length}|{prompts}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
@@ -178,7 +175,7 @@ def assemble(
     ignores punctuation and whitespace; a couplet holding the positive line (or a half of it) is no negative.
     """
     anchor, positive = normalize(row["anchor"]), normalize(row["positive"])
-    positive_groups = groups.get(positive, set()) | ({row["group"]} if row.get("group") else set())
+    positive_groups = groups.get(positive, set()) | ({row["group"]} if row["group"] else set())
     seen: set[str] = set()
 
     def reason(text: str, is_mined: bool) -> str | None:
@@ -197,7 +194,7 @@ def assemble(
         seen.add(key)
         return None
 
-    given = [text for text in row.get("negatives", []) if not _dropped(reason(text, False), drops["given"])]
+    given = [text for text in row["negatives"] if not _dropped(reason(text, False), drops["given"])]
     if len(given) > config.num_negatives:
         drops["given"]["over_num_negatives"] += len(given) - config.num_negatives
         given = given[: config.num_negatives]
@@ -250,10 +247,7 @@ def mine_split(
         given_used += len(negatives) - n_mined
         mined_used += n_mined
         padded = negatives + [None] * (config.num_negatives - len(negatives))
-        out.append(
-            {"anchor": row["anchor"], "positive": row["positive"]}
-            | {f"negative_{i}": text for i, text in enumerate(padded, start=1)}
-        )
+        out.append(mined_row(row["anchor"], row["positive"], padded))
     stats = {
         "rows_in": len(data[split]),
         "rows_out": len(out),
@@ -288,7 +282,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
         for split in SPLITS:
             print(f"Mining {split} ({len(data[split]):,} rows) against {len(data['corpus']):,} corpus lines")
             rows, stats[split] = mine_split(split, data, model, config, cache_folder)
-            write_jsonl(tmp / f"{split}.jsonl", rows)
+            MINED.write(tmp / f"{split}.jsonl", rows)
         shutil.copyfile(data_dir / "corpus.jsonl", tmp / "corpus.jsonl")
         stats["config"] = dataclasses.asdict(config)
         write_json(tmp / MARKER, stats)

@@ -52,12 +52,15 @@ def load_model(
     *,
     max_seq_length: int | None = None,
     query_instruction: str | None = None,
+    replace_query_prompt: bool = False,
     backend: str = "torch",
 ) -> SentenceTransformer:
     """Load `name_or_path` for encoding or training.
 
-    `query_instruction` becomes the model's "query" prompt, so training, evaluation, mining and the saved
-    model (its config stores prompts) all apply it the same way. `backend` is a `--backend` value
+    `query_instruction` becomes the model's "query" prompt. Training sets it once (`replace_query_prompt`):
+    the saved model records it in its prompts, and every later stage finds it there. A stage that only
+    encodes refuses an instruction that contradicts the prompt a model records, since its queries would then
+    be encoded unlike the ones the model was trained or published with. `backend` is a `--backend` value
     (config.BACKENDS): torch, or an exported ONNX/OpenVINO file in the model folder.
     """
     runtime, file = parse_backend(backend)
@@ -81,6 +84,15 @@ def load_model(
     if max_seq_length is not None and model.max_seq_length != math.inf:  # a static embedding has no token limit
         model.max_seq_length = max_seq_length
     if query_instruction:
+        recorded = query_prompt(model)
+        if recorded not in (None, query_instruction):
+            if not replace_query_prompt:
+                raise UserError(
+                    f"--query-instruction {query_instruction!r} contradicts the query prompt {recorded!r} that "
+                    f"{name_or_path} records (set when it was trained): omit --query-instruction to use the "
+                    "model's own, or train with the instruction you want"
+                )
+            print(f"note: the query prompt of {name_or_path} becomes {query_instruction!r} (was {recorded!r})")
         model.prompts[QUERY_PROMPT] = query_instruction
     return model
 

@@ -11,8 +11,8 @@ Three input formats, any mix, each given as files or folders:
 - FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives.
 
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
-same inputs always give the same files, and adding a file does not move the groups already there. This module
-is stdlib + tqdm only (no torch), so the stage takes seconds.
+same inputs always give the same files, and adding a file does not move the groups already there (group ids:
+`input_names`). This module is stdlib + tqdm only (no torch), so the stage takes seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from st_poetry.config import PrepareConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry.schema import CORPUS, PAIR, encode
 
 MARKER = "stats.json"
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
@@ -228,6 +228,7 @@ class Input:
     source: str  # works | ccpm | flagembedding
     path: Path
     eval_only: bool
+    name: str  # the file in its records' group ids (input_names)
 
 
 def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
@@ -246,6 +247,28 @@ def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
     return files
 
 
+def input_names(paths: list[Path]) -> list[str]:
+    """Each file's name in group ids: its file name, or as many of its folders as tell it from another input
+    file of the same name (`a/train.jsonl`, `b/train.jsonl`).
+
+    Group ids must be unique per input file, or the same-poem filter and the split would take two files'
+    records for one; and stable across machines, so no absolute path. A file whose name no other input shares
+    keeps its plain name, the ids (and the split) of earlier versions.
+    """
+    parts = [path.resolve().parts for path in paths]
+    by_name: dict[str, set[tuple[str, ...]]] = {}
+    for these in parts:
+        by_name.setdefault(these[-1], set()).add(these)
+    names = []
+    for these in parts:
+        others = by_name[these[-1]] - {these}
+        depth = 1
+        while any(other[-depth:] == these[-depth:] for other in others):
+            depth += 1
+        names.append("/".join(these[-depth:]))
+    return names
+
+
 def resolve_inputs(config: PrepareConfig) -> list[Input]:
     groups = [
         ("works", config.works, "works*.json", "works", False),
@@ -254,11 +277,13 @@ def resolve_inputs(config: PrepareConfig) -> list[Input]:
         ("flagembedding", config.flagembedding, "*.jsonl", "flagembedding", False),
         ("flagembedding", config.flagembedding_eval, "*.jsonl", "flagembedding-eval", True),
     ]
-    return [
-        Input(source, path, eval_only)
+    found = [
+        (source, path, eval_only)
         for source, paths, pattern, flag, eval_only in groups
         for path in _files(paths, pattern, flag)
     ]
+    names = input_names([path for _, path, _ in found])
+    return [Input(source, path, eval_only, name) for (source, path, eval_only), name in zip(found, names, strict=True)]
 
 
 def read_records(
@@ -283,7 +308,7 @@ def read_records(
                 counts.records_read += 1
                 bar.update()
                 try:
-                    parsed = parse(record, item.path.name, number)
+                    parsed = parse(record, item.name, number)
                 except Skip as skip:
                     counts.skip(str(skip), f"{item.path} {label} {number}")
                     continue
@@ -297,18 +322,20 @@ def read_records(
 # Split, deduplicate, write
 
 
-# Rows are written as text, the same text `json.dumps(row, ensure_ascii=False)` gives. The closing fields that a
-# record's rows share are encoded once per record, only the rest per row: a million-record input writes millions
-# of rows, and this is several times faster than encoding each row as a dict.
+# Rows are written as text, the text `schema.PAIR.line` / `CORPUS.line` give (json.dumps), from templates the schema
+# derives from its declaration. The closing fields that a record's rows share are encoded once per record, only
+# the rest per row: a million-record input writes millions of rows, and this is several times faster than
+# encoding each row as a dict (docs/BENCHMARKS.md#prepare).
+PAIR_HEAD, PAIR_TAIL = PAIR.template("anchor", "positive"), PAIR.template("negatives", "source", "group")
+CORPUS_HEAD, CORPUS_TAIL = CORPUS.template("id", "text"), CORPUS.template("title", "author", "dynasty", "group")
 
 
 def corpus_row_end(meta: tuple[str, str, str], group: str) -> str:
-    title, author, dynasty = map(_quote, meta)
-    return f', "title": {title}, "author": {author}, "dynasty": {dynasty}, "group": {_quote(group)}}}'
+    return CORPUS_TAIL.format(*map(encode, (*meta, group)))
 
 
 def pair_row_end(negatives: tuple[str, ...], source: str, group: str) -> str:
-    return f', "negatives": [{", ".join(map(_quote, negatives))}], "source": "{source}", "group": {_quote(group)}}}'
+    return PAIR_TAIL.format(encode(list(negatives)), encode(source), encode(group))
 
 
 def is_eval_group(group: str, seed: int, fraction: float) -> bool:
@@ -371,10 +398,10 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
 
     def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
         for anchor, positive in keys:
-            yield f'{{"anchor": {_quote(anchor)}, "positive": {_quote(positive)}{pairs[anchor, positive][0]}\n'
+            yield PAIR_HEAD.format(encode(anchor), encode(positive)) + pairs[anchor, positive][0]
 
     corpus_rows = (
-        f'{{"id": "c{index}", "text": {_quote(text)}{end}\n' for index, (text, end) in enumerate(corpus.items())
+        CORPUS_HEAD.format(encode(f"c{index}"), encode(text)) + end for index, (text, end) in enumerate(corpus.items())
     )
     with atomic_output_dir(config.out, MARKER) as tmp:
         for name, lines in (("train", pair_rows(train)), ("eval", pair_rows(evaluation)), ("corpus", corpus_rows)):

@@ -32,13 +32,14 @@ from datasets import Dataset, load_from_disk
 from sentence_transformers import SentenceTransformer
 
 from st_poetry.config import IndexConfig, QueryConfig, UserError, parse_backend, run_cli
-from st_poetry.files import atomic_output_dir, read_rows, write_json
+from st_poetry.files import atomic_output_dir, write_json
 from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.schema import CORPUS
 
 INDEX_INFO = "index.json"
 FAISS_FILE = "index.faiss"
 LINES_DIR = "lines"
-METADATA = ("id", "text", "title", "author", "dynasty", "group")
+METADATA = CORPUS.names
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
 PROBE_TEXT = "空山新雨后，天气晚来秋。"
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
@@ -54,10 +55,8 @@ PROBE_MIN_COSINE_ACROSS_BACKENDS = 0.98
 
 
 def read_corpus(path: str | Path) -> list[dict[str, str]]:
-    """Corpus rows with every metadata field as a string ("" when absent); a row without text is an error."""
-    rows = [
-        {key: "" if row.get(key) is None else str(row[key]) for key in METADATA} for row in read_rows(path, ("text",))
-    ]
+    """Corpus rows, every field a string (schema.CORPUS: "" when absent, a missing id numbered); no text: an error."""
+    rows = CORPUS.read(path)
     if not rows:
         raise UserError(f"{path}: the corpus is empty")
     return rows

@@ -20,7 +20,6 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -38,16 +37,16 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 from transformers import EarlyStoppingCallback, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_poetry.config import TrainConfig, UserError, run_cli
-from st_poetry.files import read_rows, write_json, write_jsonl
+from st_poetry.files import atomic_output_dir, write_json, write_jsonl
 from st_poetry.metrics import build_ir_evaluator, metric_key
-from st_poetry.mine import MARKER as MINED_MARKER
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.plots import plot_training_curves
-from st_poetry.prepare import MARKER as PREPARED_MARKER
 from st_poetry.prepare import Input, SourceStats, is_eval_group, read_records
+from st_poetry.schema import CORPUS, mined_row, read_split, require_files
 
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
@@ -57,6 +56,7 @@ BEST_METRIC = "ndcg@10"
 HEADLINE = {"Recall@1": "recall@1", "Recall@10": "recall@10", "MRR@10": "mrr@10", "NDCG@10": "ndcg@10"}
 # The final model is re-evaluated after training; it must score what its checkpoint scored when it was best.
 BEST_TOLERANCE = 1e-3
+FOLDER_WANTED = "a folder from `just mine` or `just prepare` (train/eval/corpus.jsonl), or a FlagEmbedding .jsonl file"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,20 +71,14 @@ class TrainingData:
     stats: dict[str, Any]
 
 
-def _read_rows(path: Path) -> list[dict]:
-    """A prepared (negatives list) or mined (negative_1..n, null when short) split as {anchor, positive, negatives}."""
-    rows = []
-    for number, record in enumerate(read_rows(path, ("anchor", "positive")), start=1):
-        if "negatives" in record:
-            negatives = record["negatives"]
-        else:
-            negatives = [value for key, value in record.items() if key.startswith("negative_")]
-        if not isinstance(negatives, list) or not all(value is None or isinstance(value, str) for value in negatives):
-            raise UserError(f"{path}: row {number}: negatives must be texts (or null)")
-        rows.append(
-            {"anchor": record["anchor"], "positive": record["positive"], "negatives": [n for n in negatives if n]}
-        )
-    return rows
+def _read_split(path: Path) -> tuple[str, list[dict]]:
+    """A prepared or mined split -> (its row type's name, rows of anchor, positive, negatives without nulls)."""
+    split = read_split(path)
+    rows = [
+        {"anchor": row["anchor"], "positive": row["positive"], "negatives": split.type.negatives(row)}
+        for row in split.rows
+    ]
+    return split.type.name, rows
 
 
 def _read_flagembedding(path: Path, config: TrainConfig) -> tuple[list[dict], list[dict], list[dict], Counter]:
@@ -97,7 +91,7 @@ def _read_flagembedding(path: Path, config: TrainConfig) -> tuple[list[dict], li
     pairs: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}  # (query, pos) -> (negatives, is_eval)
     texts: dict[str, None] = {}
     skipped: Counter = Counter()
-    for _, parsed in read_records([Input("flagembedding", path, eval_only=False)], frozenset(), stats):
+    for _, parsed in read_records([Input("flagembedding", path, False, path.name)], frozenset(), stats):
         texts.update(dict.fromkeys(parsed.texts))
         is_eval = is_eval_group(parsed.pairs[0][0], config.seed, config.eval_fraction)
         for pair in parsed.pairs:
@@ -140,8 +134,7 @@ def with_negative_columns(rows: list[dict], k: int, pool: Sequence[str], seed: i
                 negatives.append(candidate)
                 taken.add(candidate)
                 filled += 1
-        columns = {f"negative_{index}": text for index, text in enumerate(negatives, start=1)}
-        out.append({"anchor": row["anchor"], "positive": row["positive"], **columns})
+        out.append(mined_row(row["anchor"], row["positive"], negatives))
     return out, filled
 
 
@@ -152,17 +145,19 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     if data.is_file() and data.suffix == ".jsonl":
         kind = "flagembedding"
         train, evaluation, corpus, skipped = _read_flagembedding(data, config)
-    elif (data / MINED_MARKER).is_file() or (data / PREPARED_MARKER).is_file():
-        kind = "mined" if (data / MINED_MARKER).is_file() else "prepared"
-        train, evaluation = _read_rows(data / "train.jsonl"), _read_rows(data / "eval.jsonl")
-        corpus = read_rows(data / "corpus.jsonl", ("id", "text"))
     else:
-        raise UserError(
-            f"--data {data}: expected a folder from `just mine` ({MINED_MARKER}) or `just prepare` "
-            f"({PREPARED_MARKER}), or a FlagEmbedding .jsonl file"
-        )
+        require_files(data, ("train.jsonl", "eval.jsonl", "corpus.jsonl"), FOLDER_WANTED)
+        (kind, train), (eval_kind, evaluation) = _read_split(data / "train.jsonl"), _read_split(data / "eval.jsonl")
+        if train and evaluation and eval_kind != kind:
+            raise UserError(f"--data {data}: train.jsonl holds {kind} rows but eval.jsonl {eval_kind} rows")
+        corpus = CORPUS.read(data / "corpus.jsonl")
     if not train or not evaluation:
         raise UserError(f"--data {data}: the train or eval split is empty")
+    if len(train) < 2:
+        raise UserError(
+            f"--data {data}: only 1 train row; the loss learns by telling a row's line from the other rows' texts, "
+            "so training needs at least 2"
+        )
 
     full_eval = len(evaluation)
     if config.eval_max_rows is not None and len(evaluation) > config.eval_max_rows:
@@ -219,6 +214,31 @@ class JsonlLog(TrainerCallback):
             write_jsonl(self.path, [*self.first, *state.log_history])
 
 
+class WholeRunLoss(TrainerCallback):
+    """Make the final `train_loss` the whole run's mean, also after --resume (the trainer's covers this session only).
+
+    The train loss is also logged at every evaluation and save, so the log history that a checkpoint restores holds
+    the loss of every step before it.
+    """
+
+    def __init__(self, resumed_at: int | None) -> None:
+        self.resumed_at = resumed_at or 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_evaluate or control.should_save:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.resumed_at and "train_loss" in (logs or {}):
+            logged = [(entry["step"], entry["loss"]) for entry in state.log_history if "loss" in entry]
+            logged = [(step, loss) for step, loss in logged if step <= self.resumed_at]
+            steps = [0] + [step for step, _ in logged]
+            total = sum(loss * (step - previous) for (step, loss), previous in zip(logged, steps, strict=False))
+            before = total / steps[-1] * self.resumed_at if logged else 0.0
+            after = logs["train_loss"] * (state.global_step - self.resumed_at)
+            logs["train_loss"] = state.log_history[-1]["train_loss"] = (before + after) / state.global_step
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The stage
 
@@ -243,20 +263,41 @@ def column_prompts(model: SentenceTransformer, columns: Sequence[str]) -> dict[s
     return prompts or None
 
 
+def _is_complete(checkpoint: Path) -> bool:
+    """The trainer writes trainer_state.json last: a checkpoint without a readable one was cut off while saving."""
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
-    """The checkpoint to resume from; a fresh run refuses a non-empty --out rather than mixing two runs."""
+    """The checkpoint to resume from; a fresh run refuses a non-empty --out rather than mixing two runs.
+
+    Incomplete checkpoints (a run killed while saving) are skipped and removed, so that the resumed run can save
+    that step again; the last complete one is used.
+    """
     if resume:
-        last = get_last_checkpoint(str(out / CHECKPOINTS)) if (out / CHECKPOINTS).is_dir() else None
-        if last is None:
-            raise UserError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
-        return last
+        folder = out / CHECKPOINTS
+        found = folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []
+        found = sorted((path for path in found if path.name.rsplit("-", 1)[-1].isdigit()), key=_checkpoint_step)
+        complete = [path for path in found if _is_complete(path)]
+        if not complete:
+            raise UserError(f"--resume: no complete checkpoint in {folder}")
+        if is_main:
+            for path in found[found.index(complete[-1]) + 1 :]:
+                print(f"note: {path} is incomplete (no {TRAINER_STATE_NAME}: cut off while saving); removed it")
+                shutil.rmtree(path)
+            print(f"resuming from {complete[-1]}")
+        return str(complete[-1])
     if is_main and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue its last checkpoint, or choose another --out")
     return None
 
 
-def _checkpoint_step(checkpoint: str | None) -> int | None:
-    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
+def _checkpoint_step(checkpoint: str | Path | None) -> int | None:
+    return int(str(checkpoint).rsplit("-", 1)[-1]) if checkpoint else None
 
 
 def _training_speed(log: list[dict], resumed_at: int | None, samples_per_step: int) -> dict[str, float | None]:
@@ -281,25 +322,28 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
     return {label: metrics[metric_key(metric)] for label, metric in HEADLINE.items()}
 
 
-def _publish_model(model: SentenceTransformer, out: Path) -> None:
-    """Save the final model into `out` so it never looks complete before it is.
+def publish_model(model: SentenceTransformer, out: Path) -> None:
+    """Save the final model into `out`, beside the checkpoints and logs, whole or not at all.
 
-    Everything is written to a hidden staging folder first, then moved in with config.json and modules.json
-    last: without modules.json a folder does not load as this model.
+    config.json and modules.json go in last: without modules.json the folder does not load as this model
+    (and with config.json alone it would load as a plain checkpoint).
     """
-    staging = Path(tempfile.mkdtemp(prefix=".final-partial-", dir=out))
-    last = ("config.json", "modules.json")
-    try:
+    with atomic_output_dir(out, "modules.json", merge=True, last=("config.json",)) as staging:
         model.save_pretrained(str(staging))
-        for name in last:
-            (out / name).unlink(missing_ok=True)
-        for entry in sorted(staging.iterdir(), key=lambda path: last.index(path.name) + 1 if path.name in last else 0):
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            entry.replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_base_model(config: TrainConfig) -> SentenceTransformer:
+    """The model to fine-tune; `--query-instruction` becomes its query prompt, which the saved model records."""
+    model = load_model(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        query_instruction=config.query_instruction,
+        replace_query_prompt=True,
+    )
+    model.model_card_data.set_language("zh")
+    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
+    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+    return model
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
@@ -312,10 +356,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
     # 1. The base model. A plain HF checkpoint becomes Transformer + CLS pooling + Normalize; a
     #    sentence-transformers model keeps its pooling and prompts; --query-instruction becomes its query prompt.
-    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-    model.model_card_data.set_language("zh")
-    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
-    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+    model = load_base_model(config)
 
     # 2. The data: every row has the same columns, anchor, positive, negative_1..k.
     data = load_training_data(config)
@@ -391,6 +432,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=config.patience),
             SaveEachNewBest(),
+            WholeRunLoss(_checkpoint_step(resume_from)),
             JsonlLog(out / TRAIN_LOG, [base_record]),
             *callbacks,
         ],
@@ -399,8 +441,16 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     if not trainer.is_world_process_zero():
         return {}
 
-    # 7. Evaluate the model that will be saved: it must be the best checkpoint, with the score it had then.
+    # 7. Evaluate the model that will be saved: it must be the best checkpoint, with the score it had then. A loss
+    #    of exactly 0 at every step means that no batch held a second candidate: nothing was learned.
     state = trainer.state
+    train_loss = next(entry["train_loss"] for entry in reversed(state.log_history) if "train_loss" in entry)
+    if train_loss == 0:
+        raise UserError(
+            f"the training loss was 0 at every step: no batch held more than one row and the rows have no "
+            f"negatives, so nothing was learned and nothing is saved as final (--data {config.data}: rows that "
+            "share a text never share a batch; give more distinct rows or rows with negatives)"
+        )
     after = evaluator(model)
     best_step = _checkpoint_step(state.best_model_checkpoint)
     if best_step is None or abs(after[metric_key(BEST_METRIC)] - state.best_metric) > BEST_TOLERANCE:
@@ -424,6 +474,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         "loss": type(loss).__name__,
         "stopped_early": state.global_step < state.max_steps,
         "best_step": best_step,
+        "train_loss": train_loss,
         "before": _headline(before),
         "after": _headline(after),
         "before_all": before,
@@ -433,7 +484,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         "config": vars(config),
     }
     write_json(out / SUMMARY, summary)
-    _publish_model(model, out)
+    publish_model(model, out)
     print(format_summary(summary))
     return summary
 
@@ -452,7 +503,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  skipped records: {json.dumps(data['skipped'], ensure_ascii=False)}")
     stop = "early stopping" if summary["stopped_early"] else "the step budget"
     lines.append(
-        f"  steps: {summary['global_step']} of {summary['max_steps']} (ended by {stop}), best {summary['best_step']}"
+        f"  steps: {summary['global_step']} of {summary['max_steps']} (ended by {stop}), best {summary['best_step']}; "
+        f"mean train loss {summary['train_loss']:.4f}"
     )
     if summary["train_samples_per_second"]:
         lines.append(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from st_poetry.schema import CORPUS, PAIR
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
@@ -111,10 +113,6 @@ EVAL_GROUPS = {"p7", "p8"}
 EXTRA_CORPUS = ["大漠孤烟直", "长河落日圆", "两岸猿声啼不住", "轻舟已过万重山", "野火烧不尽", "春风吹又生"]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def _build_tiny_bert(folder: Path) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -141,6 +139,29 @@ def _build_tiny_bert(folder: Path) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+def save_bag_of_chars_model(folder: Path, texts: list[str]) -> str:
+    """A saved SentenceTransformer whose embedding is a text's normalized character-count vector.
+
+    Similarities can be worked out on paper (the cosine of two texts' character counts), and a description
+    finds the line it shares most characters with. `texts` gives the vocabulary; other characters count nothing.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+
+    vocab = {"[UNK]": 0, **{char: i + 1 for i, char in enumerate(sorted(set("".join(texts))))}}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True)  # one token per CJK character
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    weights = torch.eye(len(vocab))
+    weights[0] = 0
+    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights), Normalize()])
+    model.save(str(folder))
+    return str(folder)
 
 
 @pytest.fixture(scope="session")
@@ -192,8 +213,8 @@ def prepared_dir(tmp_path) -> Path:
     folder = tmp_path / "processed"
     folder.mkdir()
     train, evaluation, corpus = prepared_rows()
-    _write_jsonl(folder / "train.jsonl", train)
-    _write_jsonl(folder / "eval.jsonl", evaluation)
-    _write_jsonl(folder / "corpus.jsonl", corpus)
+    PAIR.write(folder / "train.jsonl", train)
+    PAIR.write(folder / "eval.jsonl", evaluation)
+    CORPUS.write(folder / "corpus.jsonl", corpus)
     (folder / "stats.json").write_text(json.dumps({"train_pairs": len(train), "eval_pairs": len(evaluation)}))
     return folder

@@ -10,14 +10,12 @@ import json
 import math
 
 import pytest
-import torch
+from conftest import save_bag_of_chars_model
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordLevel
 
 from st_poetry.config import EvaluateConfig, UserError
 from st_poetry.evaluate import _short_names, evaluate, main
+from st_poetry.files import write_jsonl
 from st_poetry.lexical import bm25_ccpm_accuracy, bm25_retrieval_metrics, single_chars
 from st_poetry.metrics import (
     CCPMRecord,
@@ -27,6 +25,7 @@ from st_poetry.metrics import (
     read_ccpm,
     retrieval_metrics,
 )
+from st_poetry.schema import PAIR
 
 # Cosine of character counts, query against each line (c0..c4), worked out by hand:
 #   "甲乙丙丁丁" (positive c1): c0 5/(√7·2)=.945, c1 3/(√7·2)=.567, c2 .378, c3 .189   -> c1 at rank 2
@@ -51,25 +50,16 @@ def eval_rows(pairs=PAIRS):
     return [{"anchor": anchor, "positive": positive} for anchor, positive in pairs]
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+def ccpm_file(path, records):
+    """A CCPM input file (not a stage's row type, so the generic writer)."""
+    write_jsonl(path, records)
     return path
 
 
 @pytest.fixture(scope="module")
 def bag_of_chars_model(tmp_path_factory) -> str:
-    """A saved SentenceTransformer whose embedding is a text's normalized character-count vector."""
-    chars = sorted(set("".join(CORPUS) + "".join(a for a, _ in PAIRS) + "甲乙丙丁戊己庚辛壬子丑寅卯辰巳"))
-    vocab = {"[UNK]": 0, **{char: i + 1 for i, char in enumerate(chars)}}
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True)  # one token per CJK character
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    weights = torch.eye(len(vocab))
-    weights[0] = 0
-    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=weights), Normalize()])
-    folder = tmp_path_factory.mktemp("models") / "bag-of-chars"
-    model.save(str(folder))
-    return str(folder)
+    texts = [*CORPUS, *(anchor for anchor, _ in PAIRS), "甲乙丙丁戊己庚辛壬子丑寅卯辰巳"]
+    return save_bag_of_chars_model(tmp_path_factory.mktemp("models") / "bag-of-chars", texts)
 
 
 def test_retrieval_metrics_match_hand_computed_ranks(bag_of_chars_model):
@@ -95,7 +85,7 @@ def test_bm25_ranks_the_line_sharing_characters_first_and_leaves_unmatched_lines
 
 def test_ccpm_accuracy_on_three_records(tmp_path, bag_of_chars_model):
     empty = {"translation": " ", "choices": ["甲", "乙"], "answer": 0}  # skipped and counted, as prepare does
-    records, skipped = read_ccpm(write_jsonl(tmp_path / "ccpm.jsonl", [*CCPM, empty]))
+    records, skipped = read_ccpm(ccpm_file(tmp_path / "ccpm.jsonl", [*CCPM, empty]))
     assert (len(records), skipped) == (3, 1)
     assert records[1] == CCPMRecord("子丑", ["子丑", "寅卯", "辰巳"], 0)
     assert ccpm_accuracy(SentenceTransformer(bag_of_chars_model), records) == pytest.approx(2 / 3)
@@ -113,7 +103,7 @@ def test_ccpm_accuracy_on_three_records(tmp_path, bag_of_chars_model):
     ],
 )
 def test_malformed_ccpm_record_names_file_and_line(tmp_path, bad, message):
-    path = write_jsonl(tmp_path / "ccpm.jsonl", [CCPM[0], bad])
+    path = ccpm_file(tmp_path / "ccpm.jsonl", [CCPM[0], bad])
     with pytest.raises(UserError, match=rf"ccpm.jsonl:2: {message}"):
         read_ccpm(path)
 
@@ -133,7 +123,7 @@ def test_short_names_keep_the_full_path_only_where_names_clash():
 
 
 def test_evaluate_writes_side_by_side_report(tmp_path, prepared_dir, tiny_st_model, bag_of_chars_model, capsys):
-    ccpm = write_jsonl(tmp_path / "ccpm.jsonl", CCPM)
+    ccpm = ccpm_file(tmp_path / "ccpm.jsonl", CCPM)
     out = tmp_path / "evaluation"
     models = ["--model", tiny_st_model, "--model", bag_of_chars_model]
     main(["--data", str(prepared_dir), *models, "--ccpm", str(ccpm), "--out", str(out)])
@@ -157,9 +147,9 @@ def test_evaluate_writes_side_by_side_report(tmp_path, prepared_dir, tiny_st_mod
 
 
 def test_eval_split_ccpm_records_are_scored_without_a_ccpm_file(tmp_path, prepared_dir, bag_of_chars_model):
-    rows = [json.loads(line) for line in (prepared_dir / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = PAIR.read(prepared_dir / "eval.jsonl")
     rows[0].update(source="ccpm", negatives=["大漠孤烟直", "长河落日圆", "野火烧不尽"])
-    write_jsonl(prepared_dir / "eval.jsonl", rows)
+    PAIR.write(prepared_dir / "eval.jsonl", rows)
     config = EvaluateConfig(data=str(prepared_dir), model=[bag_of_chars_model], bm25=False, out=str(tmp_path / "o"))
     report = evaluate(config)
     assert report["ccpm_records"] == {"eval split": 1}
@@ -179,7 +169,7 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
     broken_model = tmp_path / "broken-model"
     broken_model.mkdir()
     (broken_model / "config.json").write_text("{not json")
-    ccpm = write_jsonl(tmp_path / "ccpm.jsonl", [CCPM[0], {"translation": "甲", "choices": "甲乙", "answer": 0}])
+    ccpm = ccpm_file(tmp_path / "ccpm.jsonl", [CCPM[0], {"translation": "甲", "choices": "甲乙", "answer": 0}])
     no_eval = tmp_path / "no-eval"
     no_eval.mkdir()
     out = tmp_path / "evaluation"

@@ -8,17 +8,21 @@ from pathlib import Path
 import pytest
 
 from st_poetry.config import MineConfig, UserError
-from st_poetry.mine import main, mine, normalize
+from st_poetry.files import write_jsonl
+from st_poetry.mine import main, mine, model_fingerprint, normalize
+from st_poetry.modeling import load_model
+from st_poetry.schema import CORPUS, MINED, RowType, read_split
 
 EVAL_TEXTS = ("空山新雨后", "锄禾日当午")  # eval positives (groups p7, p8) in the conftest poems
 
 
+def _type(path: Path) -> RowType:
+    return CORPUS if path.name == "corpus.jsonl" else read_split(path).type
+
+
 def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    """A split or corpus file through the schema's reader."""
+    return _type(path).read(path)
 
 
 def _config(prepared_dir: Path, model: str, **overrides) -> MineConfig:
@@ -43,9 +47,10 @@ def _negatives(row: dict) -> list[str | None]:
 
 
 def _edit(prepared_dir: Path, name: str, edit) -> None:
-    rows = _read(prepared_dir / f"{name}.jsonl")
+    path = prepared_dir / f"{name}.jsonl"
+    rows = _read(path)
     edit(rows)
-    _write(prepared_dir / f"{name}.jsonl", rows)
+    _type(path).write(path, rows)
 
 
 def test_output_files_columns_and_order(prepared_dir, tiny_st_model):
@@ -55,11 +60,14 @@ def test_output_files_columns_and_order(prepared_dir, tiny_st_model):
     assert sorted(p.name for p in out.iterdir()) == ["corpus.jsonl", "eval.jsonl", "mine_stats.json", "train.jsonl"]
     assert (out / "corpus.jsonl").read_bytes() == (prepared_dir / "corpus.jsonl").read_bytes()
     for split in ("train", "eval"):
-        rows = _read(out / f"{split}.jsonl")
+        lines = (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        rows = [json.loads(line) for line in lines]
+        assert read_split(out / f"{split}.jsonl").type is MINED
         source = _read(prepared_dir / f"{split}.jsonl")
         assert [(r["anchor"], r["positive"]) for r in rows] == [(r["anchor"], r["positive"]) for r in source]
-        for row in rows:
+        for line, row in zip(lines, rows, strict=True):
             assert list(row) == ["anchor", "positive", "negative_1", "negative_2", "negative_3", "negative_4"]
+            assert line == MINED.line(row)  # the declared format, byte for byte
             assert all(isinstance(n, str) for n in _negatives(row))  # the whole corpus is in range: no short rows
 
 
@@ -190,13 +198,15 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
         main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "mined")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: prepared data folder not found: {tmp_path / 'nowhere'} (run `just prepare` or pass --data)"
+        f"error: data folder not found: {tmp_path / 'nowhere'}: --data must be a folder written by `just prepare`"
     )
 
 
 def test_malformed_row_names_file_and_line(prepared_dir, tiny_st_model):
-    _edit(prepared_dir, "eval", lambda rows: rows[2].pop("positive"))
-    with pytest.raises(UserError, match=r"eval.jsonl:3: expected an object with non-empty anchor, positive"):
+    rows = _read(prepared_dir / "eval.jsonl")
+    rows[2].pop("positive")
+    write_jsonl(prepared_dir / "eval.jsonl", rows)  # a row the schema's writer would refuse to write
+    with pytest.raises(UserError, match=r"eval.jsonl:3: 'positive' is missing: expected an object with non-empty"):
         mine(_config(prepared_dir, tiny_st_model, range_max=10))
 
 
@@ -217,3 +227,20 @@ def test_config_validation(overrides, message):
 def test_normalize_ignores_punctuation_width_and_spaces():
     assert normalize("空山新雨后，天气晚来秋。") == normalize("空山新雨后 天气晚来秋") == "空山新雨后天气晚来秋"
     assert normalize("“春眠不觉晓”！") == "春眠不觉晓"
+
+
+def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, tiny_hf_model):
+    first = mine(_config(prepared_dir, tiny_hf_model, range_max=10))
+    assert first["train"]["encoded_texts"] > 0
+    again = mine(_config(prepared_dir, tiny_hf_model, range_max=10))
+    assert again["train"]["encoded_texts"] == 0  # same model, same prompts: served from the cache
+    instructed = mine(_config(prepared_dir, tiny_hf_model, range_max=10, query_instruction="为这个句子生成表示："))
+    assert instructed["train"]["encoded_texts"] > 0  # the queries now carry a prompt: encoded anew
+    assert len(list((prepared_dir.parent / "cache").iterdir())) == 2
+
+    model = load_model(tiny_hf_model)
+    plain = model_fingerprint(model)
+    model.prompts["query"] = "问："
+    with_query = model_fingerprint(model)
+    model.prompts["document"] = "答："
+    assert len({plain, with_query, model_fingerprint(model)}) == 3

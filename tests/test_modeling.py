@@ -3,8 +3,12 @@ from __future__ import annotations
 import pytest
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
-from st_poetry.config import UserError
+from st_poetry.config import TrainConfig, UserError
+from st_poetry.evaluate import main as evaluate_main
+from st_poetry.mine import main as mine_main
 from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.search import main as search_main
+from st_poetry.train import load_base_model
 
 
 def test_plain_checkpoint_gets_cls_pooling_and_normalize(tiny_hf_model):
@@ -33,6 +37,42 @@ def test_query_instruction_becomes_the_query_prompt(tiny_hf_model):
     model = load_model(tiny_hf_model, query_instruction="为这个句子生成表示以用于检索相关文章：")
     assert query_prompt(model) == "为这个句子生成表示以用于检索相关文章："
     assert model.prompts["query"].startswith("为这个句子")
+
+
+INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
+
+
+def test_training_records_the_query_instruction_in_the_saved_model(tiny_st_model, tmp_path, capsys):
+    config = TrainConfig(model=tiny_st_model, query_instruction=INSTRUCTION, out=str(tmp_path / "out"))
+    model = load_base_model(config)  # the model train() fine-tunes and saves
+    assert "becomes '为这个句子" in capsys.readouterr().out  # it replaced the e5-style "query: "
+    model.save(str(tmp_path / "trained"))
+    reloaded = load_model(str(tmp_path / "trained"))
+    assert query_prompt(reloaded) == INSTRUCTION and document_prompt(reloaded) == "passage: "
+    # the same instruction again is no conflict
+    assert query_prompt(load_model(str(tmp_path / "trained"), query_instruction=INSTRUCTION)) == INSTRUCTION
+
+
+def test_an_instruction_that_contradicts_the_recorded_prompt_is_refused(tiny_st_model):
+    with pytest.raises(UserError, match=r"contradicts the query prompt 'query: ' that .* records"):
+        load_model(tiny_st_model, query_instruction=INSTRUCTION)
+
+
+@pytest.mark.parametrize("stage", ["mine", "evaluate", "index"])
+def test_encoding_stages_refuse_a_contradicting_instruction(stage, tiny_st_model, prepared_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["--model", tiny_st_model, "--out", str(out), "--query-instruction", INSTRUCTION]
+    commands = {
+        "mine": (mine_main, ["--data", str(prepared_dir), *common]),
+        "evaluate": (evaluate_main, ["--data", str(prepared_dir), *common]),
+        "index": (search_main, ["build", "--corpus", str(prepared_dir / "corpus.jsonl"), *common]),
+    }
+    main, argv = commands[stage]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "contradicts the query prompt 'query: '" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_missing_local_folder_is_one_clear_line(tmp_path):

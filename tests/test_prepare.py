@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
+from st_poetry import files
 from st_poetry import prepare as prepare_stage
 from st_poetry.config import PrepareConfig, UserError
 from st_poetry.prepare import clean_lines, is_eval_group, main, prepare
+from st_poetry.schema import CORPUS, PAIR
 
 FILES = ("train.jsonl", "eval.jsonl", "corpus.jsonl", "stats.json")
 
@@ -46,16 +48,18 @@ def write_json(path: Path, value) -> Path:
 
 
 def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    """An input file (CCPM, FlagEmbedding: not a stage's row type, so the generic writer)."""
+    files.write_jsonl(path, rows)
     return path
 
 
 def read(folder: Path, name: str) -> list[dict]:
-    """Rows of an output file, each checked to be exactly what json.dumps would have written."""
-    rows = []
-    for line in (folder / name).read_text(encoding="utf-8").splitlines():
-        rows.append(json.loads(line))
-        assert line == json.dumps(rows[-1], ensure_ascii=False)
+    """Rows of an output file, each line checked to be exactly what the schema's writer writes for the row."""
+    row_type = CORPUS if name == "corpus.jsonl" else PAIR
+    lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    rows = row_type.read(folder / name)
+    assert [row_type.line(row, index) for index, row in enumerate(rows)] == lines
+    assert all(list(json.loads(line)) == list(row_type.names) for line in lines)  # every field, declared order
     return rows
 
 
@@ -452,3 +456,28 @@ def test_group_falls_back_to_the_record_index_without_an_id(tmp_path):
     del record["Id"]
     _, train, _, _ = run(tmp_path, works=[str(write_json(tmp_path / "w.json", [record]))], eval_fraction=0.0)
     assert train[0]["group"] == "w.json:#0"
+
+
+def test_group_ids_are_unique_per_input_file_and_do_not_depend_on_where_it_lives(tmp_path, monkeypatch):
+    for name, line in (("a", "床前明月光"), ("b", "疑是地上霜")):
+        (tmp_path / "raw" / name).mkdir(parents=True)
+        record = {"translation": f"描写{line}", "choices": [line, "举头望明月"], "answer": 0}
+        write_jsonl(tmp_path / "raw" / name / "train.jsonl", [record])
+    monkeypatch.chdir(tmp_path)
+    _, train, _, _ = run(tmp_path, ccpm=["raw/a/train.jsonl", "raw/b"], eval_fraction=0.0)
+    # two files named train.jsonl: the first record of each is its own group (it used to be train.jsonl:1 twice)
+    assert [r["group"] for r in train] == ["a/train.jsonl:1", "b/train.jsonl:1"]
+
+    # the same files given by absolute path from elsewhere, or moved to another machine's folder: the same ids
+    monkeypatch.chdir(tmp_path / "raw")
+    given = [tmp_path / "raw/a/train.jsonl", Path("b/train.jsonl")]
+    assert prepare_stage.input_names(given) == ["a/train.jsonl", "b/train.jsonl"]
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "raw").rename(moved)
+    assert prepare_stage.input_names([moved / "a/train.jsonl", moved / "b/train.jsonl"]) == [
+        "a/train.jsonl",
+        "b/train.jsonl",
+    ]
+    # a file whose name no other input shares keeps its plain name (and so the split of earlier versions)
+    names = prepare_stage.input_names([moved / "a/train.jsonl", moved / "b/valid.jsonl"])
+    assert names == ["train.jsonl", "valid.jsonl"]

@@ -145,7 +145,7 @@ def test_bad_input_gives_clear_messages(tmp_path, index_dir, capsys):
 def test_corpus_row_without_text_names_file_and_line(tmp_path, tiny_st_model):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"text": "床前明月光"}\n{"title": "静夜思"}\n', encoding="utf-8")
-    with pytest.raises(UserError, match=r"corpus.jsonl:2: expected an object with non-empty text"):
+    with pytest.raises(UserError, match=r"corpus.jsonl:2: 'text' is missing: expected an object with non-empty text"):
         build_index(IndexConfig(model=tiny_st_model, corpus=str(corpus), out=str(tmp_path / "index")))
     assert not (tmp_path / "index").exists()
 

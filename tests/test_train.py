@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from transformers import TrainerCallback
 
 from st_poetry.config import BGE_QUERY_INSTRUCTION, TrainConfig, UserError, parse_config
+from st_poetry.files import write_jsonl
 from st_poetry.prepare import is_eval_group
+from st_poetry.schema import CORPUS, MINED, PAIR, mined_row
 from st_poetry.train import (
     CHECKPOINTS,
     CURVES,
@@ -26,15 +29,12 @@ from st_poetry.train import (
     _training_speed,
     column_prompts,
     load_training_data,
+    publish_model,
     train,
     with_negative_columns,
 )
 
 NDCG = "eval_poetry-eval_cosine_ndcg@10"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 @pytest.fixture
@@ -49,16 +49,9 @@ def mined_dir(tmp_path) -> Path:
         for index, row in enumerate(rows):
             candidates = [line for line in lines if line != row["positive"]][index % 5 :][:3]
             negatives = candidates[: 3 - index % 3]  # 3, 2 or 1 negatives
-            mined.append(
-                {
-                    "anchor": row["anchor"],
-                    "positive": row["positive"],
-                    **{f"negative_{i}": negatives[i - 1] if i <= len(negatives) else None for i in (1, 2, 3)},
-                }
-            )
-        _write_jsonl(folder / f"{name}.jsonl", mined)
-    _write_jsonl(folder / "corpus.jsonl", corpus)
-    (folder / "mine_stats.json").write_text("{}")
+            mined.append(mined_row(row["anchor"], row["positive"], negatives + [None] * (3 - len(negatives))))
+        MINED.write(folder / f"{name}.jsonl", mined)
+    CORPUS.write(folder / "corpus.jsonl", corpus)
     return folder
 
 
@@ -157,7 +150,7 @@ def test_flagembedding_file_is_split_by_query(tmp_path):
     lines = [{"query": row["anchor"], "pos": [row["positive"]], "neg": ["大漠孤烟直", "长河落日圆"]} for row in train]
     lines.append({"query": "", "pos": ["x"]})  # skipped and counted
     path = tmp_path / "fe.jsonl"
-    _write_jsonl(path, lines)
+    write_jsonl(path, lines)
     data = load_training_data(_config(path, "unused", tmp_path / "out", eval_fraction=0.25))
     assert data.stats["kind"] == "flagembedding" and data.stats["skipped"] == {"empty query": 1}
     assert data.stats["negatives_per_row"] == 2 and data.train[0]["negative_1"] == "大漠孤烟直"
@@ -172,7 +165,7 @@ def test_flagembedding_file_follows_prepares_rules(tmp_path):
     lines = [{"query": q, "pos": [p], "neg": ["大漠孤烟直"]} for q, p in zip(queries, positives, strict=True)]
     lines.append(lines[0])  # a repeated record: its pair is kept once
     path = tmp_path / "fe.jsonl"
-    _write_jsonl(path, lines)
+    write_jsonl(path, lines)
     data = load_training_data(_config(path, "unused", tmp_path / "out", eval_fraction=0.25))
     held_out = [n for n, query in enumerate(queries) if is_eval_group(query, 42, 0.25)]
     shared_held_out = [n for n in held_out if n % 2]
@@ -191,14 +184,14 @@ def test_flagembedding_file_follows_prepares_rules(tmp_path):
 
 
 def test_unknown_data_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="expected a folder from `just mine`"):
+    with pytest.raises(UserError, match=r"train\.jsonl is missing: --data must be a folder from `just mine`"):
         load_training_data(_config(tmp_path, "unused", tmp_path / "out"))
     bad = tmp_path / "bad"
     bad.mkdir()
-    _write_jsonl(bad / "train.jsonl", [{"anchor": "a", "positive": ""}])
-    _write_jsonl(bad / "eval.jsonl", [])
-    (bad / "stats.json").write_text("{}")
-    with pytest.raises(UserError, match=r"train.jsonl:1: expected an object with non-empty anchor, positive"):
+    write_jsonl(bad / "train.jsonl", [{"anchor": "a", "positive": ""}])  # no writer of the schema writes this
+    write_jsonl(bad / "eval.jsonl", [])
+    CORPUS.write(bad / "corpus.jsonl", [{"text": "明月"}])
+    with pytest.raises(UserError, match=r"train.jsonl:1: 'positive' is not a non-empty text: expected an object"):
         load_training_data(_config(bad, "unused", tmp_path / "out"))
     (bad / "train.jsonl").write_bytes('{"anchor": "明月"}\n'.encode("gbk"))
     with pytest.raises(UserError, match=r"train.jsonl: not UTF-8 text"):
@@ -210,6 +203,37 @@ def test_prompts_follow_the_model(tiny_st_model, tiny_hf_model):
     prompts = column_prompts(SentenceTransformer(tiny_st_model), columns)
     assert prompts == {"anchor": "query: ", "positive": "passage: ", "negative_1": "passage: "}
     assert column_prompts(SentenceTransformer(tiny_hf_model), columns) is None
+
+
+def test_the_final_model_joins_out_whole_or_not_at_all(tiny_st_model, tmp_path, monkeypatch):
+    """publish_model goes through files.atomic_output_dir (merge=True), the way every stage writes its output."""
+    out = tmp_path / "out"
+    (out / CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    (out / TRAIN_LOG).write_text("{}\n")
+    model = SentenceTransformer(tiny_st_model)
+    publish_model(model, out)
+    assert SentenceTransformer(str(out)).prompts["query"] == "query: "
+    assert (out / CHECKPOINTS / "checkpoint-2").is_dir() and (out / TRAIN_LOG).is_file()  # left as they were
+
+    # killed while moving the files in: the folder no longer claims to hold a model
+    moved = []
+    real_replace = Path.replace
+
+    def dies_after_three(self, target):
+        if len(moved) == 3:
+            raise KeyboardInterrupt
+        moved.append(self.name)
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        publish_model(model, out)
+    assert "modules.json" not in moved and "config.json" not in moved  # they go last
+    assert not (out / "modules.json").exists() and not (out / "config.json").exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+    monkeypatch.undo()
+    publish_model(model, out)  # a rerun completes it
+    assert SentenceTransformer(str(out)).prompts["query"] == "query: "
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +252,7 @@ def test_a_few_steps_give_a_loadable_model(tiny_st_model, mined_dir, tmp_path):
     for name in ("1_Pooling/config.json", "2_Normalize", "README.md", TRAIN_LOG, CURVES, SUMMARY):
         assert (out / name).exists(), name
     assert (out / CHECKPOINTS / "checkpoint-2").is_dir()
-    assert not list(out.glob(".final-partial-*"))
+    assert not list(tmp_path.glob(".out.partial-*"))
     card = (out / "README.md").read_text()
     assert "language:\n- zh" in card and "CachedMultipleNegativesRankingLoss" in card
 
@@ -257,7 +281,7 @@ def test_output_folder_rules(tiny_st_model, prepared_dir, tmp_path):
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty: pass --resume"):
         train(_config(prepared_dir, tiny_st_model, tmp_path / "out"))
-    with pytest.raises(UserError, match="no checkpoint"):
+    with pytest.raises(UserError, match="no complete checkpoint"):
         train(_config(prepared_dir, tiny_st_model, tmp_path / "out", resume=True))
 
 
@@ -315,11 +339,64 @@ def test_resume_ends_where_an_uninterrupted_run_would(tiny_st_model, mined_dir, 
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
+def test_resume_skips_a_checkpoint_cut_off_while_saving_and_reports_the_whole_runs_loss(
+    tiny_st_model, mined_dir, tmp_path, capsys
+):
+    # logging_steps 3 does not divide the checkpoint step 2: the loss is also logged at every evaluation and save
+    steps = dict(max_steps=4, eval_steps=2, logging_steps=3, lr=1e-3)
+    whole = train(_config(mined_dir, tiny_st_model, tmp_path / "whole", **steps))
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(_Interrupt):
+        train(_config(mined_dir, tiny_st_model, out, **steps), callbacks=[_InterruptAfterSave(2)])
+    # a SIGKILL while checkpoint-4 was being written: everything but trainer_state.json, which is written last
+    shutil.copytree(out / CHECKPOINTS / "checkpoint-2", out / CHECKPOINTS / "checkpoint-4")
+    (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").unlink()
+    (out / CHECKPOINTS / "checkpoint-3").mkdir()  # an empty one, cut off at once
+    capsys.readouterr()
+    resumed = train(_config(mined_dir, tiny_st_model, out, resume=True, **steps))
+
+    printed = capsys.readouterr().out
+    assert "checkpoint-4 is incomplete" in printed and "checkpoint-3 is incomplete" in printed
+    assert f"resuming from {out / CHECKPOINTS / 'checkpoint-2'}" in printed
+    assert resumed["global_step"] == 4 and (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").is_file()
+    # the mean train loss of all 4 steps, not of the 2 after the resume (the logged ones differ: step 2 vs 3 and 4)
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+    assert _log(out)[-1]["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+    session = [r["loss"] for r in _log(out) if "loss" in r and r["step"] > 2]
+    assert resumed["train_loss"] != pytest.approx(sum(session) / len(session), rel=1e-3)
+    last = f"{CHECKPOINTS}/checkpoint-4/model.safetensors"
+    a, b = load_file(tmp_path / "whole" / last), load_file(out / last)
+    assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
+
+    shutil.rmtree(out / CHECKPOINTS)
+    (out / CHECKPOINTS / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        train(_config(mined_dir, tiny_st_model, out, resume=True, **steps))
+
+
+def test_one_train_row_is_refused(prepared_dir, tmp_path):
+    train_rows, _, _ = prepared_rows()
+    PAIR.write(prepared_dir / "train.jsonl", train_rows[:1])
+    with pytest.raises(UserError, match="only 1 train row"):
+        load_training_data(_config(prepared_dir, "unused", tmp_path / "out"))
+
+
+def test_batches_with_nothing_to_learn_from_are_refused(tiny_st_model, prepared_dir, tmp_path):
+    # every row shares one line: the no-duplicates sampler puts one row in each batch, and rows have no negatives
+    train_rows, _, _ = prepared_rows()
+    PAIR.write(prepared_dir / "train.jsonl", [{**row, "positive": "床前明月光"} for row in train_rows])
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="the training loss was 0 at every step"):
+        train(_config(prepared_dir, tiny_st_model, out))
+    assert not (out / "modules.json").exists()
+
+
 @pytest.mark.slow
 def test_flagembedding_file_trains(tiny_st_model, tmp_path):
     train_rows, _, _ = prepared_rows()
     path = tmp_path / "fe.jsonl"
-    _write_jsonl(path, [{"query": r["anchor"], "pos": [r["positive"]], "neg": ["大漠孤烟直"]} for r in train_rows])
+    write_jsonl(path, [{"query": r["anchor"], "pos": [r["positive"]], "neg": ["大漠孤烟直"]} for r in train_rows])
     summary = train(_config(path, tiny_st_model, tmp_path / "out", eval_fraction=0.25, cached_loss=False))
     assert summary["data"]["kind"] == "flagembedding" and (tmp_path / "out" / "modules.json").is_file()
     assert summary["loss"] == "MultipleNegativesRankingLoss"

@@ -1,0 +1,278 @@
+"""Load test of `just serve` on 127.0.0.1: concurrent clients, a fixed number of requests, latency and errors.
+
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_serve.py --model /work/artifacts/models/e5-small-zh-poetry \\
+        --data /work/artifacts/processed --sample 20000 --screenshot docs/serve.png
+
+1. Index: `--index DIR` is used as it is when it holds an index; otherwise `just index` builds one there from
+   `--data`/corpus.jsonl, or from a sample of it (`--sample N` lines, 0 = all): the groups of the eval lines
+   (so every load query's line can be found) plus seeded random groups, always whole groups, so poems are whole.
+2. Server: `python -m st_poetry.serve` in a child process on 127.0.0.1 and a free port; waits for /health.
+3. Load: `--clients` threads, each on its own keep-alive connection, send `--requests` GET /api/search?q=...&k=10
+   in total, the queries being the eval descriptions of `--data`/eval.jsonl in a seeded order. Reported: latency
+   p50/p95/p99, requests per second, non-200 answers and failed connections (errors), the server's CPU seconds,
+   and how often the description's own line came back first or in the top 10 (a check that answers are right).
+   The run stops by itself: every request has a timeout and the whole load a deadline.
+4. Bad input: the cases of issue 15 against the real server, each must be a 4xx, then /health must answer.
+5. `--screenshot PNG`: Chromium's own headless screenshot of the page for an example description (the server
+   renders the results, so no script has to run), at desktop width, and `PNG` with `-phone` at 390 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import numpy as np
+from benchlib import ROOT
+
+from st_poetry.schema import CORPUS, read_split
+from st_poetry.search import INDEX_INFO
+from st_poetry.serve import EXAMPLES
+
+
+def sample_corpus(data: Path, sample: int, seed: int, out: Path) -> int:
+    """Write whole groups of data/corpus.jsonl to `out`: the eval lines' groups first, then random ones."""
+    rows = CORPUS.read(data / "corpus.jsonl")
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"] or row["text"], []).append(row)
+    by_text = {row["text"]: row["group"] or row["text"] for row in rows}
+    wanted = dict.fromkeys(by_text[row["positive"]] for row in read_split(data / "eval.jsonl").rows)
+    others = [group for group in groups if group not in wanted]
+    random.Random(seed).shuffle(others)
+    chosen, size = set(), 0
+    for group in [*wanted, *others]:
+        if size >= sample:
+            break
+        chosen.add(group)
+        size += len(groups[group])
+    CORPUS.write(out, (row for row in rows if (row["group"] or row["text"]) in chosen))  # corpus order
+    return size
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30) -> tuple[int, bytes]:
+    """One request on a fresh connection: (status, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def wait_for_health(port: int, server: subprocess.Popen, log: Path, limit: float = 600) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited ({server.returncode}); see {log}")
+        try:
+            if request(port, "GET", "/health", timeout=5)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the server did not answer /health within {limit:.0f}s; see {log}")
+
+
+def load(port: int, queries: list[dict], clients: int, total: int, k: int, deadline_s: float) -> dict:
+    """`total` GET /api/search requests from `clients` threads; latencies of the answered ones, errors, ranks."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    first = top = 0
+    counter = iter(range(total))
+    lock = threading.Lock()
+    stop_at = time.monotonic() + deadline_s
+
+    def client() -> None:
+        nonlocal first, top
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.monotonic() < stop_at:
+            with lock:
+                number = next(counter, None)
+            if number is None:
+                break
+            row = queries[number % len(queries)]
+            path = "/api/search?" + urlencode({"q": row["anchor"], "k": k})
+            tick = time.perf_counter()
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                body = response.read()
+                status = response.status
+            except OSError as error:
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                status, body = type(error).__name__, b""
+            elapsed = time.perf_counter() - tick
+            with lock:
+                if status != 200:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+                    continue
+                latencies.append(elapsed)
+                lines = [hit["text"] for hit in json.loads(body)["results"]]
+                first += bool(lines) and lines[0] == row["positive"]
+                top += row["positive"] in lines
+        connection.close()
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    answered = len(latencies)
+    p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]) * 1000).round(1) if answered else (None,) * 3
+    return {
+        "requests": answered + sum(errors.values()),
+        "answered": answered,
+        "errors": errors,
+        "wall_s": round(wall, 1),
+        "requests_per_s": round(answered / wall, 2),
+        "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "max": round(max(latencies, default=0) * 1000, 1)},
+        "line_first": round(first / max(answered, 1), 4),
+        f"line_in_top_{k}": round(top / max(answered, 1), 4),
+    }
+
+
+BAD_INPUT = [  # (name, method, path, body)
+    ("empty query", "GET", "/api/search?q=", None),
+    ("10,000-character query (GET)", "GET", "/api/search?q=" + quote("雪" * 10_000), None),
+    ("10,000-character query (POST)", "POST", "/api/search", json.dumps({"queries": ["雪" * 10_000]}).encode()),
+    ("k=0", "GET", "/api/search?q=" + quote("秋雨") + "&k=0", None),
+    ("k=10^6", "GET", "/api/search?q=" + quote("秋雨") + "&k=1000000", None),
+    ("non-UTF-8 query string", "GET", "/api/search?q=%FF%FE%E9%9B", None),
+    ("non-UTF-8 body", "POST", "/api/search", b'{"queries": ["\xe9\x9b"]}'),
+]
+
+
+def bad_input(port: int) -> list[dict]:
+    """Each case's status and message; the run fails if one is not a 4xx or the server stops answering."""
+    results = []
+    for name, method, path, body in BAD_INPUT:
+        status, text = request(port, method, path, body)
+        try:
+            detail = json.loads(text)["detail"]
+        except (ValueError, KeyError, TypeError):
+            detail = text.decode("utf-8", "replace").strip()
+        results.append({"case": name, "status": status, "detail": detail})
+        print(f"  {name}: {status} {detail[:100]}")
+        if not 400 <= status < 500:
+            raise SystemExit(f"bad input {name!r} got {status}, not a 4xx")
+    if request(port, "GET", "/health")[0] != 200:
+        raise SystemExit("the server stopped answering /health after the bad input")
+    return results
+
+
+def screenshot(port: int, out: Path, query: str) -> list[str]:
+    """The page for `query` at desktop and phone width, through Chromium's own headless mode."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        print("  no chromium: no screenshot (apt-get install -y chromium)")
+        return []
+    url = f"http://127.0.0.1:{port}/?" + urlencode({"q": query})
+    written = []
+    for path, size in ((out, "1000,1250"), (out.with_name(f"{out.stem}-phone{out.suffix}"), "390,844")):
+        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+        command += [f"--window-size={size}", f"--screenshot={path.resolve()}", url]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        written.append(str(path))
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="/work/artifacts/models/e5-small-zh-poetry", help="model for the index")
+    parser.add_argument("--data", type=Path, default=Path("data/processed"), help="folder with corpus and eval.jsonl")
+    parser.add_argument("--index", type=Path, default=Path(".bench/serve/index"), help="index folder (built if absent)")
+    parser.add_argument("--sample", type=int, default=20_000, help="index about this many corpus lines (0 = all)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--deadline", type=float, default=600, help="seconds after which the load stops regardless")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--screenshot", type=Path, help="write the page's screenshot here (and a -phone one)")
+    parser.add_argument("--out", type=Path, default=Path(".bench/bench_serve.json"))
+    args = parser.parse_args()
+    work = args.out.parent
+    work.mkdir(parents=True, exist_ok=True)
+
+    if not (args.index / INDEX_INFO).is_file():
+        corpus = args.data / "corpus.jsonl"
+        if args.sample:
+            corpus = work / "serve_corpus.jsonl"
+            print(f"sampled {sample_corpus(args.data, args.sample, args.seed, corpus):,} lines into {corpus}")
+        command = [sys.executable, "-m", "st_poetry.search", "build", "--model", args.model]
+        subprocess.run([*command, "--corpus", str(corpus), "--out", str(args.index)], cwd=ROOT, check=True)
+    info = json.loads((args.index / INDEX_INFO).read_text(encoding="utf-8"))
+
+    queries = read_split(args.data / "eval.jsonl").rows
+    random.Random(args.seed).shuffle(queries)
+    port, log = free_port(), work / "serve.log"
+    with open(log, "w", encoding="utf-8") as handle:
+        command = [sys.executable, "-m", "st_poetry.serve", "--index", str(args.index), "--port", str(port)]
+        server = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        tick = time.perf_counter()
+        wait_for_health(port, server, log)
+        startup = time.perf_counter() - tick
+        print(f"server up in {startup:.1f}s: {info['size']:,} lines, model {info['model']}")
+        request(port, "GET", "/api/search?" + urlencode({"q": EXAMPLES[0]}))  # warm-up, not timed
+        cpu_before = cpu_seconds(server.pid)
+        result = load(port, queries, args.clients, args.requests, args.k, args.deadline)
+        result["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu_before, 1)
+        print(json.dumps(result, indent=2))
+        print("bad input:")
+        bad = bad_input(port)
+        shots = screenshot(port, args.screenshot, EXAMPLES[1]) if args.screenshot else []
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    with open("/proc/loadavg") as handle:
+        loadavg = handle.read().split()[:3]
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average before the end {' '.join(loadavg)}",
+        "model": info["model"],
+        "index": {"folder": str(args.index), "lines": info["size"], "type": info["index_type"]},
+        "clients": args.clients,
+        "k": args.k,
+        "startup_s": round(startup, 1),
+        "load": result,
+        "bad_input": bad,
+        "screenshots": shots,
+    }
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The web server: API results against `just search`, whole poems, bad input, the page with and without a browser.
+
+The index is built with a bag-of-characters model, so a description finds the line it shares most characters with
+and the expected results can be read off the text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
+from fastapi.testclient import TestClient
+
+from st_poetry.config import IndexConfig, ServeConfig, parse_config
+from st_poetry.schema import CORPUS
+from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index
+from st_poetry.serve import create_app, highlight, main
+
+DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
+JSON = {"Content-Type": "application/json"}
+RIVER_SNOW = next(poem for poem in POEMS if poem[1] == "江雪")
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    train, _, corpus = prepared_rows()
+    texts = [row["text"] for row in corpus] + [row["anchor"] for row in train] + [DESCRIPTION]
+    model = save_bag_of_chars_model(folder / "bag-of-chars", texts)
+    CORPUS.write(folder / "corpus.jsonl", corpus)
+    build_index(IndexConfig(model=model, corpus=str(folder / "corpus.jsonl"), out=str(folder / "index")))
+    return folder / "index"
+
+
+@pytest.fixture(scope="module")
+def index(index_dir):
+    return PoetryIndex(index_dir)
+
+
+@pytest.fixture(scope="module")
+def client(index):
+    with TestClient(create_app(index, ServeConfig(index=str(index.folder), max_k=20))) as client:
+        yield client
+
+
+def test_get_returns_the_search_results_with_the_whole_poem(client, index):
+    response = client.get("/api/search", params={"q": DESCRIPTION, "k": 3})
+    assert response.status_code == 200
+    body = response.json()
+    # the objects `just search --json` prints, plus the poem
+    expected = index.search([DESCRIPTION], top_k=3)[0]
+    assert body["query"] == DESCRIPTION
+    assert [{key: hit[key] for key in hit if key != "poem"} for hit in body["results"]] == expected
+    first = body["results"][0]
+    assert set(first) == {"rank", "score", *METADATA, "poem"}
+    assert (first["text"], first["title"], first["author"]) == ("独钓寒江雪", "江雪", "柳宗元")
+    group, title, author, dynasty, lines, _ = RIVER_SNOW
+    assert first["poem"] == {
+        "title": title,
+        "author": author,
+        "dynasty": dynasty,
+        "group": group,
+        "lines": lines,
+        "hit": 3,
+    }
+
+
+def test_lines_without_a_titled_group_have_no_poem(client):
+    # EXTRA_CORPUS rows share groups two by two but have no title: records, not poems
+    hits = client.get("/api/search", params={"q": EXTRA_CORPUS[0], "k": 1}).json()["results"]
+    assert hits[0]["text"] == EXTRA_CORPUS[0] and hits[0]["poem"] is None
+
+
+def test_post_answers_several_queries_in_order_and_k_defaults_to_the_servers(client):
+    queries = [DESCRIPTION, "春天睡醒不觉天已大亮"]
+    response = client.post("/api/search", json={"queries": queries})
+    assert response.status_code == 200
+    results = response.json()["queries"]
+    assert [result["query"] for result in results] == queries
+    assert [len(result["results"]) for result in results] == [10, 10]  # ServeConfig.top_k
+    assert results[1]["results"][0]["text"] == "春眠不觉晓"
+    assert results[1]["results"][0]["poem"]["hit"] == 0
+    three = client.post("/api/search", json={"queries": queries, "k": 3}).json()["queries"]
+    assert [len(result["results"]) for result in three] == [3, 3]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_args", "status", "message"),
+    [
+        ("get", {"params": {"q": ""}}, 400, "the query is empty"),
+        ("get", {"params": {"q": "   "}}, 400, "the query is empty"),
+        ("get", {"params": {"q": "x" * 10_000}}, 400, "10,000 characters; the limit is 200"),
+        ("post", {"json": {"queries": ["雪" * 10_000]}}, 400, "10,000 characters; the limit is 200"),
+        ("get", {"params": {"q": "雪", "k": 0}}, 400, "k must be between 1 and 20, got 0"),
+        ("get", {"params": {"q": "雪", "k": 10**6}}, 400, "k must be between 1 and 20, got 1000000"),
+        ("get", {"params": {"q": "雪", "k": "ten"}}, 422, "k: Input should be a valid integer"),
+        ("get", {}, 422, "q: Field required"),
+        ("get", {"url": "/api/search?q=%FF%FE%E9%9B"}, 400, "the query string is not UTF-8"),
+        ("get", {"url": "/?q=%E9%9B"}, 400, "the query string is not UTF-8"),
+        ("post", {"content": b'{"queries": ["\xe9\x9b"]}', "headers": JSON}, 400, "the body is not UTF-8 (byte 14)"),
+        ("post", {"content": b"queries", "headers": JSON}, 422, "JSON decode error"),
+        ("post", {"content": b'{"queries": ["x"]}'}, 422, "with Content-Type: application/json"),
+        ("post", {"json": {"queries": "雪"}}, 422, "queries: Input should be a valid list"),
+        ("post", {"json": {"queries": []}}, 400, "no query"),
+        ("post", {"json": {"queries": ["雪", ""]}}, 400, "query 2 is empty"),
+        ("post", {"json": {"queries": ["雪"] * 33}}, 400, "33 queries in one request; the limit is 32"),
+        ("post", {"json": {"queries": ["雪"], "k": 21}}, 400, "k must be between 1 and 20"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_one_line_message_and_the_server_keeps_serving(
+    client, method, request_args, status, message
+):
+    url = request_args.pop("url", "/api/search")
+    response = getattr(client, method)(url, **request_args)
+    assert response.status_code == status
+    detail = response.json()["detail"]
+    assert message in detail and "\n" not in detail
+    assert client.get("/api/search", params={"q": DESCRIPTION, "k": 1}).json()["results"][0]["text"] == "独钓寒江雪"
+
+
+def test_health_and_info(client, index_dir):
+    assert client.get("/health").json() == {"status": "ok", "lines": 38}
+    assert client.get("/api/info").json() == json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
+
+
+def test_the_page_renders_results_on_the_server(client, index):
+    response = client.get("/", params={"q": DESCRIPTION})
+    assert response.status_code == 200
+    html = response.text
+    # the top line, its characters shared with the query marked, its poem unfolded with the hit marked
+    assert "<mark>独</mark><mark>钓</mark><mark>寒</mark><mark>江</mark><mark>雪</mark>" in html
+    assert "<details open>" in html and html.count("<details") == html.count("</details>") >= 1
+    assert '<p class="found"><mark>独</mark>' in html
+    assert all(line in html for line in ("千山鸟飞绝", "万径人踪灭", "孤舟蓑笠翁"))
+    assert "《江雪》" in html and "柳宗元" in html and "〔唐〕" in html
+    assert re.search(r'class="score"[^>]*>1\.000|class="score"[^>]*>0\.\d{3}', html)
+    # footer: the model and the index
+    assert index.info["model"] in html and str(index.folder) in html
+
+
+def test_the_page_needs_nothing_from_outside(client):
+    html = client.get("/").text
+    assert "https://" not in html and "http://" not in html
+    for link in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert link.startswith("/"), link
+        assert client.get(link.replace("&amp;", "&")).status_code == 200, link
+    assert 'name="viewport"' in html
+
+
+def test_the_page_shows_bad_input_as_a_message(client):
+    response = client.get("/", params={"q": "雪" * 300})
+    assert response.status_code == 400
+    assert "300 characters; the limit is 200" in response.text and "<form" in response.text
+    # no query: the search box and the examples, no results
+    home = client.get("/").text
+    assert 'class="examples"' in home and 'class="hits"' not in home
+
+
+def test_highlight_marks_shared_characters_and_escapes_html():
+    assert highlight("独钓寒江雪。", "寒冷的江。") == "独钓<mark>寒</mark><mark>江</mark>雪。"
+    assert highlight("<b>&", "b") == "&lt;<mark>b</mark>&gt;&amp;"
+
+
+def test_serve_config_limits_and_a_missing_index(capsys, tmp_path):
+    for flags, message in ((["--port", "70000"], "port must be in"), (["--top-k", "50", "--max-k", "20"], "top_k")):
+        with pytest.raises(SystemExit):
+            parse_config(ServeConfig, flags)
+        assert message in capsys.readouterr().err
+    assert parse_config(ServeConfig, []).host == "127.0.0.1"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--index", str(tmp_path / "nothing")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: no index at {tmp_path / 'nothing'}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a real browser: headless Chromium through selenium
+
+
+@pytest.fixture(scope="module")
+def live_url(index):
+    """The app served by uvicorn on a free port of 127.0.0.1, in a thread."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(index, ServeConfig()), host="127.0.0.1", port=port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def chromium(javascript: bool = True, width: int = 1000, height: int = 1100):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra has it)")
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("no Chromium: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={width},{height}"):
+        options.add_argument(argument)
+    if not javascript:
+        options.add_argument("--blink-settings=scriptEnabled=false")
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def search_in_browser(browser, url: str, description: str) -> list[str]:
+    """Open the page, type the description, submit, and return the result lines once they are shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    box = browser.find_element(By.NAME, "q")
+    box.send_keys(description)
+    browser.find_element(By.CSS_SELECTOR, "#search button").click()
+    WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .hit .line"))
+    return [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#results .hit .line")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("javascript", [True, False], ids=["javascript", "no-javascript"])
+def test_a_browser_finds_the_line_for_a_description(live_url, tmp_path, javascript):
+    from selenium.webdriver.common.by import By
+
+    browser = chromium(javascript)
+    try:
+        lines = search_in_browser(browser, live_url, DESCRIPTION)
+        assert lines[0] == "独钓寒江雪" and len(lines) == 10
+        assert "q=" in browser.current_url  # the script pushed the search into the history; the form loaded it
+        poems = browser.find_elements(By.CSS_SELECTOR, "#results details")
+        assert poems[0].get_attribute("open") is not None and "千山鸟飞绝" in poems[0].text
+        assert "千山鸟飞绝" not in poems[1].text or poems[1].get_attribute("open") is not None
+        poems[1].find_element(By.TAG_NAME, "summary").click()  # a click unfolds the next poem
+        assert poems[1].get_attribute("open") is not None
+        marks = browser.find_elements(By.CSS_SELECTOR, "#results .hit .line mark")
+        assert {mark.text for mark in marks} >= set("独钓寒江雪")
+        browser.save_screenshot(str(tmp_path / "serve-desktop.png"))
+        # phone width: nothing wider than the screen
+        browser.set_window_size(390, 844)
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        browser.save_screenshot(str(tmp_path / "serve-phone.png"))
+        print(f"screenshots in {tmp_path}")
+    finally:
+        browser.quit()
