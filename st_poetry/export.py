@@ -12,17 +12,13 @@ Into the model folder, where sentence-transformers' own ONNX/OpenVINO loader loo
 
 Pooling, normalization, prompts and the tokenizer stay the saved model's, so `--backend onnx-int8` (and the
 others) in every stage encodes like `--backend torch`, only faster; the export ends by checking exactly that.
-Each file is written to a temporary folder and moved in when complete.
+Each file is written to a temporary folder and moved in when complete (files.atomic_output_dir, merge mode).
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +28,21 @@ from sentence_transformers import SentenceTransformer
 
 from st_poetry.backends import require
 from st_poetry.config import BACKENDS, ExportConfig, UserError, run_cli
-from st_poetry.files import read_rows
+from st_poetry.files import atomic_output_dir
 from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.schema import CORPUS, read_split, require_files
 
 # what the export's check encodes with torch and with every exported file
 CHECK_QUERIES = ("山中下雨后傍晚的秋天", "明亮的月光洒在床前", "独自在大雪覆盖的寒冷江面上垂钓")
 CHECK_LINES = ("空山新雨后，天气晚来秋。", "床前明月光，疑是地上霜。", "孤舟蓑笠翁，独钓寒江雪。")
 
 
-@contextmanager
-def staged_files(folder: Path) -> Iterator[Path]:
-    """Yield a temporary folder inside `folder`; on success its files move into `folder` under the same relative
-    paths (an OpenVINO .xml after its .bin), on failure it is removed, so no half-written export is left."""
-    tmp = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=folder))
-    try:
-        yield tmp
-        for path in sorted(tmp.rglob("*.*"), key=lambda path: path.suffix == ".xml"):
-            target = folder / path.relative_to(tmp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _name(backend: str) -> str:
+    return Path(BACKENDS[backend][1]).name
+
+
+def _subfolder(backend: str) -> str:
+    return str(Path(BACKENDS[backend][1]).parent)
 
 
 class LastHiddenState(torch.nn.Module):
@@ -76,7 +66,6 @@ def export_onnx(model: SentenceTransformer, path: Path) -> None:
     features = model.preprocess(list(CHECK_LINES[:2]))
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in features]
     batch, length = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
             LastHiddenState(model[0].auto_model).eval(),
@@ -96,23 +85,18 @@ def quantize_onnx(source: Path, path: Path) -> None:
     require("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def calibration_feeds(model: SentenceTransformer, config: ExportConfig, input_names: Sequence[str]) -> list[dict]:
     """One feed per text: seeded samples of the train descriptions (with the query prompt) and corpus lines
     (with the document prompt), what the quantized model will see."""
-    folder = Path(config.calibration_data)
-    for name in ("train.jsonl", "corpus.jsonl"):
-        if not (folder / name).is_file():
-            raise UserError(
-                f"{folder} has no {name}: openvino int8 calibrates on a `just prepare` folder (--calibration-data)"
-            )
+    what = "a `just prepare` folder, whose texts calibrate the openvino int8 export (--calibration-data)"
+    folder = require_files(config.calibration_data, ("train.jsonl", "corpus.jsonl"), what)
     rng = random.Random(config.seed)
     half = config.calibration_size // 2
-    queries = sorted({row["anchor"] for row in read_rows(folder / "train.jsonl", ("anchor",))})
-    lines = sorted({row["text"] for row in read_rows(folder / "corpus.jsonl", ("text",))})
+    queries = sorted({row["anchor"] for row in read_split(folder / "train.jsonl").rows})
+    lines = sorted({row["text"] for row in CORPUS.read(folder / "corpus.jsonl")})
     texts = [(query_prompt(model) or "") + text for text in rng.sample(queries, min(half, len(queries)))]
     texts += [(document_prompt(model) or "") + text for text in rng.sample(lines, min(half, len(lines)))]
     feeds = []
@@ -123,16 +107,17 @@ def calibration_feeds(model: SentenceTransformer, config: ExportConfig, input_na
 
 
 def export_openvino(model: SentenceTransformer, onnx_file: Path, tmp: Path, config: ExportConfig) -> list[str]:
-    """Convert the ONNX graph; with int8, also quantize it statically with NNCF. Returns the backends written."""
+    """Convert the ONNX graph into `tmp`; with int8, also quantize it statically with NNCF. Returns the backends
+    written."""
     ov = require("openvino")
     graph = ov.convert_model(str(onnx_file))
-    ov.save_model(graph, str(tmp / BACKENDS["openvino"][1]), compress_to_fp16=False)
+    ov.save_model(graph, str(tmp / _name("openvino")), compress_to_fp16=False)
     if config.quantize == "none":
         return ["openvino"]
     nncf = require("nncf")
     feeds = calibration_feeds(model, config, [graph_input.any_name for graph_input in graph.inputs])
     quantized = nncf.quantize(graph, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
-    ov.save_model(quantized, str(tmp / BACKENDS["openvino-int8"][1]), compress_to_fp16=False)
+    ov.save_model(quantized, str(tmp / _name("openvino-int8")), compress_to_fp16=False)
     return ["openvino", "openvino-int8"]
 
 
@@ -169,22 +154,23 @@ def export(config: ExportConfig) -> dict[str, Any]:
         require("nncf")
     model = load_model(str(folder), max_seq_length=config.max_seq_length)
 
-    written: list[str] = []
-    with staged_files(folder) as tmp:
-        onnx_file = tmp / BACKENDS["onnx"][1]
+    # Each subfolder is staged by atomic_output_dir and its files moved in beside any others (the fp32 graph, or
+    # an OpenVINO .xml after its .bin, last), so an interrupted export leaves the previous files as they were.
+    int8 = config.quantize == "int8"
+    written = ["onnx"]
+    with atomic_output_dir(folder / _subfolder("onnx"), _name("onnx"), merge=True) as onnx_tmp:
+        onnx_file = onnx_tmp / _name("onnx")
         print(f"exporting {folder} to ONNX")
         export_onnx(model, onnx_file)
-        written.append("onnx")
-        if "onnx" in config.backend and config.quantize == "int8":
+        if "onnx" in config.backend and int8:
             print("quantizing the ONNX graph to int8 (dynamic)")
-            quantize_onnx(onnx_file, tmp / BACKENDS["onnx-int8"][1])
+            quantize_onnx(onnx_file, onnx_tmp / _name("onnx-int8"))
             written.append("onnx-int8")
         if "openvino" in config.backend:
-            print(
-                "converting to OpenVINO" + (" and quantizing to int8 (NNCF, calibrated)" * (config.quantize == "int8"))
-            )
-            (tmp / BACKENDS["openvino"][1]).parent.mkdir(parents=True, exist_ok=True)
-            written += export_openvino(model, onnx_file, tmp, config)
+            print("converting to OpenVINO" + " and quantizing to int8 (NNCF, calibrated)" * int8)
+            last = (_name("openvino-int8"),) if int8 else ()
+            with atomic_output_dir(folder / _subfolder("openvino"), _name("openvino"), merge=True, last=last) as ov_tmp:
+                written += export_openvino(model, onnx_file, ov_tmp, config)
 
     report = check_exports(folder, model, written, config)
     print(f"\nexported {folder}:")

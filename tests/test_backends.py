@@ -17,8 +17,9 @@ from st_poetry.evaluate import evaluate
 from st_poetry.export import export
 from st_poetry.mine import model_fingerprint
 from st_poetry.modeling import load_model
+from st_poetry.schema import CORPUS, PAIR
 from st_poetry.search import INDEX_INFO, PoetryIndex, build_index, main
-from tests.conftest import _write_jsonl, prepared_rows
+from tests.conftest import prepared_rows
 
 pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
 pytest.importorskip("onnxscript", reason="the onnx extra: pip install -e '.[onnx]'")
@@ -36,8 +37,8 @@ def exported_model(tmp_path_factory, tiny_st_model) -> str:
     calibration = root / "processed"
     calibration.mkdir()
     train, _, corpus = prepared_rows()
-    _write_jsonl(calibration / "train.jsonl", train)
-    _write_jsonl(calibration / "corpus.jsonl", corpus)
+    PAIR.write(calibration / "train.jsonl", train)
+    CORPUS.write(calibration / "corpus.jsonl", corpus)
     backends = ["onnx", "openvino"] if HAS_OPENVINO else ["onnx"]
     export(ExportConfig(model=str(folder), backend=backends, calibration_data=str(calibration), calibration_size=20))
     return str(folder)
@@ -50,7 +51,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_export_writes_the_files_where_sentence_transformers_looks(exported_model):
     for name in EXPORTED:
         assert (Path(exported_model) / BACKENDS[name][1]).is_file(), name
-    assert not list(Path(exported_model).glob(".export-partial-*")), "the staging folder is left behind"
+    assert not list(Path(exported_model).glob(".*partial*")), "a staging folder is left behind"
 
 
 @pytest.mark.parametrize("backend", EXPORTED)
