@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import types
@@ -42,6 +43,23 @@ class UserError(Exception):
     """A mistake the user can fix (bad path, bad input, bad value): reported in one line, no traceback."""
 
 
+# OSErrors that say something about the machine (full disk, permissions), not about the code: one line, no traceback.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
+INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def describe_os_error(error: OSError) -> str:
+    """'No space left on device: path', the one line a machine error is reported in."""
+    if not error.strerror:
+        return str(error)
+    return error.strerror + (f": {error.filename}" if error.filename else "")
+
+
+def warn(message: str) -> None:
+    """A problem that does not stop the stage but will bite later: one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def option(default: Any, help: str, **extra: Any) -> Any:
     """A config field with its help text; a tuple default becomes a fresh list per instance."""
     metadata = {"help": help, **extra}
@@ -68,7 +86,71 @@ def parse_backend(spec: str) -> tuple[str, str | None]:
     )
 
 
-@dataclass
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "none"}
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """isinstance for the annotations configs use; an int is a float, a bool is not an int."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or origin is typing.Union:
+        return any(_has_type(value, arg) for arg in typing.get_args(tp))
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, typing.get_args(tp)[0]) for item in value)
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    if tp is float:
+        return isinstance(value, int | float)
+    return isinstance(value, origin or tp)
+
+
+def _check_output_folder(flag: str, value: str, example: str) -> None:
+    """An output folder is replaced whole, so it must be able to become a folder of its own."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {value} is a file: an output folder must be a folder")
+    if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
+        raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
+    cwd = Path.cwd()
+    if path.resolve() in (cwd, *cwd.parents):
+        raise ValueError(
+            f"{flag} {value} is the current folder or one above it, and an output folder is replaced whole: "
+            f"name a folder of its own, e.g. {flag} {example}"
+        )
+
+
+def stage_config(cls: type[C]) -> type[C]:
+    """@dataclass plus the checks every stage config shares: each field has its annotated type (a config file
+    can hold anything), checked before the class's own `__post_init__`, and an `output=True` field names a
+    folder that can be written."""
+    own_checks = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self: Any) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise TypeError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
+        if own_checks:
+            own_checks(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("output"):
+                _check_output_folder(_flag(f.name), getattr(self, f.name), f.default)
+
+    cls.__post_init__ = __post_init__
+    return dataclass(cls)
+
+
+@stage_config
 class PrepareConfig:
     """Turn raw poetry data into (query, positive) pairs, a grouped train/eval split and a candidate corpus."""
 
@@ -77,7 +159,7 @@ class PrepareConfig:
     ccpm_eval: list[str] = option((), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)")
     flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
     flagembedding_eval: list[str] = option((), "FlagEmbedding-format files or folders that go wholly to eval")
-    out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json")
+    out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json", output=True)
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
     eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash")
     seed: int = option(42, "seed of the grouped train/eval split")
@@ -89,12 +171,12 @@ class PrepareConfig:
         _check(bool(inputs), "no input given: pass --works, --ccpm or --flagembedding (files or folders)")
 
 
-@dataclass
+@stage_config
 class MineConfig:
     """Add hard negatives to prepared pairs with sentence-transformers' mine_hard_negatives (faiss)."""
 
     data: str = option("data/processed", "folder written by `just prepare`")
-    out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json")
+    out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json", output=True)
     model: str = option(DEFAULT_MODEL, "model that scores candidates: Hub id or local path")
     num_negatives: int = option(9, "negatives per row (given negatives first, mined ones fill up)")
     range_min: int = option(10, "skip the top-ranked candidates, where false negatives live (docs/BENCHMARKS.md)")
@@ -118,13 +200,17 @@ class MineConfig:
     def __post_init__(self) -> None:
         _check(self.num_negatives >= 1, f"num_negatives must be >= 1, got {self.num_negatives}")
         _check(0 <= self.range_min < self.range_max, "need 0 <= range_min < range_max")
-        _check(self.range_max - self.range_min >= self.num_negatives, "range_max - range_min < num_negatives")
+        _check(
+            self.range_max - self.range_min >= self.num_negatives,
+            f"num_negatives {self.num_negatives} is more than the {self.range_max - self.range_min} candidates of "
+            f"ranks range_min {self.range_min} to range_max {self.range_max}: widen the range or lower num_negatives",
+        )
         _check(self.relative_margin is None or 0 <= self.relative_margin < 1, "relative_margin must be in [0, 1)")
         _check(self.batch_size >= 1 and self.max_seq_length >= 8, "batch_size >= 1 and max_seq_length >= 8")
         parse_backend(self.backend)
 
 
-@dataclass
+@stage_config
 class TrainConfig:
     """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
 
@@ -134,7 +220,9 @@ class TrainConfig:
         "or a FlagEmbedding train .jsonl (query, pos, neg)",
     )
     model: str = option(DEFAULT_MODEL, "base model: Hub id or local path")
-    out: str = option("models/st-poetry", "output folder: final model, checkpoints/, train_log.jsonl, curves")
+    out: str = option(
+        "models/st-poetry", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
+    )
     epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)")
     max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0")
     batch_size: int = option(64, "queries per batch and process: every other row's texts are in-batch negatives")
@@ -194,7 +282,7 @@ class TrainConfig:
         )
 
 
-@dataclass
+@stage_config
 class EvaluateConfig:
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
@@ -203,7 +291,7 @@ class EvaluateConfig:
     backend: list[str] = option(
         ("torch",), f"a row per model and backend, to measure what an export costs in quality; {BACKEND_HELP}"
     )
-    out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}")
+    out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}", output=True)
     ccpm: list[str] = option((), "CCPM-format .jsonl files to score multiple-choice accuracy on")
     ccpm_eval_split: bool = option(True, "also score CCPM accuracy on the eval split's held-out CCPM records")
     bm25: bool = option(True, "add BM25 baseline rows (jieba words and single characters)")
@@ -223,7 +311,7 @@ class EvaluateConfig:
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
 
 
-@dataclass
+@stage_config
 class IndexConfig:
     """Encode a corpus once and save a faiss index with its metadata."""
 
@@ -231,7 +319,7 @@ class IndexConfig:
     corpus: str = option(
         "data/processed/corpus.jsonl", "corpus.jsonl: rows with text and optional id, title, author, dynasty, group"
     )
-    out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)")
+    out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)", output=True)
     index_type: Literal["flat", "hnsw"] = option(
         "flat",
         "flat = exact inner product; hnsw = approximate graph search, for millions of lines",
@@ -258,7 +346,7 @@ class IndexConfig:
         )
 
 
-@dataclass
+@stage_config
 class QueryConfig:
     """Find the poem lines that modern-Chinese descriptions describe."""
 
@@ -278,7 +366,7 @@ class QueryConfig:
             parse_backend(self.backend)
 
 
-@dataclass
+@stage_config
 class ExportConfig:
     """Export a model for fast CPU encoding: ONNX Runtime and OpenVINO files, fp32 and int8, into its folder."""
 
@@ -305,7 +393,7 @@ class ExportConfig:
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
 
 
-@dataclass
+@stage_config
 class ServeConfig:
     """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
 
@@ -421,16 +509,26 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | No
         values = load_config_file(config_path, cls) if config_path else {}
         return cls(**{**values, **flags})
     except (UserError, ValueError, TypeError) as error:
-        parser.error(str(error))  # exits with status 2
+        # flags arrive typed by argparse, so a wrong type came from the file: name it
+        parser.error(f"{config_path}: {error}" if isinstance(error, TypeError) and config_path else str(error))
 
 
 def run_cli(
     cls: type[C], stage: Callable[[C], Any], argv: Sequence[str] | None = None, prog: str | None = None
 ) -> None:
-    """The whole `__main__` of a stage: parse, run, turn a UserError into one line on stderr and exit code 2."""
+    """The whole `__main__` of a stage: parse and run, and end in one line on stderr instead of a traceback for
+    a UserError (exit code 2), a machine error such as a full disk (1), or Ctrl-C (130)."""
     config = parse_config(cls, argv, prog)
     try:
         stage(config)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    except OSError as error:
+        if error.errno not in MACHINE_ERRNOS:
+            raise
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import EvaluateConfig, UserError, run_cli
+from st_poetry.config import EvaluateConfig, run_cli
 from st_poetry.files import atomic_output_dir, write_json
 from st_poetry.lexical import BM25_TOKENIZERS, bm25_ccpm_accuracy, bm25_retrieval_metrics
 from st_poetry.metrics import (
@@ -32,7 +32,7 @@ from st_poetry.metrics import (
 )
 from st_poetry.modeling import load_model
 from st_poetry.plots import plot_metric_bars
-from st_poetry.schema import CORPUS, PAIR, read_split
+from st_poetry.schema import CORPUS, PAIR, read_split, require_files
 
 MARKER = "evaluation.json"
 EVAL_SPLIT_CCPM = "eval split"
@@ -55,12 +55,25 @@ def _short_names(names: Sequence[str]) -> list[str]:
     return [s if short.count(s) == 1 else name for s, name in zip(short, names, strict=True)]
 
 
-def _variants(config: EvaluateConfig) -> list[tuple[str, str, str]]:
+def _distinct(names: Sequence[str]) -> list[str]:
+    """Each model once, in the order given: one folder under two spellings (models/x, ./models/x/) is one model."""
+    kept: dict[Any, str] = {}
+    for name in names:
+        path = Path(name).expanduser()
+        key = path.resolve() if path.exists() else name
+        if key in kept:
+            print(f"note: {name} is {kept[key]} again: evaluated once")
+        kept.setdefault(key, name)
+    return list(kept.values())
+
+
+def _variants(names: Sequence[str], backends: Sequence[str]) -> list[tuple[str, str, str]]:
     """(row name, model, backend) per model and backend; the backend joins the name when there are several."""
+    backends = list(dict.fromkeys(backends))
     return [
-        (name if len(config.backend) == 1 else f"{name} {backend}", path, backend)
-        for name, path in zip(_short_names(config.model), config.model, strict=True)
-        for backend in config.backend
+        (name if len(backends) == 1 else f"{name} {backend}", path, backend)
+        for name, path in zip(_short_names(names), names, strict=True)
+        for backend in backends
     ]
 
 
@@ -116,10 +129,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Score every model (and the BM25 baselines) and write evaluation.{json,md,png} to `config.out`."""
-    data = Path(config.data)
-    for name in ("eval.jsonl", "corpus.jsonl"):
-        if not (data / name).is_file():
-            raise UserError(f"{data} has no {name}: pass --data a folder written by `just prepare` or `just mine`")
+    data = require_files(
+        config.data, ("eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare` or `just mine`"
+    )
     eval_split = read_split(data / "eval.jsonl")
     eval_rows = eval_split.rows
     corpus_rows = CORPUS.read(data / "corpus.jsonl")
@@ -133,8 +145,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         else:  # e.g. a `just mine` folder: its rows no longer carry CCPM's choices
             print(f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column")
 
+    names = _distinct(config.model)
     with atomic_output_dir(config.out, MARKER) as out:
-        variants = _variants(config)
+        variants = _variants(names, config.backend)
         models = [
             load_model(
                 path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction, backend=backend

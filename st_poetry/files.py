@@ -5,24 +5,67 @@ Stdlib only, so the light `prepare` stage can use them.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import UserError
+from st_poetry.config import MACHINE_ERRNOS, UserError, describe_os_error
+
+PARTIAL = ".partial-"
+
+
+def _partials(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}{PARTIAL}*"))
+
+
+def _writer_alive(partial: Path) -> bool:
+    """A partial folder is named after the process writing it (.X.partial-PID-RANDOM): is that process running?"""
+    pid = partial.name.rsplit(PARTIAL, 1)[1].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_interrupted_write(out: Path) -> None:
+    """Undo what a killed `atomic_output_dir` left next to `out`: partial folders of writers no longer running
+    go, and a `.X.old` is put back when the kill came between its two renames (X gone) or dropped (X in place)."""
+    live = False
+    for partial in _partials(out):
+        if _writer_alive(partial):
+            live = True
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+    old = out.with_name(f".{out.name}.old")
+    if not old.is_dir() or live:
+        return
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.rename(out)
+        print(f"note: restored {out} from {old.name}, left by a run that was stopped while replacing it")
 
 
 @contextmanager
 def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success its content becomes `out`, on failure it is removed.
 
-    An interrupted run therefore never leaves a half-written set that looks complete. By default the new
-    folder replaces `out` whole, and an existing `out` is replaced only if it holds `marker` (a file this stage
-    writes last), so a folder of the user's that st_poetry did not write is never deleted.
+    An interrupted run therefore never leaves a half-written set that looks complete, and what a killed run left
+    is cleaned up by the next (`recover_interrupted_write`). By default the new folder replaces `out` whole, and
+    an existing `out` is replaced only if it holds `marker` (a file this stage writes last), so a folder of the
+    user's that st_poetry did not write is never deleted. The folder gets the user's umask, like any folder they
+    create. A full disk or a permission error is a UserError naming `out`.
 
     `merge=True` is for a stage whose folder holds more than this one output (train: the final model beside
     its checkpoints and logs): the entries are moved into `out`, replacing same-named ones and leaving the
@@ -30,24 +73,30 @@ def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last
     at the end, so `out` never holds the marker while only part of the set is there.
     """
     out = Path(out)
+    recover_interrupted_write(out)
     if not merge and out.exists() and any(out.iterdir()) and not (out / marker).exists():
         raise UserError(f"refusing to overwrite {out}: it is not empty and has no {marker} (not written by this stage)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = out.with_name(f".{out.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # not tempfile.mkdtemp: its folders are 0700 whatever the umask
+    except OSError as error:
+        raise UserError(f"cannot create {out}: {describe_os_error(error)}") from None
     try:
         yield tmp
         if merge:
             _move_into(tmp, out, (*last, marker))
         elif out.exists():
             old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
+            raise UserError(f"could not write {out}: {describe_os_error(error)}; {out} was left as it was") from None
         raise
 
 
@@ -76,7 +125,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark, as some editors write, is fine
         try:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -86,7 +135,19 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as error:
                     raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
         except UnicodeDecodeError as error:
-            raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+            raise not_utf8(path, error) from None
+
+
+def not_utf8(source: str | Path, error: UnicodeDecodeError) -> UserError:
+    return UserError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})")
+
+
+def decode_text(data: bytes, source: str | Path) -> str:
+    """UTF-8 bytes (a byte-order mark allowed) as text; anything else is a one-line error naming `source`."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise not_utf8(source, error) from None
 
 
 def write_json(path: str | Path, value: Any) -> None:

@@ -31,12 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
-from st_poetry.config import MineConfig, UserError, run_cli
+from st_poetry.config import MineConfig, UserError, run_cli, warn
 from st_poetry.files import atomic_output_dir, write_json
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
@@ -265,10 +266,40 @@ def mine_split(
     return out, stats
 
 
+def check_inputs(data: dict[str, list[dict[str, Any]]], data_dir: Path, config: MineConfig) -> None:
+    """Refuse a --num-negatives the corpus cannot fill (it would only write nulls); warn about an empty split,
+    which `just train` would otherwise be the first to notice."""
+    candidates = len(candidate_texts(data)) - 1  # every line but the row's own positive
+    if config.range_min + config.num_negatives > candidates:
+        raise UserError(
+            f"--num-negatives {config.num_negatives} from rank --range-min {config.range_min} on needs "
+            f"{config.range_min + config.num_negatives + 1:,} candidate lines, but {data_dir} has {candidates + 1:,}: "
+            "lower --num-negatives or --range-min"
+        )
+    for split in SPLITS:
+        if not data[split]:
+            warn(
+                f"{data_dir / f'{split}.jsonl'} has no rows, so the mined {split} split is empty too, and "
+                f"`just train` needs {split} rows (see `just prepare --help`: --eval-fraction, --ccpm-eval)"
+            )
+
+
+def drop_unreadable_cache(folder: Path) -> None:
+    """The library saves its cache with np.save straight to the final name, so a run killed meanwhile leaves a
+    truncated .npy that would fail to load: treat such a file as a cache miss (removed here, written again)."""
+    for path in sorted(folder.glob("*.npy")):
+        try:
+            np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError):
+            path.unlink()
+            print(f"note: {path} is unreadable (an interrupted run?): removed, its embeddings are computed again")
+
+
 def mine(config: MineConfig) -> dict[str, Any]:
     """Mine hard negatives for the prepared train and eval splits into `config.out`; returns the stats."""
     data_dir = Path(config.data)
     data = read_prepared(data_dir)
+    check_inputs(data, data_dir, config)
     model = load_model(
         config.model,
         max_seq_length=config.max_seq_length,
@@ -276,6 +307,8 @@ def mine(config: MineConfig) -> dict[str, Any]:
         backend=config.backend,
     )
     cache_folder = str(Path(config.cache_folder) / model_fingerprint(model)) if config.cache_folder else None
+    if cache_folder:
+        drop_unreadable_cache(Path(cache_folder))
 
     stats: dict[str, Any] = {"corpus_size": len(data["corpus"])}
     with atomic_output_dir(config.out, MARKER) as tmp:

@@ -12,7 +12,13 @@ import math
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+from safetensors import SafetensorError
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -20,6 +26,8 @@ from st_poetry.backends import exported_sentence_transformer, exported_transform
 from st_poetry.config import UserError, parse_backend
 
 QUERY_PROMPT = "query"
+# Checkpoints may pad their embedding matrix (to a multiple of 64, say); a tokenizer under half of it is broken.
+MIN_VOCABULARY_SHARE = 0.5
 # sentence-transformers' encode_document takes the first of these that the model's prompts have
 DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
@@ -31,20 +39,39 @@ def _is_sentence_transformer(name_or_path: str) -> bool:
         if not (local / "modules.json").is_file() and not (local / "config.json").is_file():
             raise UserError(f"{local} is not a model folder (no modules.json or config.json)")
         return (local / "modules.json").is_file()
-    if local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    # A path that cannot be a Hub id, or whose first folder exists here (models/nope), was meant as a folder.
+    meant_as_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1 or local.parent.is_dir()
+    if local.exists() or meant_as_path:
         raise UserError(f"model folder not found: {name_or_path}")
     try:
         hf_hub_download(name_or_path, "modules.json")
     except LocalEntryNotFoundError:
         raise UserError(
-            f"cannot download {name_or_path!r}: the Hugging Face Hub is out of reach and the model is not cached; "
-            "pass a local model folder instead: --model PATH"
+            f"{name_or_path!r} is not a local folder, and as a Hugging Face Hub id it cannot be downloaded: the Hub "
+            "is out of reach and the model is not cached; pass a local model folder instead: --model PATH"
         ) from None
-    except RepositoryNotFoundError:
-        raise UserError(f"no model {name_or_path!r} on the Hugging Face Hub and no such local folder") from None
+    except (RepositoryNotFoundError, HFValidationError):
+        raise UserError(
+            f"no such folder {name_or_path}, and no model {name_or_path!r} on the Hugging Face Hub"
+        ) from None
     except EntryNotFoundError:
         return False
     return True
+
+
+def _check_tokenizer(model: SentenceTransformer, name: str) -> None:
+    """A model folder without its tokenizer files still loads, with a handful of special tokens, and then encodes
+    every text to the same vector: refuse a tokenizer much smaller than the embedding matrix it indexes."""
+    auto_model = getattr(model[0], "auto_model", None)
+    tokenizer = getattr(model[0], "tokenizer", None)
+    if auto_model is None or tokenizer is None:  # e.g. a static embedding model
+        return
+    rows = auto_model.get_input_embeddings().num_embeddings
+    if len(tokenizer) < MIN_VOCABULARY_SHARE * rows:
+        raise UserError(
+            f"{name}: its tokenizer has {len(tokenizer):,} tokens for {rows:,} embedding rows, so it would encode "
+            "every text alike: the tokenizer files (tokenizer.json, vocab.txt, ...) are missing or not this model's"
+        )
 
 
 def load_model(
@@ -79,8 +106,9 @@ def load_model(
             model = SentenceTransformer(modules=[transformer, pooling, Normalize()])
     except UserError:
         raise
-    except (OSError, ValueError, RuntimeError) as error:
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as error:  # e.g. truncated weights
         raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from None
+    _check_tokenizer(model, name_or_path)
     if max_seq_length is not None and model.max_seq_length != math.inf:  # a static embedding has no token limit
         model.max_seq_length = max_seq_length
     if query_instruction:

@@ -31,8 +31,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from st_poetry.config import PrepareConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, read_jsonl, write_json
+from st_poetry.config import PrepareConfig, UserError, run_cli, warn
+from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, write_json
 from st_poetry.schema import CORPUS, PAIR, encode
 
 MARKER = "stats.json"
@@ -194,10 +194,7 @@ def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
     The text is read at once, but only one record at a time becomes Python objects: a million-record file
     needs far less memory than the full `json.load` tree would.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    text = decode_text(path.read_bytes(), path)
     decoder = json.JSONDecoder()
     position = _WHITESPACE.match(text).end()
     if not text.startswith("[", position):
@@ -384,6 +381,15 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
             stats[source].eval_pairs += 1
 
     total = sum(stats.values(), SourceStats())
+    warnings = [
+        f"the {split} split is empty (--eval-fraction {config.eval_fraction}): `just mine` and `just train` need "
+        f"{split} pairs; {fix}"
+        for split, rows, fix in (
+            ("train", train, "lower --eval-fraction, or pass fewer files with --ccpm-eval/--flagembedding-eval"),
+            ("eval", evaluation, "raise --eval-fraction, or pass held-out files with --ccpm-eval/--flagembedding-eval"),
+        )
+        if not rows
+    ]
     result = {
         "inputs": [{"source": i.source, "path": str(i.path), "eval_only": i.eval_only} for i in inputs],
         "settings": {"kinds": config.kinds, "eval_fraction": config.eval_fraction, "seed": config.seed},
@@ -394,6 +400,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         "train_groups": len({pairs[key][2] for key in train}),
         "eval_groups": len({pairs[key][2] for key in evaluation}),
         "corpus_size": len(corpus),
+        "warnings": warnings,
     }
 
     def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
@@ -409,6 +416,8 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
                 handle.writelines(lines)
         write_json(tmp / MARKER, result)
     print(summary(result, config.out, time.perf_counter() - start))
+    for message in warnings:
+        warn(message)
     return result
 
 

@@ -32,7 +32,7 @@ from datasets import Dataset, load_from_disk
 from sentence_transformers import SentenceTransformer
 
 from st_poetry.config import IndexConfig, QueryConfig, UserError, parse_backend, run_cli
-from st_poetry.files import atomic_output_dir, write_json
+from st_poetry.files import atomic_output_dir, decode_text, write_json
 from st_poetry.modeling import document_prompt, load_model, query_prompt
 from st_poetry.schema import CORPUS
 
@@ -40,6 +40,8 @@ INDEX_INFO = "index.json"
 FAISS_FILE = "index.faiss"
 LINES_DIR = "lines"
 METADATA = CORPUS.names
+# What a query reads from index.json.
+INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
 PROBE_TEXT = "空山新雨后，天气晚来秋。"
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
@@ -146,6 +148,35 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
 # query
 
 
+def _read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Dataset]:
+    """index.json, index.faiss and lines/, checked to belong together; anything damaged is one line that says
+    to rebuild, never a traceback from faiss or datasets."""
+    rebuild = f"rebuild it: just index --model PATH --out {folder}"
+    try:
+        info = json.loads((folder / INDEX_INFO).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise UserError(f"{folder / INDEX_INFO} is unreadable ({error}): {rebuild}") from None
+    missing = [key for key in INFO_KEYS if key not in info] if isinstance(info, dict) else list(INFO_KEYS)
+    if missing:
+        raise UserError(f"{folder / INDEX_INFO} lacks {', '.join(missing)}: not written by `just index`; {rebuild}")
+    try:
+        index = faiss.read_index(str(folder / FAISS_FILE))
+    except RuntimeError as error:
+        reason = str(error).rsplit("Error: ", 1)[-1].strip()
+        raise UserError(f"{folder / FAISS_FILE} is unreadable (truncated or corrupt: {reason}): {rebuild}") from None
+    try:
+        lines = load_from_disk(str(folder / LINES_DIR))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder / LINES_DIR} is missing or unreadable ({error}): {rebuild}") from None
+    if not index.ntotal == len(lines) == info["size"] or index.d != info["embedding_dim"]:
+        raise UserError(
+            f"{folder} does not hold together: {FAISS_FILE} has {index.ntotal:,} {index.d}-dim vectors, {LINES_DIR}/ "
+            f"{len(lines):,} lines, {INDEX_INFO} says {info['size']:,} of {info['embedding_dim']} dims "
+            f"(files of two builds?): {rebuild}"
+        )
+    return info, index, lines
+
+
 class PoetryIndex:
     """An index folder opened for search, with a model checked to encode like the one that built it."""
 
@@ -158,9 +189,7 @@ class PoetryIndex:
             raise UserError(
                 f"no index at {self.folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"
             )
-        self.info = json.loads(info_path.read_text(encoding="utf-8"))
-        self.index = faiss.read_index(str(self.folder / FAISS_FILE))
-        self.lines = load_from_disk(str(self.folder / LINES_DIR))
+        self.info, self.index, self.lines = _read_index_folder(self.folder)
         if ef_search is not None:
             if not isinstance(self.index, faiss.IndexHNSW):
                 raise UserError(f"--ef-search applies to hnsw indexes; {self.folder} is {self.info['index_type']}")
@@ -227,9 +256,9 @@ def read_queries(config: QueryConfig) -> list[str]:
         raise UserError('empty query: describe what you are looking for, e.g. "山中下雨后傍晚的秋天"')
     if config.file is not None:
         if config.file == "-":
-            source, text = "stdin", sys.stdin.read()
+            source, text = "stdin", decode_text(sys.stdin.buffer.read(), "stdin")
         elif Path(config.file).is_file():
-            source, text = config.file, Path(config.file).read_text(encoding="utf-8")
+            source, text = config.file, decode_text(Path(config.file).read_bytes(), config.file)
         else:
             raise UserError(f"query file not found: {config.file}")
         from_file = [line.strip() for line in text.splitlines() if line.strip()]

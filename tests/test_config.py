@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -91,3 +96,76 @@ def test_run_cli_turns_user_errors_into_one_line(capsys):
         run_cli(QueryConfig, stage, ["q"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: something the user can fix"
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130():
+    # A real SIGINT to a running stage, as a terminal's Ctrl-C sends it.
+    code = (
+        "import time\n"
+        "from st_poetry.config import QueryConfig, run_cli\n"
+        "def stage(config):\n"
+        "    print('running', flush=True)\n"
+        "    time.sleep(60)\n"
+        "run_cli(QueryConfig, stage, ['q'])\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "running\n"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert (process.returncode, err) == (130, "interrupted\n")
+
+
+def test_a_full_disk_or_a_denied_write_is_one_line(capsys):
+    def stage(config):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "data/cache/x.npy")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(QueryConfig, stage, ["q"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: No space left on device: data/cache/x.npy"
+
+    def bug(config):
+        raise FileNotFoundError(errno.ENOENT, "a path the code got wrong")
+
+    with pytest.raises(FileNotFoundError):  # not the machine's fault: the traceback is what a developer needs
+        run_cli(QueryConfig, bug, ["q"])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"batch_size": "64"}, "batch_size must be an integer, got '64'"),
+        ({"lr": "2e-5"}, "lr must be a number, got '2e-5'"),
+        ({"resume": 1}, "resume must be true or false, got 1"),
+        ({"eval_max_corpus": 1.5}, "eval_max_corpus must be an integer or none, got 1.5"),
+    ],
+)
+def test_config_file_type_errors_name_the_field_and_the_file(tmp_path, capsys, values, message):
+    config_file = tmp_path / "train.json"
+    config_file.write_text(json.dumps(values))
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(TrainConfig, ["--config", str(config_file)])
+    assert exit_info.value.code == 2
+    assert f"{config_file}: {message}" in capsys.readouterr().err
+
+
+def test_config_types_are_checked_for_python_callers_too():
+    with pytest.raises(TypeError, match=r"works must be a list of strings, got 'poems\.json'"):
+        PrepareConfig(works="poems.json")
+    with pytest.raises(TypeError, match="sampling_strategy must be one of 'top', 'random'"):
+        MineConfig(sampling_strategy="hardest")
+    assert TrainConfig(epochs=3).epochs == 3  # an integer is a number
+
+
+def test_an_output_folder_must_be_able_to_be_one(tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("x")
+    monkeypatch.chdir(tmp_path / "..")
+    with pytest.raises(ValueError, match=r"--out .*notes\.txt is a file"):
+        MineConfig(out=str(tmp_path / "notes.txt"))
+    with pytest.raises(ValueError, match=r"notes\.txt is a file, not a folder"):
+        MineConfig(out=str(tmp_path / "notes.txt" / "mined"))
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "..", str(tmp_path), "/"):
+        with pytest.raises(ValueError, match="is the current folder or one above it"):
+            PrepareConfig(works=["w.json"], out=out)
+    assert PrepareConfig(works=["w.json"], out="processed").out == "processed"

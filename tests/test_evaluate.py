@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 from conftest import save_bag_of_chars_model
@@ -177,7 +178,7 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
         (["--model", str(tmp_path / "missing")], "model folder not found"),
         (["--model", str(broken_model)], "cannot load model"),
         (["--model", tiny_st_model, "--ccpm", str(ccpm)], "ccpm.jsonl:2: choices is not a list of texts"),
-        (["--model", tiny_st_model, "--data", str(no_eval)], "has no eval.jsonl"),
+        (["--model", tiny_st_model, "--data", str(no_eval)], "eval.jsonl is missing: --data must be"),
     ]
     for flags, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -186,3 +187,12 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
         error = capsys.readouterr().err.strip()
         assert error.startswith("error: ") and message in error and "\n" not in error
         assert not out.exists()
+
+
+def test_the_same_model_given_twice_is_one_row(tmp_path, prepared_dir, bag_of_chars_model, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    same = [bag_of_chars_model, bag_of_chars_model + "/", os.path.relpath(bag_of_chars_model)]
+    config = EvaluateConfig(data=str(prepared_dir), model=same, bm25=False, out=str(tmp_path / "o"))
+    report = evaluate(config)
+    assert [(row["name"], row["model"]) for row in report["rows"]] == [("bag-of-chars", bag_of_chars_model)]
+    assert capsys.readouterr().out.count("evaluated once") == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from st_poetry.config import MineConfig, UserError
@@ -215,7 +216,7 @@ def test_malformed_row_names_file_and_line(prepared_dir, tiny_st_model):
     [
         ({"num_negatives": 0}, "num_negatives"),
         ({"range_min": 5, "range_max": 5}, "range_min < range_max"),
-        ({"range_min": 0, "range_max": 4, "num_negatives": 5}, "range_max - range_min"),
+        ({"range_min": 0, "range_max": 4, "num_negatives": 5}, "more than the 4 candidates of ranks"),
         ({"relative_margin": 1.5}, "relative_margin"),
     ],
 )
@@ -244,3 +245,29 @@ def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, t
     with_query = model_fingerprint(model)
     model.prompts["document"] = "答："
     assert len({plain, with_query, model_fingerprint(model)}) == 3
+
+
+def test_num_negatives_beyond_the_corpus_is_refused(prepared_dir, tiny_st_model):
+    # Allowed by the range, but 38 lines cannot give 100 negatives: it used to write rows of nulls.
+    with pytest.raises(UserError, match=r"--num-negatives 100 from rank --range-min 0 on needs 101 .* has 38"):
+        mine(_config(prepared_dir, tiny_st_model, num_negatives=100, range_max=200))
+    assert not (prepared_dir.parent / "mined").exists()
+
+
+def test_an_empty_eval_split_is_reported(prepared_dir, tiny_st_model, capsys):
+    (prepared_dir / "eval.jsonl").write_text("")
+    stats = mine(_config(prepared_dir, tiny_st_model, range_max=10))
+    assert stats["eval"]["rows_out"] == 0
+    assert "warning: " in (err := capsys.readouterr().err) and "eval.jsonl has no rows" in err
+
+
+def test_a_truncated_cache_file_is_a_cache_miss(prepared_dir, tiny_st_model, capsys):
+    config = _config(prepared_dir, tiny_st_model, range_max=10)
+    first = _read(Path(mine(config)["config"]["out"]) / "train.jsonl")
+    cached = sorted((prepared_dir.parent / "cache").rglob("*.npy"))
+    for path in cached:  # what a run killed while np.save wrote the cache leaves
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    second = mine(config)
+    assert second["train"]["encoded_texts"] > 0 and "unreadable" in capsys.readouterr().out
+    assert _read(Path(config.out) / "train.jsonl") == first
+    assert all(np.load(path).ndim == 2 for path in cached)  # written again, whole

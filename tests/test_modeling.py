@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
+from st_poetry import modeling
 from st_poetry.config import TrainConfig, UserError
 from st_poetry.evaluate import main as evaluate_main
 from st_poetry.mine import main as mine_main
@@ -89,3 +92,34 @@ def test_unreachable_hub_says_what_to_pass(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="--model PATH"):
         load_model("some-org/not-cached-model")
+
+
+def test_a_model_without_its_tokenizer_files_is_refused(tmp_path, tiny_st_model):
+    # It would load with only the special tokens and encode every text to the same vector.
+    folder = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_st_model, folder)
+    for path in folder.glob("tokenizer*"):
+        path.unlink()
+    with pytest.raises(UserError, match=r"tokenizer has 5 tokens for 21,018 embedding rows"):
+        load_model(str(folder))
+
+
+def test_truncated_weights_are_one_clear_line(tmp_path, tiny_st_model):
+    folder = tmp_path / "truncated"
+    shutil.copytree(tiny_st_model, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"cannot load model '{folder}': .*deserializing header"):
+        load_model(str(folder))
+
+
+def test_a_relative_path_that_does_not_exist_is_not_a_hub_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("models/nope names a folder under ./models: the Hub must not be asked")
+
+    monkeypatch.setattr(modeling, "hf_hub_download", no_hub)
+    with pytest.raises(UserError, match=r"^model folder not found: models/nope$"):
+        load_model("models/nope")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -481,3 +483,55 @@ def test_group_ids_are_unique_per_input_file_and_do_not_depend_on_where_it_lives
     # a file whose name no other input shares keeps its plain name (and so the split of earlier versions)
     names = prepare_stage.input_names([moved / "a/train.jsonl", moved / "b/valid.jsonl"])
     assert names == ["train.jsonl", "valid.jsonl"]
+
+
+def test_an_empty_eval_split_is_a_warning(tmp_path, capsys):
+    stats, train, evaluation, _ = run(
+        tmp_path, works=[str(write_json(tmp_path / "w.json", poem_works()))], eval_fraction=0.0
+    )
+    assert train and not evaluation
+    (warning,) = stats["warnings"]
+    assert warning.startswith("the eval split is empty (--eval-fraction 0.0)")
+    assert f"warning: {warning}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))["warnings"] == [warning]
+
+
+def test_a_bom_jsonl_input_is_read(tmp_path):
+    ccpm = {"translation": "明亮的月光洒在床前", "choices": ["床前明月光", "大漠孤烟直", "长河落日圆"], "answer": 0}
+    path = tmp_path / "ccpm.jsonl"
+    path.write_text("\ufeff" + json.dumps(ccpm, ensure_ascii=False) + "\n", encoding="utf-8")
+    _, train, _, _ = run(tmp_path, ccpm=[str(path)], eval_fraction=0.0)
+    assert [row["positive"] for row in train] == ["床前明月光"]
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (".", "--out . is the current folder or one above it"),
+        ("w.json", "--out w.json is a file"),
+        ("w.json/out", "w.json is a file, not a folder"),
+    ],
+)
+def test_an_output_path_that_cannot_be_a_folder_is_one_line(tmp_path, monkeypatch, capsys, out, message):
+    monkeypatch.chdir(tmp_path)
+    write_json(tmp_path / "w.json", poem_works())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--works", "w.json", "--out", out])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(prepare_stage, "write_json", full)
+    path = write_json(tmp_path / "w.json", poem_works())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--works", str(path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # the reading progress bar, then one line
+    assert err.splitlines()[-1].startswith("error: could not write") and "No space left on device" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]

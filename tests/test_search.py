@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
+import faiss
 import pytest
 
 from st_poetry.config import IndexConfig, QueryConfig, UserError, parse_config
@@ -87,7 +89,7 @@ def test_queries_from_a_file_and_from_stdin(capsys, monkeypatch, tmp_path, index
     assert [result["query"] for result in results] == ["白日依山尽", "春眠不觉晓", "锄禾日当午"]
     assert [result["results"][0]["title"] for result in results] == ["登鹳雀楼", "春晓", "悯农"]
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("红豆生南国\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("红豆生南国\n".encode())))
     results, _ = _query(capsys, index_dir, file="-", top_k=1)
     assert results[0]["results"][0]["title"] == "相思"
 
@@ -187,3 +189,47 @@ def test_config_validation_without_a_model():
         QueryConfig(top_k=0)
     config = parse_config(QueryConfig, ["a", "b", "--top-k", "3"])
     assert config.queries == ["a", "b"] and config.top_k == 3
+
+
+def _truncate(path, size=None):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2 if size is None else size])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda folder: _truncate(folder / "index.faiss"), r"index\.faiss is unreadable \(truncated or corrupt"),
+        (lambda folder: (folder / INDEX_INFO).write_text("{not json"), r"index\.json is unreadable"),
+        (lambda folder: (folder / INDEX_INFO).write_text("{}"), r"index\.json lacks model, .*size: not written by"),
+        (lambda folder: shutil.rmtree(folder / "lines"), r"lines is missing or unreadable"),
+        (
+            lambda folder: faiss.write_index(faiss.IndexFlatIP(32), str(folder / "index.faiss")),
+            r"does not hold together: index\.faiss has 0 32-dim vectors, lines/ 38 lines",
+        ),
+    ],
+)
+def test_a_damaged_index_folder_is_one_line_that_says_rebuild(tmp_path, index_dir, damage, message):
+    damage(index_dir)
+    with pytest.raises(UserError, match=message) as error:
+        PoetryIndex(index_dir)
+    assert str(error.value).endswith(f"rebuild it: just index --model PATH --out {index_dir}")
+
+
+def test_the_recorded_model_with_truncated_weights_is_one_line(tmp_path, prepared_dir, tiny_st_model):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_st_model, model)
+    out = tmp_path / "index"
+    build_index(IndexConfig(model=str(model), corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    _truncate(model / "model.safetensors")
+    with pytest.raises(UserError, match=r"was built with .*, which cannot be loaded \(cannot load model"):
+        PoetryIndex(out)
+
+
+def test_a_query_file_that_is_not_utf8_is_one_line(tmp_path, monkeypatch, index_dir):
+    queries = tmp_path / "queries.txt"
+    queries.write_bytes("山中下雨".encode("gbk"))
+    with pytest.raises(UserError, match=r"queries\.txt: not UTF-8 text"):
+        query(QueryConfig(index=str(index_dir), file=str(queries)))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("山中下雨".encode("gbk"))))
+    with pytest.raises(UserError, match=r"^stdin: not UTF-8 text"):
+        query(QueryConfig(index=str(index_dir), file="-"))
