@@ -66,7 +66,8 @@ def _check_tokenizer(model: SentenceTransformer, name: str) -> None:
     tokenizer = getattr(model[0], "tokenizer", None)
     if auto_model is None or tokenizer is None:  # e.g. a static embedding model
         return
-    rows = auto_model.get_input_embeddings().num_embeddings
+    embeddings = getattr(auto_model, "get_input_embeddings", None)  # an exported graph (backends.RuntimeModel) has none
+    rows = embeddings().num_embeddings if embeddings else auto_model.config.vocab_size
     if len(tokenizer) < MIN_VOCABULARY_SHARE * rows:
         raise UserError(
             f"{name}: its tokenizer has {len(tokenizer):,} tokens for {rows:,} embedding rows, so it would encode "
