@@ -3,17 +3,22 @@
 set positional-arguments
 
 python := env("PYTHON", "python")
-# Where the raw data lives; override with RAW_DATA=... just prepare
-raw := env("RAW_DATA", "../shared/data")
+# Where the raw data lives (`just download` puts it there); override with RAW_DATA=... just prepare
+raw := env("RAW_DATA", "data/raw")
 
 # list the recipes
 default:
     @just --list
 
+# the public raw data at pinned versions -> data/raw (or `just download --from DIR` to copy a local folder)
+download *args:
+    {{python}} -m st_poetry.download "$@"
+
 # raw poetry data -> data/processed (train/eval pairs, corpus, stats)
-# (no arguments: the works files and CCPM train under RAW_DATA)
+# (no arguments: the works files, CCPM train and the chinese-poetry collection under RAW_DATA)
 prepare *args:
-    if [ "$#" -eq 0 ]; then set -- --works "{{raw}}/chinese-poetry-and-prose" --ccpm "{{raw}}/ccpm/train.jsonl"; fi; \
+    if [ "$#" -eq 0 ]; then set -- --works "{{raw}}/chinese-poetry-and-prose" --ccpm "{{raw}}/ccpm/train.jsonl" \
+        --poems "{{raw}}/chinese-poetry"; fi; \
     {{python}} -m st_poetry.prepare "$@"
 
 # data/processed -> data/mined (hard negatives)
@@ -27,6 +32,10 @@ train *args:
 # a model folder -> onnx/ and openvino/ files in it, fp32 and int8, for `--backend` in every stage
 export *args:
     {{python}} -m st_poetry.export "$@"
+
+# data/mined -> models/st-poetry-reranker (a cross-encoder that reranks retrieved lines)
+train-reranker *args:
+    {{python}} -m st_poetry.rerank "$@"
 
 # models side by side on the eval split, CCPM and BM25
 evaluate *args:

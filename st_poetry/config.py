@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 DEFAULT_MODEL = "BAAI/bge-base-zh-v1.5"
+DEFAULT_RERANKER = "BAAI/bge-reranker-base"
 BGE_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 
 C = TypeVar("C")
@@ -117,7 +118,7 @@ def _check_output_folder(flag: str, value: str, example: str) -> None:
     """An output folder is replaced whole, so it must be able to become a folder of its own."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {value} is a file: an output folder must be a folder")
+        raise ValueError(f"{flag} {value} is a file, not a folder")
     if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
         raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
     cwd = Path.cwd()
@@ -159,6 +160,11 @@ class PrepareConfig:
     ccpm_eval: list[str] = option((), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)")
     flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
     flagembedding_eval: list[str] = option((), "FlagEmbedding-format files or folders that go wholly to eval")
+    poems: list[str] = option(
+        (),
+        "chinese-poetry collection files or folders (every .json below): their lines join the corpus, in "
+        "simplified script, and the other inputs' lines are linked to their poems",
+    )
     out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json", output=True)
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
     eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash")
@@ -167,8 +173,31 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         _check(bool(self.kinds), "kinds must name at least one Kind (e.g. 诗 词 曲)")
-        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval
-        _check(bool(inputs), "no input given: pass --works, --ccpm or --flagembedding (files or folders)")
+        inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval + self.poems
+        _check(bool(inputs), "no input given: pass --works, --ccpm, --flagembedding or --poems (files or folders)")
+
+
+@stage_config
+class DownloadConfig:
+    """Fetch the public raw data at pinned versions with checksums into data/raw/, or copy it from a folder."""
+
+    out: str = option("data/raw", "one folder per source goes here (the default RAW_DATA of `just prepare`)")
+    sources: list[str] = option(
+        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry"), "sources to bring (names in st_poetry/sources.json)"
+    )
+    from_dir: str | None = option(
+        None, "copy DIR/<source>/ from this local folder instead of downloading (no internet)", flag="--from"
+    )
+    mirror: str = option("https://raw.githubusercontent.com", "base URL that serves <repo>/<commit>/<path>")
+    manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
+    retries: int = option(3, "tries per file; each one resumes where the last stopped")
+    retry_wait: float = option(2.0, "seconds to wait between tries")
+    timeout: float = option(60.0, "seconds without data before a try fails")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.sources), "name at least one source")
+        _check(self.retries >= 1, f"retries must be >= 1, got {self.retries}")
+        _check(self.timeout > 0 and self.retry_wait >= 0, "timeout must be > 0 and retry_wait >= 0")
 
 
 @stage_config
@@ -194,11 +223,17 @@ class MineConfig:
     query_instruction: str | None = option(
         None, "query prompt for a model that records none, e.g. bge's retrieval one (one contradicting it: refused)"
     )
+    max_corpus: int | None = option(
+        None,
+        "candidate pool: every positive and given negative plus a seeded sample of the other corpus lines, this "
+        "many in all, so a CPU need not encode a corpus of millions (None: the whole corpus)",
+    )
     backend: str = option("torch", BACKEND_HELP)
-    seed: int = option(42, "seed for random sampling")
+    seed: int = option(42, "seed for random sampling and the candidate pool")
 
     def __post_init__(self) -> None:
         _check(self.num_negatives >= 1, f"num_negatives must be >= 1, got {self.num_negatives}")
+        _check(self.max_corpus is None or self.max_corpus >= 1, f"max_corpus must be >= 1, got {self.max_corpus}")
         _check(0 <= self.range_min < self.range_max, "need 0 <= range_min < range_max")
         _check(
             self.range_max - self.range_min >= self.num_negatives,
@@ -210,9 +245,12 @@ class MineConfig:
         parse_backend(self.backend)
 
 
-@stage_config
-class TrainConfig:
-    """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
+@dataclass
+class FitConfig:
+    """The fields every training stage shares: the data, the schedule, checkpoints and evaluation during training.
+
+    Not a stage itself: TrainConfig and RerankConfig extend it, and their `__post_init__` runs these checks first.
+    """
 
     data: str = option(
         "data/mined",
@@ -226,13 +264,6 @@ class TrainConfig:
     epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)")
     max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0")
     batch_size: int = option(64, "queries per batch and process: every other row's texts are in-batch negatives")
-    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
-    cached_loss: bool = option(
-        True,
-        "CachedMultipleNegativesRankingLoss: memory flat in --batch-size; --no-cached-loss trains with the plain "
-        "MultipleNegativesRankingLoss (same gradients, no second forward pass: 1.7x faster in the CPU benchmark; "
-        "memory grows with the batch)",
-    )
     lr: float = option(2e-5, "peak learning rate")
     warmup: float = option(0.1, "warmup: a fraction of all steps when < 1, else a step count")
     num_negatives: int = option(
@@ -240,19 +271,14 @@ class TrainConfig:
         "use the first n negatives of each row (short rows: topped up with other rows' positives); 0 = in-batch only",
     )
     max_seq_length: int = option(64, "token limit for queries and lines")
-    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
     eval_steps: int = option(100, "evaluate every this many steps")
     save_every_evals: int = option(1, "save a checkpoint every this many evaluations (a new best is always saved)")
     save_total_limit: int | None = option(2, "checkpoints kept on disk besides the best one (None: all)")
     patience: int = option(3, "early stopping: evaluations without NDCG@10 improvement before stopping")
-    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
     eval_max_rows: int | None = option(
         2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)"
     )
     eval_fraction: float = option(0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval")
-    query_instruction: str | None = option(
-        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
-    )
     logging_steps: int = option(10, "log the training loss every this many steps")
     seed: int = option(42, "seed for data order and initialisation")
     resume: bool = option(False, "continue from the last checkpoint in --out")
@@ -260,18 +286,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
         _check(self.batch_size >= 2, f"batch_size must be >= 2 for in-batch negatives, got {self.batch_size}")
-        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
         _check(self.num_negatives >= 0, f"num_negatives must be >= 0, got {self.num_negatives}")
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
         _check(
             self.eval_steps >= 1 and self.save_every_evals >= 1,
             "eval_steps and save_every_evals must be >= 1",
         )
         _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
         _check(self.eval_max_rows is None or self.eval_max_rows >= 1, "eval_max_rows must be >= 1")
         _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1")
         _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
@@ -282,8 +305,85 @@ class TrainConfig:
         )
 
 
+@dataclass
+class FusionOptions:
+    """Hybrid retrieval settings shared by `just evaluate` and `just search` (st_poetry.hybrid documents them)."""
+
+    hybrid: bool = option(
+        False, "fuse the model's ranking with BM25 over characters (evaluate: a hybrid row per model and the sweep)"
+    )
+    fusion: Literal["interpolate", "rrf"] = option(
+        "interpolate",
+        "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
+        choices=("interpolate", "rrf"),
+    )
+    alpha: float = option(0.5, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
+    depth: int = option(50, "candidates: the union of each side's top `depth`")
+    rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
+        _check(self.rrf_k >= 0, f"rrf_k must be >= 0, got {self.rrf_k}")
+        if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
+            more_checks()
+
+
 @stage_config
-class EvaluateConfig:
+class TrainConfig(FitConfig):
+    """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
+
+    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
+    cached_loss: bool = option(
+        True,
+        "CachedMultipleNegativesRankingLoss: memory flat in --batch-size; --no-cached-loss trains with the plain "
+        "MultipleNegativesRankingLoss (same gradients, no second forward pass: 1.7x faster in the CPU benchmark; "
+        "memory grows with the batch)",
+    )
+    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
+    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
+    query_instruction: str | None = option(
+        None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
+        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
+        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
+
+
+@stage_config
+class RerankConfig(FitConfig):
+    """Train a reranker: a CrossEncoder reads a description and a line together (CrossEncoderTrainer)."""
+
+    model: str = option(
+        DEFAULT_RERANKER, "base: a reranker, a bi-encoder or a plain checkpoint (Hub id or local path; a new head)"
+    )
+    out: str = option(
+        "models/st-poetry-reranker", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
+    )
+    batch_size: int = option(16, "descriptions per batch and process: each is scored against its candidates")
+    num_negatives: int = option(
+        3,
+        "hard negatives per description: its row's first n (short rows: topped up with other rows' positives)",
+    )
+    in_batch_negatives: int = option(
+        4, "other rows' positives and negatives each description is also scored against (random, per step)"
+    )
+    max_seq_length: int = option(128, "token limit of a description and a line read together")
+    eval_max_rows: int | None = option(
+        500, "evaluate during training on this many sampled eval rows, each against its negatives (None: all)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.in_batch_negatives >= 0, f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        _check(self.num_negatives >= 1, "num_negatives must be >= 1: evaluation ranks each positive among them")
+
+
+@stage_config
+class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
     data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
@@ -301,14 +401,21 @@ class EvaluateConfig:
     query_instruction: str | None = option(
         None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
     )
+    reranker: str | None = option(None, "reranker (`just train-reranker`) to rerank each model's top lines with")
+    rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked")
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(bool(self.model) and bool(self.backend), "name at least one --model and --backend")
         for spec in self.backend:
             parse_backend(spec)
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
+        _check(
+            bool(self.rerank_top_k) and min(self.rerank_top_k) >= 1,
+            f"rerank_top_k must be >= 1, got {self.rerank_top_k}",
+        )
 
 
 @stage_config
@@ -347,7 +454,18 @@ class IndexConfig:
 
 
 @stage_config
-class QueryConfig:
+class RerankOptions:
+    """Reranking settings shared by `just search` and `just serve`."""
+
+    reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
+
+    def __post_init__(self) -> None:
+        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
+
+
+@stage_config
+class QueryConfig(FusionOptions, RerankOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)
@@ -360,6 +478,7 @@ class QueryConfig:
     json: bool = option(False, "print one JSON object per query instead of a table")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
         if self.backend is not None:
@@ -394,8 +513,10 @@ class ExportConfig:
 
 
 @stage_config
-class ServeConfig:
-    """Serve the search page and a JSON API: the model and index are loaded once, for every request."""
+class ServeConfig(RerankOptions):
+    """Serve the search page and a JSON API: the model and index are loaded once, for every request.
+
+    With --reranker every request is reranked unless it says rerank=false."""
 
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
@@ -410,6 +531,7 @@ class ServeConfig:
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
@@ -470,7 +592,7 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
         if f.metadata.get("positional"):
             parser.add_argument(f.name, **kwargs)
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+            parser.add_argument(f.metadata.get("flag", _flag(f.name)), dest=f.name, **kwargs)
     return parser
 
 

@@ -9,29 +9,55 @@
 3. BM25 rows (bm25s; jieba words, single characters): the baseline a user would otherwise reach for;
 4. each model: retrieval with the evaluator training uses, each eval anchor against the whole corpus
    (encoded once), then CCPM accuracy (only the CCPM texts are encoded); the time it took;
-5. print the table; write evaluation.md, evaluation.png and evaluation.json (last, the marker) atomically.
+5. with --hybrid, each model's row is followed by its fusion with BM25 over characters (st_poetry.hybrid) on the
+   same corpus embeddings, ranked lines scored by the same evaluator code, and a sweep of the fusion's settings
+   on the eval split (fusion_sweep.png: metric against alpha); CCPM files never tune anything;
+6. print the table; write evaluation.md, evaluation.png and evaluation.json (last, the marker) atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from st_poetry.config import EvaluateConfig, run_cli
+import faiss
+import numpy as np
+import torch
+from sentence_transformers import CrossEncoder, SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+from st_poetry.config import EvaluateConfig, FusionOptions, run_cli
 from st_poetry.files import atomic_output_dir, write_json
-from st_poetry.lexical import BM25_TOKENIZERS, bm25_ccpm_accuracy, bm25_retrieval_metrics
+from st_poetry.hybrid import Candidates, candidates, fuse, fused_choice_scores, ranking
+from st_poetry.lexical import (
+    BM25_TOKENIZERS,
+    HYBRID_LEXICAL,
+    bm25_ccpm_accuracy,
+    bm25_ccpm_scores,
+    bm25_retrieval_metrics,
+    build_bm25,
+)
 from st_poetry.metrics import (
     RETRIEVAL_METRICS,
+    CCPMRecord,
+    RankingEvaluator,
     build_ir_evaluator,
-    ccpm_accuracy,
     ccpm_records_from_eval,
+    ccpm_scores,
+    choice_accuracy,
+    evaluator_embeddings,
+    max_k,
     read_ccpm,
+    reported_metrics,
     retrieval_metrics,
 )
-from st_poetry.modeling import load_model
-from st_poetry.plots import plot_metric_bars
+from st_poetry.modeling import load_model, load_reranker
+from st_poetry.plots import plot_fusion_sweep, plot_metric_bars
+from st_poetry.rerank import ccpm_accuracy as reranker_ccpm_accuracy
+from st_poetry.rerank import reorder, rerank_scores
 from st_poetry.schema import CORPUS, PAIR, read_split, require_files
 
 MARKER = "evaluation.json"
@@ -45,6 +71,12 @@ HEADERS = {
     "map@100": "MAP@100",
 }
 PLOTTED = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
+# The fusion sweep: every combination is scored on the eval split; the best by TUNED_METRIC is reported.
+SWEEP_FUSIONS = ("interpolate", "rrf")
+SWEEP_DEPTHS = (10, 20, 50, 100)
+SWEEP_ALPHAS = tuple(round(alpha, 1) for alpha in np.linspace(0, 1, 11).tolist())
+SWEEP_METRICS = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
+TUNED_METRIC = "ndcg@10"
 # Li et al. 2021, "CCPM: A Chinese Classical Poetry Matching Dataset", accuracy on the CCPM test split.
 CCPM_REFERENCE = {"BERT-Match (bi-encoder, bert-base-chinese)": 0.8260, "BERT-Cls (cross-encoder)": 0.8496}
 
@@ -78,16 +110,128 @@ def _variants(names: Sequence[str], backends: Sequence[str]) -> list[tuple[str, 
 
 
 def _row(
-    name: str, source: str, backend: str | None, retrieval: dict[str, float], ccpm: dict[str, float], seconds: float
+    name: str,
+    source: str,
+    retrieval: dict[str, float],
+    ccpm: dict[str, float],
+    seconds: float,
+    backend: str | None = None,
 ) -> dict:
+    row = {"name": name, "model": source, "retrieval": retrieval, "ccpm": ccpm, "seconds": round(seconds, 1)}
+    return row | ({"backend": backend} if backend else {})
+
+
+def _fusion_settings(options: FusionOptions) -> dict[str, Any]:
+    return {key: getattr(options, key) for key in ("fusion", "alpha", "depth", "rrf_k")}
+
+
+def _unit(embeddings: torch.Tensor) -> np.ndarray:
+    """Float32 unit rows, contiguous for faiss: inner product = the evaluator's cosine."""
+    unit = torch.nn.functional.normalize(embeddings.float(), dim=-1).cpu().numpy()
+    return np.ascontiguousarray(unit, dtype=np.float32)
+
+
+class DenseSide(NamedTuple):
+    """A model's side of the fusion: an exact faiss index of its corpus embeddings, its query embeddings."""
+
+    index: faiss.Index
+    queries: np.ndarray
+
+
+def dense_side(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> DenseSide:
+    """The corpus and the queries encoded once, as the evaluator itself would: for the dense row and the fusion."""
+    corpus = _unit(evaluator_embeddings(evaluator, model, "document"))
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    index.add(corpus)
+    return DenseSide(index, _unit(evaluator_embeddings(evaluator, model, "query")))
+
+
+def dense_metrics(evaluator: InformationRetrievalEvaluator, dense: DenseSide) -> dict[str, float]:
+    """The model's row from its faiss ranking (exact cosine), scored by the evaluator's own metric code."""
+    scores, ids = dense.index.search(dense.queries, min(max_k(evaluator), dense.index.ntotal))
+    ranked = [
+        [{"corpus_id": evaluator.corpus_ids[i], "score": float(s)} for s, i in zip(row_scores, row_ids, strict=True)]
+        for row_scores, row_ids in zip(scores, ids, strict=True)
+    ]
+    return reported_metrics(evaluator.compute_metrics(ranked))
+
+
+def fused_metrics(
+    evaluator: InformationRetrievalEvaluator, found: Candidates, options: FusionOptions, top_k: int
+) -> dict[str, float]:
+    """The fused top_k of every query, scored by the evaluator's own metric code like every other row."""
+    ranked = [
+        [{"corpus_id": evaluator.corpus_ids[i], "score": fused} for i, _, _, fused in hits]
+        for hits in ranking(found, fuse(found, options), top_k)
+    ]
+    return reported_metrics(evaluator.compute_metrics(ranked))
+
+
+def fused_ccpm(
+    ccpm_sets: Mapping[str, Sequence[CCPMRecord]],
+    dense: Mapping[str, Sequence[np.ndarray]],
+    lexical: Mapping[str, Sequence[np.ndarray]],
+    options: FusionOptions,
+) -> dict[str, float]:
+    """CCPM accuracy of each set when each record's choices are ranked by the fusion of both sides' scores."""
     return {
-        "name": name,
-        "model": source,
-        "backend": backend,
-        "retrieval": retrieval,
-        "ccpm": ccpm,
-        "seconds": round(seconds, 1),
+        label: choice_accuracy(records, fused_choice_scores(dense[label], lexical[label], options))
+        for label, records in ccpm_sets.items()
     }
+
+
+def fusion_sweep(evaluator: InformationRetrievalEvaluator, found: Candidates, rrf_k: int) -> list[dict[str, Any]]:
+    """SWEEP_METRICS of every fusion x depth x alpha (top 10 per query: the metrics look no deeper)."""
+    points = []
+    for fusion in SWEEP_FUSIONS:
+        for depth in SWEEP_DEPTHS:
+            for alpha in SWEEP_ALPHAS:
+                options = FusionOptions(hybrid=True, fusion=fusion, alpha=alpha, depth=depth, rrf_k=rrf_k)
+                metrics = fused_metrics(evaluator, found, options, top_k=10)
+                points.append(
+                    {"fusion": fusion, "depth": depth, "alpha": alpha, **{m: metrics[m] for m in SWEEP_METRICS}}
+                )
+    return points
+
+
+def reranked_rows(
+    name: str,
+    evaluator: RankingEvaluator,
+    reranker: CrossEncoder,
+    top_ks: Sequence[int],
+    ccpm: dict[str, float],
+    batch_size: int,
+) -> tuple[list[dict], dict[str, Any]]:
+    """A row per K: the ranking the evaluator scored last (whichever retriever's) with its top K reranked.
+
+    The reranker scores each query's top max(K) once; a smaller K reorders its own top K by those scores.
+    Returns the rows and the scoring pass's size and speed.
+    """
+    ranking = [sorted(hits, key=lambda hit: (-hit["score"], hit["corpus_id"])) for hits in evaluator.last_ranking]
+    text_of = dict(zip(evaluator.corpus_ids, evaluator.corpus, strict=True))
+    start = time.perf_counter()
+    scores = rerank_scores(
+        reranker,
+        evaluator.queries,
+        ranking,
+        max(top_ks),
+        text=lambda hit: text_of[hit["corpus_id"]],
+        batch_size=batch_size,
+        show_progress_bar=True,
+    )
+    seconds = time.perf_counter() - start
+    pairs = sum(map(len, scores))
+    rows = []
+    for k in top_ks:
+        reranked = [reorder(hits, query_scores[:k]) for hits, query_scores in zip(ranking, scores, strict=True)]
+        # The metric code ranks by "score": hand it the new order.
+        ranks = [
+            [{"corpus_id": hit["corpus_id"], "score": -rank} for rank, hit in enumerate(hits)] for hits in reranked
+        ]
+        retrieval = reported_metrics(evaluator.compute_metrics(ranks))
+        row = _row(f"{name} + rerank@{k}", name, retrieval, ccpm, seconds)
+        rows.append({**row, "rerank_top_k": k})
+    return rows, {"retriever": name, "pairs": pairs, "seconds": round(seconds, 1), "pairs_per_second": pairs / seconds}
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -116,8 +260,40 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             f"CCPM accuracy: the translation picks the most similar of its choices ({counts}). "
             f"For context, the CCPM paper on its test split: {reference}."
         )
+    if rerank := report.get("reranker"):
+        passes = "; ".join(
+            f"{scoring['retriever']}: {scoring['pairs']:,} pairs in {scoring['seconds']:.0f} s "
+            f"({scoring['pairs_per_second']:.0f} pairs/s)"
+            for scoring in rerank["scoring"]
+        )
+        notes.append(
+            f"`+ rerank@K`: the row's top K lines reordered by the reranker `{rerank['model']}`, whose CCPM accuracy "
+            f"(its score over the choices) the row shows. One scoring pass per retriever at the deepest K ({passes}); "
+            "the added latency per query is about K / (pairs/s)."
+        )
+        notes += [f"note: {note}" for note in rerank["notes"]]
     if any(row["model"] == "bm25s" for row in report["rows"]):
         notes.append("bm25-*: bm25s (Lucene BM25, k1=1.5, b=0.75) over the same corpus, jieba words or single chars.")
+    if fusion := report.get("fusion"):
+        how = (
+            f"alpha {fusion['alpha']} x dense + {1 - fusion['alpha']:.2f} x BM25, each min-max normalised per query"
+            if fusion["fusion"] == "interpolate"
+            else f"reciprocal rank fusion, k={fusion['rrf_k']}, dense weight {fusion['alpha']}"
+        )
+        notes.append(
+            f"`MODEL + {fusion['lexical']}`: the model's ranking fused with {fusion['lexical']} ({how}) over the union "
+            f"of each side's top {fusion['depth']}, on the same corpus embeddings; its CCPM columns fuse the same "
+            "way over each record's choices."
+        )
+        sweep = report["fusion_sweep"]
+        best = "; ".join(
+            f"{name}: {point['fusion']}, depth {point['depth']}, alpha {point['alpha']} "
+            f"({HEADERS[sweep['tuned_metric']]} {point[sweep['tuned_metric']]:.4f})"
+            for name, point in ((name, model["best"]) for name, model in sweep["models"].items())
+        )
+        notes.append(
+            f"Fusion sweep on this eval split (fusion_sweep.png), best {HEADERS[sweep['tuned_metric']]}: {best}."
+        )
     if any(row.get("backend") not in (None, "torch") for row in report["rows"]):
         notes.append(
             "onnx / openvino rows: the same model run by ONNX Runtime or OpenVINO from the files `just export` wrote; "
@@ -154,6 +330,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             )
             for _, path, backend in variants
         ]
+        reranker = load_reranker(config.reranker) if config.reranker else None
 
         evaluator = build_ir_evaluator(
             eval_rows,
@@ -162,25 +339,82 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             seed=config.seed,
             batch_size=config.batch_size,
             show_progress_bar=True,
+            rank_depth=max(config.rerank_top_k),
         )
         print(f"{len(evaluator.queries):,} queries against {len(evaluator.corpus):,} corpus lines")
-        rows = []
+        top_ks = sorted({min(k, len(evaluator.corpus)) for k in config.rerank_top_k})
+        rerank_notes = [
+            f"--rerank-top-k {k} is more than the {len(evaluator.corpus):,} corpus lines: reranked them all"
+            for k in config.rerank_top_k
+            if k > len(evaluator.corpus)
+        ]
+        for note in rerank_notes if reranker else ():
+            print(f"note: {note}")
+        rows, scoring, reranker_ccpm, sweeps = [], [], {}, {}
+        if config.hybrid:  # one BM25 index and the queries' tokens, shared by every model's fusion
+            tokenize = BM25_TOKENIZERS[HYBRID_LEXICAL]
+            corpus_bm25 = build_bm25(evaluator.corpus, tokenize, show_progress=True)
+            query_tokens = [tokenize(query) for query in evaluator.queries]
+            ccpm_lexical = {label: bm25_ccpm_scores(records, tokenize) for label, records in ccpm_sets.items()}
         if config.bm25:
             for name, tokenize in BM25_TOKENIZERS.items():
                 print(f"{name}: indexing and retrieving")
                 start = time.perf_counter()
                 retrieval = bm25_retrieval_metrics(evaluator, tokenize, show_progress_bar=True)
                 ccpm = {label: bm25_ccpm_accuracy(records, tokenize) for label, records in ccpm_sets.items()}
-                rows.append(_row(name, "bm25s", None, retrieval, ccpm, time.perf_counter() - start))
+                rows.append(_row(name, "bm25s", retrieval, ccpm, time.perf_counter() - start))
         for (name, path, backend), model in zip(variants, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
-            retrieval = retrieval_metrics(evaluator, model)
-            ccpm = {
-                label: ccpm_accuracy(model, records, batch_size=config.batch_size, show_progress_bar=True)
+            # With --hybrid the model encodes the corpus and the queries once, for its row and the fusion alike.
+            dense = dense_side(evaluator, model) if config.hybrid else None
+            retrieval = dense_metrics(evaluator, dense) if dense else retrieval_metrics(evaluator, model)
+            dense_ccpm = {
+                label: ccpm_scores(model, records, batch_size=config.batch_size, show_progress_bar=True)
                 for label, records in ccpm_sets.items()
             }
-            rows.append(_row(name, path, backend, retrieval, ccpm, time.perf_counter() - start))
+            ccpm = {label: choice_accuracy(ccpm_sets[label], scores) for label, scores in dense_ccpm.items()}
+            rows.append(_row(name, path, retrieval, ccpm, time.perf_counter() - start, backend))
+            if reranker:
+                print(f"{name}: reranking its top {max(top_ks)} with {config.reranker}")
+                reranker_ccpm = reranker_ccpm or {
+                    label: reranker_ccpm_accuracy(reranker, records, batch_size=config.batch_size)
+                    for label, records in ccpm_sets.items()
+                }
+                reranked, pass_stats = reranked_rows(
+                    name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size
+                )
+                rows += reranked
+                scoring.append(pass_stats)
+            if config.hybrid:
+                print(f"{name} + {HYBRID_LEXICAL}: fusing, and sweeping the fusion settings")
+                start = time.perf_counter()
+                depth = max(*SWEEP_DEPTHS, config.depth)
+                found = candidates(dense.index, dense.queries, corpus_bm25, query_tokens, depth)
+                retrieval = fused_metrics(evaluator, found, config, top_k=max_k(evaluator))
+                ccpm = fused_ccpm(ccpm_sets, dense_ccpm, ccpm_lexical, config)
+                rows.append(_row(f"{name} + {HYBRID_LEXICAL}", path, retrieval, ccpm, time.perf_counter() - start))
+                if reranker:  # the fused ranking, which the evaluator scored last, reordered by the reranker
+                    hybrid_name = f"{name} + {HYBRID_LEXICAL}"
+                    print(f"{hybrid_name}: reranking its top {max(top_ks)} with {config.reranker}")
+                    reranked, pass_stats = reranked_rows(
+                        hybrid_name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size
+                    )
+                    rows += reranked
+                    scoring.append(pass_stats)
+                points = fusion_sweep(evaluator, found, config.rrf_k)
+                best = max(points, key=lambda point: point[TUNED_METRIC])
+                sweeps[name] = {"best": best, "points": points}
+                tuned = FusionOptions(
+                    hybrid=True, fusion=best["fusion"], alpha=best["alpha"], depth=best["depth"], rrf_k=config.rrf_k
+                )
+                if tuned != dataclasses.replace(FusionOptions(), **_fusion_settings(config), hybrid=True):
+                    # what the fusion gives at its best on this eval split: tuned here, so an optimistic figure
+                    start = time.perf_counter()
+                    retrieval = fused_metrics(evaluator, found, tuned, top_k=max_k(evaluator))
+                    ccpm = fused_ccpm(ccpm_sets, dense_ccpm, ccpm_lexical, tuned)
+                    label = f"{name} + {HYBRID_LEXICAL} (tuned)"
+                    rows.append(_row(label, path, retrieval, ccpm, time.perf_counter() - start))
 
         report = {
             "data": str(data),
@@ -193,6 +427,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             "ccpm_reference": CCPM_REFERENCE,
             "rows": rows,
         }
+        if config.hybrid:
+            report["fusion"] = {"lexical": HYBRID_LEXICAL, **_fusion_settings(config)}
+            report["fusion_sweep"] = {"tuned_metric": TUNED_METRIC, "models": sweeps}
+        if reranker:
+            report["reranker"] = {"model": config.reranker, "scoring": scoring, "notes": rerank_notes}
         markdown = report_markdown(report)
         (out / "evaluation.md").write_text(f"# Evaluation\n\n{markdown}", encoding="utf-8")
         bars = {
@@ -204,11 +443,18 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         }
         title = f"{report['queries']:,} queries against {report['corpus']:,} lines"
         plot_metric_bars(bars, out / "evaluation.png", title=title)
+        if config.hybrid:
+            by_name = {row["name"]: row["retrieval"][TUNED_METRIC] for row in rows}
+            baselines = {
+                name: {side: by_name[side] for side in (name, HYBRID_LEXICAL) if side in by_name} for name in sweeps
+            }
+            plot_fusion_sweep(sweeps, baselines, out / "fusion_sweep.png", metric=TUNED_METRIC, title=title)
         write_json(out / MARKER, report)
 
     print()
     print(markdown)
-    print(f"wrote {config.out}/evaluation.json, evaluation.md, evaluation.png")
+    figures = "evaluation.png" + (", fusion_sweep.png" if config.hybrid else "")
+    print(f"wrote {config.out}/evaluation.json, evaluation.md, {figures}")
     return report
 
 

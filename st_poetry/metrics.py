@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -18,10 +19,35 @@ from sentence_transformers.util import cos_sim
 
 from st_poetry.config import UserError
 from st_poetry.files import read_jsonl
-from st_poetry.prepare import EMPTY_TRANSLATION, Skip, parse_ccpm
+from st_poetry.prepare import EMPTY_TRANSLATION, parse_ccpm
+from st_poetry.records import Skip
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
+
+
+def evaluator_embeddings(
+    evaluator: InformationRetrievalEvaluator, model: SentenceTransformer, side: Literal["query", "document"]
+) -> torch.Tensor:
+    """The evaluator's queries or corpus (documents) encoded as the evaluator itself encodes them, for reuse."""
+    if side == "query":
+        texts, prompt_name, prompt = evaluator.queries, evaluator.query_prompt_name, evaluator.query_prompt
+    else:
+        texts, prompt_name, prompt = evaluator.corpus, evaluator.corpus_prompt_name, evaluator.corpus_prompt
+    return evaluator.embed_inputs(model, texts, encode_fn_name=side, prompt_name=prompt_name, prompt=prompt)
+
+
+class RankingEvaluator(InformationRetrievalEvaluator):
+    """The IR evaluator, keeping the ranking it scored last: what a reranker reorders is what the metrics saw."""
+
+    last_ranking: list[list[dict]] | None = None
+
+    def compute_metrics(self, queries_result_list: list[list[dict]]) -> dict:
+        self.last_ranking = queries_result_list
+        return super().compute_metrics(queries_result_list)
+
+
+MAP_CUTOFF = 100
 
 
 def build_ir_evaluator(
@@ -32,12 +58,14 @@ def build_ir_evaluator(
     seed: int = 42,
     batch_size: int = 64,
     show_progress_bar: bool = False,
-) -> InformationRetrievalEvaluator:
+    rank_depth: int = MAP_CUTOFF,
+) -> RankingEvaluator:
     """Each distinct eval anchor is a query; its relevant documents are the corpus entries of its positives.
 
     `max_corpus` keeps every relevant line and samples the remaining distractors (seeded), so an eval
     during training stays fast on a large corpus. The evaluator encodes with each model's encode_query and
-    encode_document, so every model gets its own prompts from the one evaluator.
+    encode_document, so every model gets its own prompts from the one evaluator. It ranks each query's top
+    `rank_depth` lines (at least 100, MAP@100's): as deep as a reranker will look.
     """
     corpus = {str(row["id"]): row["text"] for row in corpus_rows}
     id_of_text: dict[str, str] = {}
@@ -55,12 +83,10 @@ def build_ir_evaluator(
         raise UserError("the eval split is empty: nothing to evaluate")
 
     if max_corpus is not None and len(corpus) > max_corpus:
-        keep = set().union(*relevant.values())
-        others = sorted(set(corpus) - keep)
-        keep.update(random.Random(seed).sample(others, max(0, min(len(others), max_corpus - len(keep)))))
+        keep = sample_pool(corpus, set().union(*relevant.values()), max_corpus, seed)
         corpus = {corpus_id: text for corpus_id, text in corpus.items() if corpus_id in keep}
 
-    return InformationRetrievalEvaluator(
+    return RankingEvaluator(
         queries={query_id: anchor for anchor, query_id in query_id_of.items()},
         corpus=corpus,
         relevant_docs=relevant,
@@ -68,13 +94,31 @@ def build_ir_evaluator(
         precision_recall_at_k=[1, 5, 10],
         mrr_at_k=[10],
         ndcg_at_k=[10],
-        map_at_k=[100],
+        map_at_k=sorted({MAP_CUTOFF, rank_depth}),  # the deepest cutoff is how many lines a ranking keeps
         score_functions={SCORE_FUNCTION: cos_sim},  # the metric keys name it, whatever a model's own similarity
         batch_size=batch_size,
         show_progress_bar=show_progress_bar,
         name=EVALUATOR_NAME,
         write_csv=False,
     )
+
+
+def max_k(evaluator: InformationRetrievalEvaluator) -> int:
+    """The deepest rank any of the evaluator's metrics looks at: how many ranked lines a query needs."""
+    cutoffs = (
+        evaluator.mrr_at_k,
+        evaluator.ndcg_at_k,
+        evaluator.accuracy_at_k,
+        evaluator.map_at_k,
+        evaluator.precision_recall_at_k,
+    )
+    return max(max(ks) for ks in cutoffs)
+
+
+def sample_pool(items: Iterable[str], keep: set[str], size: int, seed: int) -> set[str]:
+    """`keep` and a seeded sample of the other items, `size` in all (or all of `keep` when it is larger)."""
+    others = sorted(set(items) - keep)
+    return keep | set(random.Random(seed).sample(others, max(0, min(len(others), size - len(keep)))))
 
 
 def metric_key(metric: str) -> str:
@@ -147,10 +191,10 @@ def ccpm_records_from_eval(eval_rows: Iterable[Mapping]) -> list[CCPMRecord]:
     return records
 
 
-def ccpm_accuracy(
+def ccpm_scores(
     model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
-) -> float:
-    """Share of records whose answer is the choice most similar to the translation (the CCPM paper's bi-encoder task).
+) -> list[np.ndarray]:
+    """Each record's choices scored by the model's similarity to its translation (the CCPM paper's bi-encoder task).
 
     Only the records' own texts are encoded: the translation as a query, the choices as documents.
     """
@@ -169,5 +213,18 @@ def ccpm_accuracy(
     counts = [len(record.choices) for record in records]
     repeats = torch.tensor(counts, device=queries.device)
     scores = model.similarity_pairwise(queries.repeat_interleave(repeats, dim=0), choices)
-    predictions = [int(row.argmax()) for row in scores.split(counts)]
-    return sum(p == r.answer for p, r in zip(predictions, records, strict=True)) / len(records)
+    return [row.float().cpu().numpy() for row in scores.split(counts)]
+
+
+def choice_accuracy(records: Sequence[CCPMRecord], scores: Sequence[np.ndarray]) -> float:
+    """Share of records whose answer is the choice scored highest."""
+    return sum(int(row.argmax()) == r.answer for row, r in zip(scores, records, strict=True)) / len(records)
+
+
+def ccpm_accuracy(
+    model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
+) -> float:
+    """Share of records whose answer is the choice most similar to the translation."""
+    return choice_accuracy(
+        records, ccpm_scores(model, records, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    )

@@ -24,7 +24,6 @@ import json
 import random
 import shutil
 import time
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +38,9 @@ from sentence_transformers.util import mine_hard_negatives
 
 from st_poetry.config import MineConfig, UserError, run_cli, warn
 from st_poetry.files import atomic_output_dir, write_json
+from st_poetry.metrics import sample_pool
 from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.records import normalize
 from st_poetry.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
 
 MARKER = "mine_stats.json"
@@ -48,12 +49,6 @@ SHORT_ROWS_WARNING = 0.1
 # A candidate that contains the positive (its couplet) or is contained in it counts as the same text, down to
 # this many characters: the shortest classical lines (四言).
 MIN_CONTAINED_CHARS = 4
-
-
-def normalize(text: str) -> str:
-    """The text with punctuation and whitespace removed (after NFKC), to compare lines that differ only there."""
-    text = unicodedata.normalize("NFKC", text)
-    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch)[0] not in "PZ")
 
 
 def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
@@ -79,11 +74,21 @@ def groups_by_text(data: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]
     return groups
 
 
-def candidate_texts(data: dict[str, list[dict[str, Any]]]) -> list[str]:
+def candidate_texts(data: dict[str, list[dict[str, Any]]], max_corpus: int | None = None, seed: int = 42) -> list[str]:
     """The corpus plus any positive missing from it (the library would add a split's own anyway): one list for
-    both splits, so its embeddings are computed and cached once."""
+    both splits, so its embeddings are computed and cached once.
+
+    With `max_corpus`, a candidate pool (FlagEmbedding's `candidate_pool` idea): every positive and given
+    negative, and a seeded sample of the other lines, `max_corpus` in all.
+    """
     texts = [row["text"] for row in data["corpus"]] + [row["positive"] for split in SPLITS for row in data[split]]
-    return list(dict.fromkeys(texts))
+    texts = list(dict.fromkeys(texts))
+    if max_corpus is None or len(texts) <= max_corpus:
+        return texts
+    rows = [row for split in SPLITS for row in data[split]]
+    keep = {row["positive"] for row in rows} | {text for row in rows for text in row.get("negatives", [])}
+    pool = sample_pool(texts, keep, max_corpus, seed)
+    return [text for text in texts if text in pool]
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:
@@ -216,11 +221,12 @@ def _dropped(reason: str | None, counter: Counter) -> bool:
 def mine_split(
     split: str,
     data: dict[str, list[dict[str, Any]]],
+    pool: list[str],
     model: SentenceTransformer,
     config: MineConfig,
     cache_folder: str | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Mine one split against the whole corpus; train never sees an eval anchor or positive (any form)."""
+    """Mine one split against the candidate `pool`; train never sees an eval anchor or positive (any form)."""
     banned: set[str] = set()
     rows_dropped: Counter = Counter()
     rows = data[split]
@@ -235,15 +241,18 @@ def mine_split(
             else:
                 kept.append(row)
         rows = kept
-    candidates, timing = mine_candidates(rows, candidate_texts(data), model, config, cache_folder)
+    candidates, timing = mine_candidates(rows, pool, model, config, cache_folder)
 
     groups = groups_by_text(data)
     rng = random.Random(config.seed)
     drops = {"given": Counter(), "mined": Counter()}
     out, short, given_used, mined_used = [], 0, 0, 0
+    same_poem: Counter = Counter()  # mined candidates dropped as the positive's poem, by the row's source
     for row in rows:
-        pool = candidates.get((row["anchor"], row["positive"]), [])
-        negatives, n_mined = assemble(row, pool, groups, banned, config, rng, drops)
+        before = drops["mined"]["same_poem"]
+        found = candidates.get((row["anchor"], row["positive"]), [])
+        negatives, n_mined = assemble(row, found, groups, banned, config, rng, drops)
+        same_poem[row.get("source", "")] += drops["mined"]["same_poem"] - before
         short += len(negatives) < config.num_negatives
         given_used += len(negatives) - n_mined
         mined_used += n_mined
@@ -261,20 +270,22 @@ def mine_split(
         "rows_without_candidates": sum((r["anchor"], r["positive"]) not in candidates for r in rows),
         "dropped_given": dict(drops["given"]),
         "dropped_mined": dict(drops["mined"]),
+        "same_poem_by_source": {source: count for source, count in same_poem.items() if count},
         **timing,
     }
     return out, stats
 
 
-def check_inputs(data: dict[str, list[dict[str, Any]]], data_dir: Path, config: MineConfig) -> None:
-    """Refuse a --num-negatives the corpus cannot fill (it would only write nulls); warn about an empty split,
+def check_inputs(data: dict[str, list[dict[str, Any]]], pool: list[str], data_dir: Path, config: MineConfig) -> None:
+    """Refuse a --num-negatives the candidates cannot fill (it would only write nulls); warn about an empty split,
     which `just train` would otherwise be the first to notice."""
-    candidates = len(candidate_texts(data)) - 1  # every line but the row's own positive
-    if config.range_min + config.num_negatives > candidates:
+    needed = config.range_min + config.num_negatives + 1  # the row's own positive is among the candidates
+    if needed > len(pool):
         raise UserError(
-            f"--num-negatives {config.num_negatives} from rank --range-min {config.range_min} on needs "
-            f"{config.range_min + config.num_negatives + 1:,} candidate lines, but {data_dir} has {candidates + 1:,}: "
-            "lower --num-negatives or --range-min"
+            f"--num-negatives {config.num_negatives} from rank --range-min {config.range_min} on needs {needed:,} "
+            f"candidate lines, but {data_dir} has {len(pool):,}"
+            + (f" in a --max-corpus {config.max_corpus} pool" if config.max_corpus else "")
+            + ": lower --num-negatives or --range-min"
         )
     for split in SPLITS:
         if not data[split]:
@@ -299,7 +310,8 @@ def mine(config: MineConfig) -> dict[str, Any]:
     """Mine hard negatives for the prepared train and eval splits into `config.out`; returns the stats."""
     data_dir = Path(config.data)
     data = read_prepared(data_dir)
-    check_inputs(data, data_dir, config)
+    pool = candidate_texts(data, config.max_corpus, config.seed)
+    check_inputs(data, pool, data_dir, config)
     model = load_model(
         config.model,
         max_seq_length=config.max_seq_length,
@@ -310,11 +322,12 @@ def mine(config: MineConfig) -> dict[str, Any]:
     if cache_folder:
         drop_unreadable_cache(Path(cache_folder))
 
-    stats: dict[str, Any] = {"corpus_size": len(data["corpus"])}
+    stats: dict[str, Any] = {"corpus_size": len(data["corpus"]), "candidates": len(pool)}
+    where = f"{len(pool):,} candidates ({len(data['corpus']):,} corpus lines)"
     with atomic_output_dir(config.out, MARKER) as tmp:
         for split in SPLITS:
-            print(f"Mining {split} ({len(data[split]):,} rows) against {len(data['corpus']):,} corpus lines")
-            rows, stats[split] = mine_split(split, data, model, config, cache_folder)
+            print(f"Mining {split} ({len(data[split]):,} rows) against {where}")
+            rows, stats[split] = mine_split(split, data, pool, model, config, cache_folder)
             MINED.write(tmp / f"{split}.jsonl", rows)
         shutil.copyfile(data_dir / "corpus.jsonl", tmp / "corpus.jsonl")
         stats["config"] = dataclasses.asdict(config)

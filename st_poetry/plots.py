@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -63,4 +64,48 @@ def plot_training_curves(
     handles = [*losses.get_legend_handles_labels()[0], *scores.get_legend_handles_labels()[0]]
     losses.legend(handles=handles, loc="best")
     losses.set_title(f"training curves (eval {metric_label} at step 0 = the base model)")
+    figure.savefig(path, dpi=120)
+
+
+def plot_fusion_sweep(
+    sweeps: Mapping[str, Mapping[str, Any]],
+    baselines: Mapping[str, Mapping[str, float]],
+    path: str | Path,
+    metric: str,
+    title: str = "",
+) -> None:
+    """One panel per model: `metric` against alpha, a line per fusion and candidate depth, the best point marked.
+
+    `sweeps` maps a model to {"best": point, "points": [{"fusion", "depth", "alpha", metric, ...}, ...]};
+    `baselines` maps it to {row name: value}, drawn as dashed lines (the dense model, BM25 alone).
+    """
+    figure = Figure(figsize=(6.0 * len(sweeps), 5.6), layout="constrained")
+    panels = figure.subplots(1, len(sweeps), squeeze=False)[0]
+    for axes, (name, sweep) in zip(panels, sweeps.items(), strict=True):
+        points = sweep["points"]
+        depths = sorted({point["depth"] for point in points})
+        for fusion, style in zip(dict.fromkeys(point["fusion"] for point in points), ("-", ":"), strict=False):
+            for color, depth in enumerate(depths):
+                line = [point for point in points if point["fusion"] == fusion and point["depth"] == depth]
+                axes.plot(
+                    [point["alpha"] for point in line],
+                    [point[metric] for point in line],
+                    style,
+                    color=f"C{color}",
+                    label=f"{fusion}, depth {depth}",
+                )
+        for label, value in baselines.get(name, {}).items():
+            axes.axhline(value, color="grey", linestyle="--", linewidth=1)
+            axes.annotate(label, (0.0, value), xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
+        best = sweep["best"]
+        axes.plot(
+            best["alpha"], best[metric], "k*", markersize=11, label=f"best: {best['fusion']}, depth {best['depth']}"
+        )
+        axes.set_xlabel("alpha (dense weight; 0 = BM25 only, 1 = dense only)")
+        axes.set_ylabel(metric)
+        axes.set_title(name)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
+    if title:
+        figure.suptitle(title)
     figure.savefig(path, dpi=120)

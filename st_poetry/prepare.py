@@ -31,30 +31,16 @@ from typing import Any
 
 from tqdm import tqdm
 
+from st_poetry import poems
 from st_poetry.config import PrepareConfig, UserError, run_cli, warn
 from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, write_json
+from st_poetry.records import Parsed, Skip, clean
 from st_poetry.schema import CORPUS, PAIR, encode
 
 MARKER = "stats.json"
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
 _SECTION = re.compile(r"【[^】]*】")  # a whole line like 【其一】 heads a poem in a series; it is no verse
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
-
-
-class Skip(Exception):
-    """A record that cannot be used; the message is the reason counted in stats.json."""
-
-
-@dataclass
-class Parsed:
-    """What one input record contributes."""
-
-    group: str
-    pairs: list[tuple[str, str]]  # (anchor, positive)
-    texts: list[str]  # candidate-corpus lines
-    negatives: tuple[str, ...] = ()  # given hard negatives, shared by the record's pairs
-    meta: tuple[str, str, str] = ("", "", "")  # title, author, dynasty
-    unpaired: str | None = None  # why a kept record made no pairs (its lines still join the corpus)
 
 
 @dataclass
@@ -66,6 +52,7 @@ class SourceStats:
     records_kept: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     kept_without_pairs: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)  # about kept records and files (e.g. converted script)
     pairs_made: int = 0
     duplicate_pairs_removed: int = 0
     eval_pairs_dropped_as_leak: int = 0
@@ -90,11 +77,6 @@ class SourceStats:
 
 # ---------------------------------------------------------------------------------------------------------
 # Cleaning and the three record formats
-
-
-def clean(text: str) -> str:
-    """Drop quote marks (a quotation often opens on one line and closes on another) and outer whitespace."""
-    return text.replace("“", "").replace("”", "").strip()
 
 
 def clean_lines(text: str) -> list[str]:
@@ -222,7 +204,7 @@ def read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
 class Input:
     """One input file and how to read it."""
 
-    source: str  # works | ccpm | flagembedding
+    source: str  # works | ccpm | flagembedding | poems
     path: Path
     eval_only: bool
     name: str  # the file in its records' group ids (input_names)
@@ -279,6 +261,10 @@ def resolve_inputs(config: PrepareConfig) -> list[Input]:
         for source, paths, pattern, flag, eval_only in groups
         for path in _files(paths, pattern, flag)
     ]
+    # the poems come last: the lines of the inputs above are linked to them as they are read
+    found += [
+        ("poems", path, False) for path in sorted(_files(config.poems, "**/*.json", "poems"), key=poems.reading_order)
+    ]
     names = input_names([path for _, path, _ in found])
     return [Input(source, path, eval_only, name) for (source, path, eval_only), name in zip(found, names, strict=True)]
 
@@ -291,14 +277,18 @@ def read_records(
         "works": functools.partial(parse_works, kinds=kinds),
         "ccpm": parse_ccpm,
         "flagembedding": parse_flagembedding,
+        "poems": poems.parse_poem,
     }
     with tqdm(desc="reading", unit=" records", unit_scale=True) as bar:
         for item in inputs:
             counts = stats.setdefault(item.source, SourceStats())
             counts.files += 1
             bar.set_postfix_str(item.path.name)
-            parse, label = parsers[item.source], "record" if item.source == "works" else "line"
-            records = read_json_array(item.path) if item.source == "works" else read_jsonl(item.path)
+            parse, label = parsers[item.source], "line" if item.path.suffix == ".jsonl" else "record"
+            if item.source == "poems":
+                records = poems.read_file(item.path, counts.notes)
+            else:
+                records = read_json_array(item.path) if item.source == "works" else read_jsonl(item.path)
             for number, record in records:
                 if not isinstance(record, dict):
                     raise UserError(f"{item.path} {label} {number}: not a JSON object")
@@ -312,6 +302,7 @@ def read_records(
                 counts.records_kept += 1
                 if parsed.unpaired:
                     counts.kept_without_pairs[parsed.unpaired] += 1
+                counts.notes.update(parsed.notes)
                 yield item, parsed
 
 
@@ -342,28 +333,49 @@ def is_eval_group(group: str, seed: int, fraction: float) -> bool:
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
-    """Read the inputs, split by group, deduplicate, and write train/eval/corpus.jsonl and stats.json."""
+    """Read the inputs, link their lines to poems, split by group, deduplicate, and write the four files."""
     start = time.perf_counter()
     inputs = resolve_inputs(config)
     stats: dict[str, SourceStats] = {}
-    # (anchor, positive) -> (row end, source, group, is_eval); the first occurrence of a pair wins
-    pairs: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
     corpus: dict[str, str] = {}  # text -> row end (title, author, dynasty, group); the first occurrence wins
+    linker = poems.Linker()
+    lines_of: dict[str, list[str]] = {}  # source -> the corpus lines its records gave, repeats included
+    paired: list[tuple[Input, Parsed]] = []
+    recurring: set[str] = set()  # poem lines found in more than one poem
     for item, parsed in read_records(inputs, frozenset(config.kinds), stats):
         corpus_end = corpus_row_end(parsed.meta, parsed.group)
+        if item.source == "poems":
+            linker.offer(parsed.texts, parsed.group, corpus_end)
+            for text in parsed.texts:
+                if corpus.setdefault(text, corpus_end) is not corpus_end and text not in linker.keys:
+                    recurring.add(text)
+            continue
+        lines_of.setdefault(item.source, []).extend(parsed.texts)
         for text in parsed.texts:
             corpus.setdefault(text, corpus_end)
-        if not parsed.pairs:
-            continue
+            if config.poems:
+                linker.want(text)
+        if parsed.pairs:
+            paired.append((item, parsed))
+    for text in linker.keys:  # a linked line takes its poem's title, author, dynasty and group
+        if found := linker.link(text):
+            corpus[text] = found[1]
+
+    # (anchor, positive) -> (row end, source, group, is_eval); the first occurrence of a pair wins
+    pairs: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
+    for item, parsed in paired:
         counts = stats[item.source]
         counts.pairs_made += len(parsed.pairs)
-        is_eval = item.eval_only or is_eval_group(parsed.group, config.seed, config.eval_fraction)
-        pair_end = pair_row_end(parsed.negatives, item.source, parsed.group)
+        # a record whose lines come from a poem takes the poem's group, so one poem is never on both sides
+        linked = Counter(found[0] for _, positive in parsed.pairs if (found := linker.link(positive)))
+        group = linked.most_common(1)[0][0] if linked else parsed.group
+        is_eval = item.eval_only or is_eval_group(group, config.seed, config.eval_fraction)
+        pair_end = pair_row_end(parsed.negatives, item.source, group)
         for pair in parsed.pairs:
             if pair in pairs:
                 counts.duplicate_pairs_removed += 1
             else:
-                pairs[pair] = (pair_end, item.source, parsed.group, is_eval)
+                pairs[pair] = (pair_end, item.source, group, is_eval)
     if not pairs:
         raise UserError("the inputs gave no pairs: " + "; ".join(_why(name, s) for name, s in stats.items()))
 
@@ -402,6 +414,9 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         "corpus_size": len(corpus),
         "warnings": warnings,
     }
+    if config.poems:
+        result["linking"] = linking_stats(linker, lines_of, pairs)
+        result["lines_in_several_poems"] = len(recurring)
 
     def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
         for anchor, positive in keys:
@@ -418,6 +433,24 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     print(summary(result, config.out, time.perf_counter() - start))
     for message in warnings:
         warn(message)
+    return result
+
+
+def linking_stats(
+    linker: poems.Linker, lines_of: dict[str, list[str]], pairs: dict[tuple[str, str], tuple[str, str, str, bool]]
+) -> dict[str, dict[str, int]]:
+    """Per source: how many of its lines (CCPM: choices) and pair positives were linked to a poem."""
+    result = {}
+    for source, lines in lines_of.items():
+        found = [text for text in lines if linker.link(text)]
+        positives = [positive for (_, positive), value in pairs.items() if value[1] == source]
+        result[source] = {
+            "lines": len(lines),
+            "lines_linked": len(found),
+            "lines_linked_by_half_line": sum(linker.keys[text] in linker.by_clause for text in found),
+            "positives": len(positives),
+            "positives_linked": sum(linker.link(positive) is not None for positive in positives),
+        }
     return result
 
 
@@ -448,6 +481,17 @@ def summary(result: dict[str, Any], out: str, seconds: float) -> str:
             lines.append(f"skipped    {name}: {reason}: {count:,} (e.g. {counts['first_skipped'][reason]})")
         for reason, count in sorted(counts["kept_without_pairs"].items(), key=lambda kv: -kv[1]):
             lines.append(f"no pairs   {name}: {reason}: {count:,} (lines still in the corpus)")
+        for note, count in sorted(counts["notes"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"noted      {name}: {note}: {count:,}")
+    for name, linked in result.get("linking", {}).items():
+        lines.append(
+            f"linked     {name}: {linked['positives_linked']:,} of {linked['positives']:,} positives, "
+            f"{linked['lines_linked']:,} of {linked['lines']:,} lines ({linked['lines_linked_by_half_line']:,} "
+            "by a half line) to a poem"
+        )
+    if "lines_in_several_poems" in result:
+        several = result["lines_in_several_poems"]
+        lines.append(f"recurring  {several:,} lines are in several poems (the earliest poem keeps them)")
     lines.append(
         f"train {result['train_pairs']:,} pairs / {result['train_groups']:,} groups; "
         f"eval {result['eval_pairs']:,} pairs / {result['eval_groups']:,} groups; "

@@ -2,12 +2,15 @@
 
     python -m st_poetry.search build --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
     python -m st_poetry.search query --index indexes/poetry "山中下雨后傍晚的秋天"
+    python -m st_poetry.search query --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
 
 An index folder holds
 - `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default or an
   approximate `IndexHNSWFlat` for corpora of millions;
 - `lines/`: the corpus metadata (id, text, title, author, dynasty, group) as a memory-mapped `datasets` table whose
   row i is faiss id i, so opening a large index does not parse the whole corpus;
+- `bm25/`: a bm25s index of the lines' single characters (document i = faiss id i), memory-mapped when opened,
+  for `--hybrid` search (st_poetry.hybrid);
 - `index.json`, written last: the model and the `--backend` that encoded it, the exact prompt strings, the
   embedding size and the embedding of a fixed probe line. A query uses that backend unless told otherwise, checks
   its model against that record and refuses one that encodes differently, because scores between two models'
@@ -23,22 +26,28 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import bm25s
 import faiss
 import numpy as np
 from datasets import Dataset, load_from_disk
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from st_poetry.config import IndexConfig, QueryConfig, UserError, parse_backend, run_cli
+from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_backend, run_cli
 from st_poetry.files import atomic_output_dir, decode_text, write_json
-from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.hybrid import candidates, fuse, ranking
+from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25, single_chars
+from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.rerank import rerank
 from st_poetry.schema import CORPUS
 
 INDEX_INFO = "index.json"
 FAISS_FILE = "index.faiss"
 LINES_DIR = "lines"
+BM25_DIR = "bm25"
 METADATA = CORPUS.names
 # What a query reads from index.json.
 INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
@@ -107,6 +116,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
     encode_seconds = time.perf_counter() - start
     index = new_faiss_index(config, embeddings.shape[1])
     index.add(embeddings)
+    bm25 = build_bm25([row["text"] for row in rows], BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=True)
     index_seconds = time.perf_counter() - start - encode_seconds
 
     info = {
@@ -122,6 +132,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
             if config.index_type == "hnsw"
             else None
         ),
+        "bm25": {"folder": BM25_DIR, "tokens": HYBRID_LEXICAL, "k1": bm25.k1, "b": bm25.b},
         "corpus": str(config.corpus),
         "size": index.ntotal,
         "encode_seconds": round(encode_seconds, 1),
@@ -131,17 +142,22 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
     with atomic_output_dir(config.out, INDEX_INFO) as tmp:
         faiss.write_index(index, str(tmp / FAISS_FILE))
         Dataset.from_dict({key: [row[key] for row in rows] for key in METADATA}).save_to_disk(str(tmp / LINES_DIR))
+        bm25.save(str(tmp / BM25_DIR), show_progress=False)
         write_json(tmp / INDEX_INFO, info)
 
-    size_mb = sum(f.stat().st_size for f in Path(config.out).rglob("*") if f.is_file()) / 2**20
+    size_mb, bm25_mb = _folder_mb(Path(config.out)), _folder_mb(Path(config.out) / BM25_DIR)
     print(
         f"indexed {index.ntotal:,} lines from {config.corpus} with {config.model} (--backend {config.backend})\n"
         f"  {info['embedding_dim']}-dim, {config.index_type} index, prompts {info['prompts']}\n"
         f"  encoding {encode_seconds:.1f}s ({index.ntotal / max(encode_seconds, 1e-9):.0f} lines/s), "
-        f"indexing {index_seconds:.1f}s\n"
-        f"  wrote {config.out} ({size_mb:.1f} MB)"
+        f"indexing (faiss + BM25) {index_seconds:.1f}s\n"
+        f"  wrote {config.out} ({size_mb:.1f} MB, of which BM25 {bm25_mb:.1f} MB)"
     )
     return info
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,25 +251,75 @@ class PoetryIndex:
             )
             raise UserError(f"{built}, and {now} (probe cosine {cosine:.4f}): {fix}")
 
-    def search(self, queries: Sequence[str], top_k: int = 10) -> list[list[dict[str, Any]]]:
-        """For each query, its top_k lines best first: rank, score (cosine) and the line's metadata."""
-        scores, ids = self.index.search(encode(self.model.encode_query, queries), min(top_k, self.index.ntotal))
-        found = np.unique(ids[ids >= 0])  # an HNSW search may return fewer than k: id -1
-        columns = self.lines[found.tolist()]
-        metadata = {int(i): {key: columns[key][n] for key in METADATA} for n, i in enumerate(found)}
-        results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            keep = row_ids >= 0
-            ranked = enumerate(zip(row_scores[keep], row_ids[keep], strict=True), start=1)
-            results.append([{"rank": rank, "score": float(s), **metadata[int(i)]} for rank, (s, i) in ranked])
-        return results
+    @cached_property
+    def bm25(self) -> bm25s.BM25:
+        """The BM25 part, memory-mapped, opened at the first hybrid search: a dense search never needs it."""
+        if "bm25" not in self.info:
+            raise UserError(
+                f"{self.folder} has no BM25 part (built before hybrid search): rebuild it with "
+                f"`just index --model {self.info['model']} --out {self.folder}`, or search without --hybrid"
+            )
+        folder = self.folder / self.info["bm25"]["folder"]
+        rebuild = f"rebuild it: just index --model PATH --out {self.folder}"
+        try:
+            bm25 = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
+        except (OSError, ValueError) as error:
+            raise UserError(f"{folder} is missing or unreadable ({error}): {rebuild}") from None
+        if bm25.scores["num_docs"] != self.index.ntotal:
+            raise UserError(
+                f"{self.folder} does not hold together: {folder.name}/ indexes {bm25.scores['num_docs']:,} lines, "
+                f"{FAISS_FILE} {self.index.ntotal:,}: {rebuild}"
+            )
+        return bm25
+
+    def search(
+        self, queries: Sequence[str], top_k: int = 10, hybrid: bool = False, fusion: FusionOptions | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """For each query, its top_k lines best first: rank, score and the line's metadata.
+
+        score is the cosine; with `hybrid` it is the fused score (`fusion`'s settings, FusionOptions' defaults
+        when None) and each hit also carries its dense_score (cosine) and bm25_score.
+        """
+        if hybrid:
+            for text in queries:
+                check_query(text)  # BM25 has nothing to score a query without a character
+            bm25 = self.bm25
+        embeddings = encode(self.model.encode_query, queries)
+        if hybrid:
+            fusion = fusion or FusionOptions()
+            tokenize = BM25_TOKENIZERS[self.info["bm25"]["tokens"]]
+            found = candidates(self.index, embeddings, bm25, [tokenize(text) for text in queries], fusion.depth)
+            hits = [
+                [(i, fused, {"dense_score": dense, "bm25_score": bm25}) for i, dense, bm25, fused in row]
+                for row in ranking(found, fuse(found, fusion), top_k)
+            ]
+        else:
+            scores, ids = self.index.search(embeddings, min(top_k, self.index.ntotal))
+            # an HNSW search may return fewer than k: id -1
+            hits = [
+                [(int(i), float(score), {}) for score, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+                for row_scores, row_ids in zip(scores, ids, strict=True)
+            ]
+        found_ids = sorted({i for row in hits for i, _, _ in row})
+        columns = self.lines[found_ids]
+        metadata = {i: {key: columns[key][n] for key in METADATA} for n, i in enumerate(found_ids)}
+        return [
+            [{"rank": rank, "score": score, **extra, **metadata[i]} for rank, (i, score, extra) in enumerate(row, 1)]
+            for row in hits
+        ]
+
+
+def check_query(text: str) -> str:
+    """The query stripped; one with no letter or character to search for (empty, punctuation only) is an error."""
+    if not single_chars(text):
+        what = f"query {text.strip()!r} is punctuation only" if text.strip() else "empty query"
+        raise UserError(f'{what}: describe what you are looking for, e.g. "山中下雨后傍晚的秋天"')
+    return text.strip()
 
 
 def read_queries(config: QueryConfig) -> list[str]:
     """Positional queries, then one per non-blank line of --file ('-' = stdin); an empty query is an error."""
-    queries = [query.strip() for query in config.queries]
-    if not all(queries):
-        raise UserError('empty query: describe what you are looking for, e.g. "山中下雨后傍晚的秋天"')
+    queries = [check_query(query) for query in config.queries]
     if config.file is not None:
         if config.file == "-":
             source, text = "stdin", decode_text(sys.stdin.buffer.read(), "stdin")
@@ -261,7 +327,7 @@ def read_queries(config: QueryConfig) -> list[str]:
             source, text = config.file, decode_text(Path(config.file).read_bytes(), config.file)
         else:
             raise UserError(f"query file not found: {config.file}")
-        from_file = [line.strip() for line in text.splitlines() if line.strip()]
+        from_file = [check_query(line) for line in text.splitlines() if line.strip()]
         if not from_file:
             raise UserError(f"{source}: no queries in it (one description per line)")
         queries += from_file
@@ -276,9 +342,22 @@ def _width(text: str) -> int:
 
 
 def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
-    header = ("#", "score", "line", "title", "author", "dynasty")
+    """One row per hit; a hybrid search also shows the two sides' scores (the score column is the fused one), a
+    reranked one the reranker's score."""
+    reranked = any("rerank_score" in hit for hit in hits)
+    sides = {"dense_score": "dense", "bm25_score": "bm25"} if hits and "dense_score" in hits[0] else {}
+    header = ("#", "score", *(("rerank",) if reranked else ()), *sides.values(), "line", "title", "author", "dynasty")
     rows = [header] + [
-        (str(hit["rank"]), f"{hit['score']:.3f}", hit["text"], hit["title"], hit["author"], hit["dynasty"])
+        (
+            str(hit["rank"]),
+            f"{hit['score']:.3f}",
+            *((f"{hit['rerank_score']:.3f}" if "rerank_score" in hit else "",) if reranked else ()),
+            *(f"{hit[key]:.3f}" for key in sides),
+            hit["text"],
+            hit["title"],
+            hit["author"],
+            hit["dynasty"],
+        )
         for hit in hits
     ]
     widths = [max(_width(row[column]) for row in rows) for column in range(len(header))]
@@ -288,19 +367,50 @@ def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
     return "\n".join([f"» {query}", *(line.rstrip() for line in lines)])
 
 
-def query(config: QueryConfig) -> list[dict[str, Any]]:
-    """Search the index for every query and print a table per query (or one JSON object per line)."""
-    queries = read_queries(config)  # before the slow model load
-    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
-    results = [
-        {"query": query, "results": hits}
-        for query, hits in zip(queries, index.search(queries, config.top_k), strict=True)
+def reranked(
+    reranker: CrossEncoder, queries: Sequence[str], hits: Sequence[Sequence[dict[str, Any]]], k: int, top_k: int
+) -> list[list[dict[str, Any]]]:
+    """The reranker's order of each query's first k hits, cut to top_k; "rank" is the new place, the retriever's
+    place and score stay as "retrieval_rank" and "score"."""
+    return [
+        [{**hit, "rank": rank, "retrieval_rank": hit["rank"]} for rank, hit in enumerate(query_hits[:top_k], start=1)]
+        for query_hits in rerank(reranker, queries, hits, k)
     ]
+
+
+def query(config: QueryConfig) -> list[dict[str, Any]]:
+    """Search the index for every query and print a table per query (or one JSON object per line).
+
+    With --reranker the retriever's top --rerank-top-k lines are reordered; the time per query of retrieval
+    and of reranking goes to stderr (stdout stays one JSON object per line with --json).
+    """
+    queries = read_queries(config)  # before the slow model loads
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
+    reranker = load_reranker(config.reranker) if config.reranker else None
+    k = min(config.rerank_top_k, index.index.ntotal)
+    if reranker and k < config.rerank_top_k:
+        print(
+            f"note: --rerank-top-k {config.rerank_top_k} is more than the index's {k:,} lines: reranking them all",
+            file=sys.stderr,
+        )
+    start = time.perf_counter()
+    hits = index.search(
+        queries, max(config.top_k, k) if reranker else config.top_k, hybrid=config.hybrid, fusion=config
+    )
+    latency = {"retrieval_ms": (time.perf_counter() - start) * 1000 / len(queries)}
+    if reranker:
+        start = time.perf_counter()
+        hits = reranked(reranker, queries, hits, k, config.top_k)
+        latency["rerank_ms"] = (time.perf_counter() - start) * 1000 / len(queries)
+    results = [{"query": query, "results": query_hits} for query, query_hits in zip(queries, hits, strict=True)]
     for result in results:
         if config.json:
             print(json.dumps(result, ensure_ascii=False))
         else:
             print(format_table(result["query"], result["results"]), end="\n\n")
+    timing = ", ".join(f"{name.removesuffix('_ms')} {ms:.1f} ms" for name, ms in latency.items())
+    reranking = f" (reranking the top {k})" if reranker else ""
+    print(f"{len(queries)} queries, per query: {timing}{reranking}", file=sys.stderr)
     return results
 
 

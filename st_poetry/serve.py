@@ -17,20 +17,24 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi import Query as QueryParameters
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from pydantic import BaseModel
+from sentence_transformers import CrossEncoder
 
 from st_poetry.config import ServeConfig, run_cli
-from st_poetry.search import PoetryIndex
+from st_poetry.modeling import load_reranker
+from st_poetry.search import PoetryIndex, reranked
 
 WEB = Path(__file__).parent / "web"
 # What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but
@@ -43,11 +47,23 @@ EXAMPLES = (
 )
 
 
-class SearchRequest(BaseModel):
+class Options(BaseModel):
+    """What a request may choose; None: the server's default."""
+
+    k: int | None = None  # lines per query
+    rerank: bool | None = None  # with a reranker, reorder the retrieved lines (the default when the server has one)
+
+
+class Query(Options):
+    """GET /api/search and the page: one description."""
+
+    q: str
+
+
+class Queries(Options):
     """POST /api/search: several descriptions at once."""
 
     queries: list[str]
-    k: int | None = None
 
 
 class Searcher:
@@ -57,8 +73,8 @@ class Searcher:
     CPU cores parallel encodes would only compete for the same cores.
     """
 
-    def __init__(self, index: PoetryIndex, config: ServeConfig) -> None:
-        self.index, self.config = index, config
+    def __init__(self, index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder | None = None) -> None:
+        self.index, self.config, self.reranker = index, config, reranker
         self.lock = threading.Lock()
         # Rows of a group in corpus order: a poem's lines. CCPM and FlagEmbedding groups are records of choices,
         # not poems; they carry no title, which is how a poem is told apart.
@@ -67,10 +83,13 @@ class Searcher:
             if group and title:
                 self.groups[group].append(row)
 
-    def check(self, queries: Sequence[str], k: int | None) -> tuple[list[str], int]:
-        """Stripped queries and k, or an HTTP 400 saying what is wrong."""
+    def check(self, queries: Sequence[str], options: Options) -> tuple[list[str], int, bool]:
+        """Stripped queries, k and whether to rerank, or an HTTP 400 saying what is wrong."""
         limits = self.config
-        k = limits.top_k if k is None else k
+        k = limits.top_k if options.k is None else options.k
+        rerank = self.reranker is not None if options.rerank is None else options.rerank
+        if rerank and self.reranker is None:
+            raise HTTPException(400, "this server has no reranker (start it with --reranker PATH): leave out rerank")
         if not 1 <= k <= limits.max_k:
             raise HTTPException(400, f"k must be between 1 and {limits.max_k}, got {k}")
         if not queries:
@@ -86,28 +105,40 @@ class Searcher:
                 raise HTTPException(
                     400, f"{where} has {len(query):,} characters; the limit is {limits.max_query_chars:,}"
                 )
-        return stripped, k
+        return stripped, k, rerank
 
-    def search(self, queries: Sequence[str], k: int | None = None) -> list[dict[str, Any]]:
+    def search(self, queries: Sequence[str], options: Options) -> list[dict[str, Any]]:
         """`just search --json`'s objects for valid queries, every hit with its poem (None when unknown)."""
-        queries, k = self.check(queries, k)
+        queries, k, rerank = self.check(queries, options)
         with self.lock:
-            found = self.index.search(queries, k)
+            if rerank:
+                depth = min(self.config.rerank_top_k, self.index.index.ntotal)
+                found = reranked(self.reranker, queries, self.index.search(queries, max(k, depth)), depth, k)
+            else:
+                found = self.index.search(queries, k)
         hits = [hit for hits in found for hit in hits]
         rows = sorted({row for hit in hits for row in self.groups.get(hit["group"], ())})
         texts = dict(zip(rows, self.index.lines[rows]["text"], strict=True)) if rows else {}
         for hit in hits:
-            lines = [texts[row] for row in self.groups.get(hit["group"], ())]
+            lines = whole_lines([texts[row] for row in self.groups.get(hit["group"], ())])
             poem = {key: hit[key] for key in ("title", "author", "dynasty", "group")}
-            # a corpus line is unique, so its text is its position in the poem
-            hit["poem"] = {**poem, "lines": lines, "hit": lines.index(hit["text"])} if lines else None
+            position = next((number for number, line in enumerate(lines) if hit["text"] in line), None)
+            hit["poem"] = {**poem, "lines": lines, "hit": position} if lines else None
         return [{"query": query, "results": hits} for query, hits in zip(queries, found, strict=True)]
 
 
+def whole_lines(lines: list[str]) -> list[str]:
+    """A group's lines without those that are part of another of its lines: a CCPM choice linked to its poem
+    (空山新雨后 of 空山新雨后，天气晚来秋。) belongs to the poem's group, but the poem shows the whole line, marked."""
+    return [line for line in lines if not any(line != other and line in other for other in lines)]
+
+
 def highlight(text: str, query: str) -> Markup:
-    """The text with every letter or character that also occurs in the query marked (punctuation never is)."""
+    """The text with the letters and characters that also occur in the query marked (punctuation never is), a run
+    of them in one <mark>."""
     shared = {char for char in query if char.isalnum()}
-    return Markup("").join(Markup("<mark>%s</mark>") % c if c in shared else escape(c) for c in text)
+    runs = ("".join(chars) for _, chars in groupby(text, key=shared.__contains__))  # marked and unmarked in turn
+    return Markup("").join(Markup("<mark>%s</mark>") % run if run[0] in shared else escape(run) for run in runs)
 
 
 def _one_line(error: RequestValidationError) -> str:
@@ -122,9 +153,9 @@ def _one_line(error: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(index: PoetryIndex, config: ServeConfig) -> FastAPI:
+def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder | None = None) -> FastAPI:
     """The web application around an opened index; `serve` runs it with uvicorn, the tests with TestClient."""
-    searcher = Searcher(index, config)
+    searcher = Searcher(index, config, reranker)
     templates = Jinja2Templates(directory=WEB)
     templates.env.filters["highlight"] = highlight
     # FastAPI's /docs and /redoc pages load their scripts from a CDN: off, so nothing here reaches outside.
@@ -132,7 +163,13 @@ def create_app(index: PoetryIndex, config: ServeConfig) -> FastAPI:
         title="st_poetry", summary="poem lines for modern-Chinese descriptions", docs_url=None, redoc_url=None
     )
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
-    footer = {"model": config.model or index.info["model"], "index": str(index.folder), "info": index.info}
+    footer = {
+        "model": config.model or index.info["model"],
+        "index": str(index.folder),
+        "info": index.info,
+        "reranker": config.reranker if reranker else None,
+        "rerank_top_k": config.rerank_top_k,
+    }
 
     @app.middleware("http")
     async def utf8_only(request: Request, call_next: Any) -> Any:
@@ -158,20 +195,20 @@ def create_app(index: PoetryIndex, config: ServeConfig) -> FastAPI:
         return index.info
 
     @app.get("/api/search")
-    def search_get(q: str, k: int | None = None) -> dict[str, Any]:
-        return searcher.search([q], k)[0]
+    def search_get(query: Annotated[Query, QueryParameters()]) -> dict[str, Any]:
+        return searcher.search([query.q], query)[0]
 
     @app.post("/api/search")
-    def search_post(body: SearchRequest) -> dict[str, Any]:
-        return {"queries": searcher.search(body.queries, body.k)}
+    def search_post(body: Queries) -> dict[str, Any]:
+        return {"queries": searcher.search(body.queries, body)}
 
     @app.get("/", response_class=HTMLResponse)
-    def page(request: Request, q: str = "", k: int | None = None) -> HTMLResponse:
-        context: dict[str, Any] = {"q": q, "k": k or config.top_k, "examples": EXAMPLES, **footer}
+    def page(request: Request, options: Annotated[Options, QueryParameters()], q: str = "") -> HTMLResponse:
+        context: dict[str, Any] = {"q": q, "k": options.k or config.top_k, "examples": EXAMPLES, **footer}
         status = 200
         if q.strip():
             try:
-                context["result"] = searcher.search([q], k)[0]
+                context["result"] = searcher.search([q], options)[0]
             except HTTPException as error:
                 context["error"], status = error.detail, error.status_code
         return templates.TemplateResponse(request, "page.html", context, status_code=status)
@@ -184,7 +221,7 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
-    app = create_app(index, config)
+    app = create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
     print(f"serving {index.info['size']:,} lines of {config.index} at http://{config.host}:{config.port}/")
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
 

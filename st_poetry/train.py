@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -30,17 +30,22 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import (
+    CrossEncoder,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
 )
-from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from st_poetry.config import TrainConfig, UserError, run_cli
+from st_poetry.config import FitConfig, TrainConfig, UserError, run_cli
 from st_poetry.files import atomic_output_dir, write_json, write_jsonl
 from st_poetry.metrics import build_ir_evaluator, metric_key
 from st_poetry.modeling import document_prompt, load_model, query_prompt
@@ -81,7 +86,7 @@ def _read_split(path: Path) -> tuple[str, list[dict]]:
     return split.type.name, rows
 
 
-def _read_flagembedding(path: Path, config: TrainConfig) -> tuple[list[dict], list[dict], list[dict], Counter]:
+def _read_flagembedding(path: Path, config: FitConfig) -> tuple[list[dict], list[dict], list[dict], Counter]:
     """FlagEmbedding rows -> (train, eval, corpus, skipped): a row per (query, pos); queries split by seeded hash.
 
     Records are read and checked by `just prepare`'s reader, and its rules apply: a repeated pair is kept once,
@@ -138,7 +143,7 @@ def with_negative_columns(rows: list[dict], k: int, pool: Sequence[str], seed: i
     return out, filled
 
 
-def load_training_data(config: TrainConfig) -> TrainingData:
+def load_training_data(config: FitConfig) -> TrainingData:
     """Read --data (mined folder, prepared folder or FlagEmbedding .jsonl) into equal-width training rows."""
     data = Path(config.data)
     skipped: Counter = Counter()
@@ -318,11 +323,7 @@ def _training_speed(log: list[dict], resumed_at: int | None, samples_per_step: i
     }
 
 
-def _headline(metrics: dict[str, float]) -> dict[str, float]:
-    return {label: metrics[metric_key(metric)] for label, metric in HEADLINE.items()}
-
-
-def publish_model(model: SentenceTransformer, out: Path) -> None:
+def publish_model(model: SentenceTransformer | CrossEncoder, out: Path) -> None:
     """Save the final model into `out`, beside the checkpoints and logs, whole or not at all.
 
     config.json and modules.json go in last: without modules.json the folder does not load as this model
@@ -340,10 +341,29 @@ def load_base_model(config: TrainConfig) -> SentenceTransformer:
         query_instruction=config.query_instruction,
         replace_query_prompt=True,
     )
-    model.model_card_data.set_language("zh")
-    model.model_card_data.model_name = f"{Path(config.model).name} fine-tuned to retrieve classical Chinese poetry"
-    model.model_card_data.local_files_only = Path(config.model).expanduser().is_dir()  # no Hub look-up for a folder
+    set_model_card(model, config.model, "fine-tuned to retrieve classical Chinese poetry")
     return model
+
+
+def set_model_card(model: SentenceTransformer | CrossEncoder, base: str, purpose: str) -> None:
+    """The card's language and name; no Hub look-up for a local base model."""
+    model.model_card_data.set_language("zh")
+    model.model_card_data.model_name = f"{Path(base).name} {purpose}"
+    model.model_card_data.local_files_only = Path(base).expanduser().is_dir()
+
+
+@dataclass
+class Recipe:
+    """What a training stage chooses; `fit` runs everything else the same way for a bi-encoder and a reranker."""
+
+    model: SentenceTransformer | CrossEncoder  # its model card data filled in
+    trainer_class: type[Trainer]
+    args_class: type[TrainingArguments]
+    args: dict[str, Any]  # training arguments only this stage sets (prompts, batch sampler)
+    loss: Callable[[TrainingArguments], torch.nn.Module]  # built once the arguments say how many processes run
+    evaluator: Callable[[Any], dict[str, float]]  # a sentence-transformers evaluator
+    best: str  # the evaluator's metric key that picks the best checkpoint
+    headline: dict[str, str]  # the summary's table: label -> the evaluator's metric key
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
@@ -351,21 +371,52 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
     `callbacks` are added to the trainer's (tests use one to interrupt a run).
     """
-    started = time.time()
-    out = Path(config.out)
-
     # 1. The base model. A plain HF checkpoint becomes Transformer + CLS pooling + Normalize; a
     #    sentence-transformers model keeps its pooling and prompts; --query-instruction becomes its query prompt.
     model = load_base_model(config)
 
     # 2. The data: every row has the same columns, anchor, positive, negative_1..k.
     data = load_training_data(config)
-    columns = list(data.train[0])
 
-    # 3. Training arguments. --batch-size is per process; CachedMNRL keeps memory flat at any batch size, since
-    #    only --mini-batch-size texts go through the model at once.
-    metric_for_best = f"eval_{metric_key(BEST_METRIC)}"
-    args = SentenceTransformerTrainingArguments(
+    # 4. The loss: InfoNCE over the positive, the row's negatives and every other text in the batch (on every
+    #    process when several run, like FlagEmbedding's --negatives_cross_device), at bge's temperature 0.02.
+    #    The cached variant adds a forward pass without gradients so that memory no longer grows with the batch.
+    def loss(args: TrainingArguments) -> torch.nn.Module:
+        gather = args.world_size > 1
+        if config.cached_loss:
+            return CachedMultipleNegativesRankingLoss(
+                model, scale=config.scale, mini_batch_size=config.mini_batch_size, gather_across_devices=gather
+            )
+        return MultipleNegativesRankingLoss(model, scale=config.scale, gather_across_devices=gather)
+
+    recipe = Recipe(
+        model=model,
+        trainer_class=SentenceTransformerTrainer,
+        args_class=SentenceTransformerTrainingArguments,
+        args={
+            "prompts": column_prompts(model, list(data.train[0])),
+            "batch_sampler": BatchSamplers.NO_DUPLICATES,  # famous lines recur: no duplicate text within a batch
+        },
+        loss=loss,
+        evaluator=build_ir_evaluator(data.eval, data.corpus, max_corpus=config.eval_max_corpus, seed=config.seed),
+        best=metric_key(BEST_METRIC),
+        headline={label: metric_key(metric) for label, metric in HEADLINE.items()},
+    )
+    return fit(config, data, recipe, callbacks)
+
+
+def fit(
+    config: FitConfig, data: TrainingData, recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()
+) -> dict[str, Any]:
+    """Steps 3 and 5-8 of a training stage, the same for every model kind: arguments, the pre-flight evaluation,
+    training with the best checkpoint kept, the post-training check, curves, summary and the published model."""
+    started = time.time()
+    out = Path(config.out)
+    model = recipe.model
+
+    # 3. Training arguments. --batch-size is per process.
+    metric_for_best = f"eval_{recipe.best}"
+    args = recipe.args_class(
         output_dir=str(out / CHECKPOINTS),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -375,8 +426,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         warmup_steps=config.warmup,  # transformers 5: a float below 1 is a share of all steps
         seed=config.seed,
         **_device_args(),
-        prompts=column_prompts(model, columns),
-        batch_sampler=BatchSamplers.NO_DUPLICATES,  # famous lines recur: no duplicate text within a batch
+        **recipe.args,
         eval_strategy="steps",
         eval_steps=config.eval_steps,
         save_strategy="steps",
@@ -398,31 +448,21 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         raise UserError(
             f"training runs {total_steps} steps, fewer than --eval-steps {config.eval_steps}: no evaluation would run"
         )
-
-    # 4. The loss: InfoNCE over the positive, the row's negatives and every other text in the batch (on every
-    #    process when several run, like FlagEmbedding's --negatives_cross_device), at bge's temperature 0.02.
-    #    The cached variant adds a forward pass without gradients so that memory no longer grows with the batch.
-    gather = args.world_size > 1
-    if config.cached_loss:
-        loss = CachedMultipleNegativesRankingLoss(
-            model, scale=config.scale, mini_batch_size=config.mini_batch_size, gather_across_devices=gather
-        )
-    else:
-        loss = MultipleNegativesRankingLoss(model, scale=config.scale, gather_across_devices=gather)
+    loss = recipe.loss(args)
 
     # 5. Evaluate the base model. This is the "before" score, and it proves that the evaluator reports the key
     #    metric_for_best_model names (a missing key is what broke the FlagEmbedding seed run).
-    evaluator = build_ir_evaluator(data.eval, data.corpus, max_corpus=config.eval_max_corpus, seed=config.seed)
+    evaluator = recipe.evaluator
     before = evaluator(model)
-    if metric_key(BEST_METRIC) not in before:
+    if recipe.best not in before:
         raise RuntimeError(
-            f"the evaluator reports {sorted(before)}, not {metric_key(BEST_METRIC)!r}: "
+            f"the evaluator reports {sorted(before)}, not {recipe.best!r}: "
             f"metric_for_best_model={metric_for_best!r} would never be found"
         )
     base_record = {"epoch": 0.0, "step": 0, **{f"eval_{key}": value for key, value in before.items()}}
 
-    # 6. Train, keeping the best checkpoint by NDCG@10 and stopping when it stops improving.
-    trainer = SentenceTransformerTrainer(
+    # 6. Train, keeping the best checkpoint by the best metric and stopping when it stops improving.
+    trainer = recipe.trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(data.train),
@@ -453,9 +493,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         )
     after = evaluator(model)
     best_step = _checkpoint_step(state.best_model_checkpoint)
-    if best_step is None or abs(after[metric_key(BEST_METRIC)] - state.best_metric) > BEST_TOLERANCE:
+    if best_step is None or abs(after[recipe.best] - state.best_metric) > BEST_TOLERANCE:
         raise RuntimeError(
-            f"the final model scores NDCG@10 {after[metric_key(BEST_METRIC)]:.4f}, but the best evaluation "
+            f"the final model scores {recipe.best} {after[recipe.best]:.4f}, but the best evaluation "
             f"recorded {state.best_metric} (checkpoint {state.best_model_checkpoint}): the best model was not "
             "loaded, so nothing is saved as final"
         )
@@ -463,7 +503,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     # 8. Save: curves, summary, then the model itself (its card carries the before/after scores). train_log.jsonl
     #    is whole already: JsonlLog rewrote it at the trainer's last log.
     log = [base_record, *state.log_history]
-    plot_training_curves(log, out / CURVES, metric=f"eval_{metric_key(BEST_METRIC)}", metric_label="NDCG@10")
+    best_label = next((label for label, key in recipe.headline.items() if key == recipe.best), recipe.best)
+    plot_training_curves(log, out / CURVES, metric=metric_for_best, metric_label=best_label)
     speed = _training_speed(state.log_history, _checkpoint_step(resume_from), config.batch_size * args.world_size)
     summary = {
         "model": config.model,
@@ -475,8 +516,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         "stopped_early": state.global_step < state.max_steps,
         "best_step": best_step,
         "train_loss": train_loss,
-        "before": _headline(before),
-        "after": _headline(after),
+        "before": {label: before[key] for label, key in recipe.headline.items()},
+        "after": {label: after[key] for label, key in recipe.headline.items()},
         "before_all": before,
         "after_all": after,
         **speed,
@@ -511,9 +552,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  speed: {summary['train_samples_per_second']:.2f} samples/s (the {summary['eval_runtime_s']:.0f} s "
             f"of evaluations excluded); wall {summary['wall_s']:.0f} s"
         )
-    lines.append(f"  {'eval split':<10} " + " ".join(f"{label:>9}" for label in HEADLINE))
+    lines.append(f"  {'eval split':<10} " + " ".join(f"{label:>9}" for label in summary["before"]))
     for name in ("before", "after"):
-        lines.append(f"  {name:<10} " + " ".join(f"{summary[name][label]:>9.4f}" for label in HEADLINE))
+        lines.append(f"  {name:<10} " + " ".join(f"{value:>9.4f}" for value in summary[name].values()))
     lines.append(f"  written: model files, {CHECKPOINTS}/, {TRAIN_LOG}, {CURVES}, {SUMMARY}")
     return "\n".join(lines)
 

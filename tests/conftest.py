@@ -186,6 +186,16 @@ def tiny_st_model(tmp_path_factory, tiny_hf_model) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory, tiny_hf_model) -> str:
+    """A saved CrossEncoder: the tiny BERT with a random one-score head (ranks at random, but deterministically)."""
+    from sentence_transformers import CrossEncoder
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-reranker"
+    CrossEncoder(tiny_hf_model, num_labels=1).save_pretrained(str(folder))
+    return str(folder)
+
+
 def prepared_rows() -> tuple[list[dict], list[dict], list[dict]]:
     """(train, eval, corpus) rows in the schema `just prepare` writes."""
     train, evaluation, corpus = [], [], []

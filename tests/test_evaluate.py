@@ -189,6 +189,53 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
         assert not out.exists()
 
 
+def test_hybrid_rows_and_sweep_use_the_same_metric_code_and_never_tune_on_ccpm(tmp_path, prepared_dir, tiny_st_model):
+    ccpm = ccpm_file(tmp_path / "ccpm.jsonl", CCPM)
+    # a random tiny BERT: continuous scores, so no ties that the dense and the fused rankings could break apart
+    base = {"data": str(prepared_dir), "model": [tiny_st_model], "hybrid": True}
+    report = evaluate(EvaluateConfig(**base, ccpm=[str(ccpm)], out=str(tmp_path / "with-ccpm")))
+
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows)[:4] == ["bm25-jieba", "bm25-chars", "tiny-st", "tiny-st + bm25-chars"]
+    hybrid = rows["tiny-st + bm25-chars"]
+    assert set(hybrid["retrieval"]) == set(rows["tiny-st"]["retrieval"])
+    assert set(hybrid["ccpm"]) == {"ccpm.jsonl"}
+    assert report["fusion"] == {
+        "lexical": "bm25-chars",
+        "fusion": "interpolate",
+        "alpha": 0.5,
+        "depth": 50,
+        "rrf_k": 60,
+    }
+
+    sweep = report["fusion_sweep"]["models"]["tiny-st"]
+    point = {(p["fusion"], p["depth"], p["alpha"]): p for p in sweep["points"]}
+    assert len(point) == 2 * 4 * 11
+    # the row is the sweep's point at the configured settings
+    for metric in ("recall@1", "recall@10", "mrr@10", "ndcg@10"):
+        assert hybrid["retrieval"][metric] == pytest.approx(point["interpolate", 50, 0.5][metric])
+        # alpha = 1 is the dense ranking, scored by the same code as the model's own row
+        assert point["interpolate", 10, 1.0][metric] == pytest.approx(rows["tiny-st"]["retrieval"][metric])
+    assert point["interpolate", 10, 0.0]["recall@1"] == pytest.approx(rows["bm25-chars"]["retrieval"]["recall@1"])
+    best = sweep["best"]
+    assert best["ndcg@10"] == max(p["ndcg@10"] for p in sweep["points"])
+    # the best settings get a row of their own, every metric and the CCPM column included
+    assert (best["fusion"], best["depth"], best["alpha"]) != ("interpolate", 50, 0.5)
+    assert list(rows)[4:] == ["tiny-st + bm25-chars (tuned)"]
+    tuned = rows["tiny-st + bm25-chars (tuned)"]
+    assert tuned["retrieval"]["ndcg@10"] == pytest.approx(best["ndcg@10"]) and set(tuned["ccpm"]) == {"ccpm.jsonl"}
+
+    # the model's row (from the faiss ranking that the fusion reuses) is what the evaluator itself reports
+    plain = evaluate(EvaluateConfig(**{**base, "hybrid": False}, bm25=False, out=str(tmp_path / "plain")))
+    assert plain["rows"][0]["retrieval"] == pytest.approx(rows["tiny-st"]["retrieval"])
+
+    # a CCPM file changes no sweep figure: the settings are chosen on the eval split alone
+    without = evaluate(EvaluateConfig(**base, bm25=False, out=str(tmp_path / "without-ccpm")))
+    assert without["fusion_sweep"] == report["fusion_sweep"]
+    assert (tmp_path / "with-ccpm" / "fusion_sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert "Fusion sweep on this eval split" in (tmp_path / "with-ccpm" / "evaluation.md").read_text(encoding="utf-8")
+
+
 def test_the_same_model_given_twice_is_one_row(tmp_path, prepared_dir, bag_of_chars_model, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     same = [bag_of_chars_model, bag_of_chars_model + "/", os.path.relpath(bag_of_chars_model)]

@@ -10,7 +10,7 @@ import pytest
 
 from st_poetry.config import MineConfig, UserError
 from st_poetry.files import write_jsonl
-from st_poetry.mine import main, mine, model_fingerprint, normalize
+from st_poetry.mine import candidate_texts, main, mine, model_fingerprint, normalize, read_prepared
 from st_poetry.modeling import load_model
 from st_poetry.schema import CORPUS, MINED, RowType, read_split
 
@@ -230,6 +230,30 @@ def test_normalize_ignores_punctuation_width_and_spaces():
     assert normalize("“春眠不觉晓”！") == "春眠不觉晓"
 
 
+def test_candidate_pool_keeps_positives_and_given_negatives_and_samples_the_rest(prepared_dir, tiny_st_model):
+    extra = [
+        {"id": f"x{i}", "text": f"远方第{i}句诗", "title": "", "author": "", "dynasty": "", "group": f"x{i}"}
+        for i in range(40)
+    ]
+    _edit(prepared_dir, "corpus", lambda rows: rows.extend(extra))
+    _edit(prepared_dir, "train", lambda rows: rows[0].update(negatives=["远方第3句诗"]))
+    data = read_prepared(prepared_dir)
+    positives = {row["positive"] for split in ("train", "eval") for row in data[split]}
+    keep = positives | {"远方第3句诗"}
+    pool = candidate_texts(data, max_corpus=len(keep) + 5, seed=1)
+    assert keep <= set(pool) and len(pool) == len(keep) + 5
+    assert pool == candidate_texts(data, max_corpus=len(keep) + 5, seed=1)  # seeded
+    assert pool != candidate_texts(data, max_corpus=len(keep) + 5, seed=2)
+    assert candidate_texts(data, max_corpus=3) == [t for t in candidate_texts(data) if t in keep]  # never fewer
+    assert len(candidate_texts(data, max_corpus=10**6)) == len(candidate_texts(data))
+
+    config = _config(prepared_dir, tiny_st_model, max_corpus=len(keep) + 5, seed=1, range_max=len(keep) + 4)
+    stats = mine(config)
+    assert stats["candidates"] == len(keep) + 5
+    for row in _read(Path(config.out) / "train.jsonl"):
+        assert set(_negatives(row)) - {None} <= set(pool)
+
+
 def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, tiny_hf_model):
     first = mine(_config(prepared_dir, tiny_hf_model, range_max=10))
     assert first["train"]["encoded_texts"] > 0
@@ -249,8 +273,11 @@ def test_a_changed_query_prompt_does_not_reuse_cached_embeddings(prepared_dir, t
 
 def test_num_negatives_beyond_the_corpus_is_refused(prepared_dir, tiny_st_model):
     # Allowed by the range, but 38 lines cannot give 100 negatives: it used to write rows of nulls.
-    with pytest.raises(UserError, match=r"--num-negatives 100 from rank --range-min 0 on needs 101 .* has 38"):
+    with pytest.raises(UserError, match=r"--num-negatives 100 from rank --range-min 0 on needs 101 .* has 38:"):
         mine(_config(prepared_dir, tiny_st_model, num_negatives=100, range_max=200))
+    # a --max-corpus pool keeps every positive (32 here) and samples the rest
+    with pytest.raises(UserError, match=r"needs 36 candidate lines, but .* has 33 in a --max-corpus 33 pool"):
+        mine(_config(prepared_dir, tiny_st_model, num_negatives=30, range_min=5, max_corpus=33))
     assert not (prepared_dir.parent / "mined").exists()
 
 

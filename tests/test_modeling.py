@@ -9,7 +9,7 @@ from st_poetry import modeling
 from st_poetry.config import TrainConfig, UserError
 from st_poetry.evaluate import main as evaluate_main
 from st_poetry.mine import main as mine_main
-from st_poetry.modeling import document_prompt, load_model, query_prompt
+from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
 from st_poetry.search import main as search_main
 from st_poetry.train import load_base_model
 
@@ -94,14 +94,15 @@ def test_unreachable_hub_says_what_to_pass(monkeypatch):
         load_model("some-org/not-cached-model")
 
 
-def test_a_model_without_its_tokenizer_files_is_refused(tmp_path, tiny_st_model):
-    # It would load with only the special tokens and encode every text to the same vector.
+@pytest.mark.parametrize(("fixture", "load"), [("tiny_st_model", load_model), ("tiny_reranker", load_reranker)])
+def test_a_model_without_its_tokenizer_files_is_refused(tmp_path, request, fixture, load):
+    # It would load with only the special tokens and encode (or score) every text alike.
     folder = tmp_path / "no-tokenizer"
-    shutil.copytree(tiny_st_model, folder)
-    for path in folder.glob("tokenizer*"):
+    shutil.copytree(request.getfixturevalue(fixture), folder)
+    for path in [*folder.glob("tokenizer*"), *folder.glob("vocab.txt")]:
         path.unlink()
     with pytest.raises(UserError, match=r"tokenizer has 5 tokens for 21,018 embedding rows"):
-        load_model(str(folder))
+        load(str(folder))
 
 
 def test_truncated_weights_are_one_clear_line(tmp_path, tiny_st_model):

@@ -7,7 +7,7 @@ import shutil
 import faiss
 import pytest
 
-from st_poetry.config import IndexConfig, QueryConfig, UserError, parse_config
+from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_config
 from st_poetry.modeling import load_model
 from st_poetry.search import INDEX_INFO, PoetryIndex, build_index, main, query, read_corpus
 
@@ -36,7 +36,8 @@ def test_build_writes_index_and_records_model_and_prompts(capsys, tmp_path, tiny
     assert info["embedding_dim"] == 32 and len(info["probe"]) == 32
     assert info["index_type"] == "flat" and info["hnsw"] is None
     assert info["size"] == len(read_corpus(prepared_dir / "corpus.jsonl")) == 38
-    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", INDEX_INFO}
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", "bm25", INDEX_INFO}
+    assert info["bm25"] == {"folder": "bm25", "tokens": "bm25-chars", "k1": 1.5, "b": 0.75}
     # the recorded model is found again and passes its own check
     results, _ = _query(capsys, out, "山中下雨后傍晚的秋天", top_k=38)
     assert sorted(hit["text"] for hit in results[0]["results"]) == sorted(
@@ -191,6 +192,54 @@ def test_config_validation_without_a_model():
     assert config.queries == ["a", "b"] and config.top_k == 3
 
 
+def test_hybrid_search_gives_both_sides_scores_and_finds_the_line_by_its_characters(capsys, index_dir):
+    index = PoetryIndex(index_dir)
+    (dense,) = index.search(["孤舟蓑笠翁"], top_k=38)
+    (hybrid,) = index.search(["孤舟蓑笠翁"], top_k=5, hybrid=True)
+    assert hybrid[0]["text"] == "孤舟蓑笠翁" and hybrid[0]["score"] == pytest.approx(1.0)  # best on both sides
+    cosine = {hit["text"]: hit["score"] for hit in dense}
+    lexical = index.bm25.get_scores(list("孤舟蓑笠翁"))
+    for hit in hybrid:
+        assert hit["dense_score"] == pytest.approx(cosine[hit["text"]], abs=1e-5)
+        assert hit["bm25_score"] == pytest.approx(float(lexical[int(hit["id"][1:])]))
+    assert [hit["score"] for hit in hybrid] == sorted((hit["score"] for hit in hybrid), reverse=True)
+
+    # a description sharing only characters with its line: BM25 pulls the line up from where the random model has it
+    description = "独自在大雪覆盖的寒冷江面上垂钓"
+    dense_rank = [hit["text"] for hit in index.search([description], top_k=38)[0]].index("独钓寒江雪")
+    (hybrid,) = index.search([description], top_k=38, hybrid=True, fusion=FusionOptions(alpha=0.3))
+    assert [hit["text"] for hit in hybrid].index("独钓寒江雪") < dense_rank
+
+    _, printed = _query(capsys, index_dir, "孤舟蓑笠翁", hybrid=True, json=True, top_k=2)
+    assert set(json.loads(printed)["results"][0]) >= {"score", "dense_score", "bm25_score", "text"}
+    _, table = _query(capsys, index_dir, "孤舟蓑笠翁", hybrid=True, top_k=2)
+    assert table.splitlines()[1].split() == ["#", "score", "dense", "bm25", "line", "title", "author", "dynasty"]
+
+
+def test_an_index_without_its_bm25_part_says_how_to_rebuild(index_dir):
+    info = json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
+    del info["bm25"]  # as `just index` wrote it before hybrid search
+    (index_dir / INDEX_INFO).write_text(json.dumps(info), encoding="utf-8")
+    shutil.rmtree(index_dir / "bm25")
+    assert query(QueryConfig(queries=["秋天"], index=str(index_dir), top_k=1))[0]["results"]  # dense still works
+    with pytest.raises(UserError, match=r"has no BM25 part .*: rebuild it with `just index --model .* --out "):
+        query(QueryConfig(queries=["秋天"], index=str(index_dir), hybrid=True))
+
+
+def test_a_punctuation_only_query_is_one_line(capsys, tmp_path, index_dir):
+    with pytest.raises(UserError, match="punctuation only"):
+        query(QueryConfig(queries=["，。！？"], index=str(index_dir)))
+    with pytest.raises(UserError, match="punctuation only"):
+        PoetryIndex(index_dir).search(["……"], hybrid=True)
+    lines = tmp_path / "queries.txt"
+    lines.write_text("秋天\n“”\n", encoding="utf-8")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "--index", str(index_dir), "--file", str(lines)])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and error.startswith("error: query '“”' is punctuation only") and "\n" not in error
+
+
 def _truncate(path, size=None):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2 if size is None else size])
 
@@ -233,3 +282,36 @@ def test_a_query_file_that_is_not_utf8_is_one_line(tmp_path, monkeypatch, index_
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("山中下雨".encode("gbk"))))
     with pytest.raises(UserError, match=r"^stdin: not UTF-8 text"):
         query(QueryConfig(index=str(index_dir), file="-"))
+
+
+def test_a_damaged_bm25_part_fails_only_a_hybrid_search(index_dir, tmp_path, prepared_dir, tiny_hf_model):
+    shutil.rmtree(index_dir / "bm25")
+    index = PoetryIndex(index_dir)
+    assert index.search(["秋天"], top_k=1)[0]  # the dense search never opens it
+    with pytest.raises(UserError, match=r"bm25 is missing or unreadable .*rebuild it: just index"):
+        index.search(["秋天"], hybrid=True)
+    # a BM25 part of another build (fewer lines than the faiss index)
+    other = tmp_path / "other"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(prepared_dir.joinpath("corpus.jsonl").read_text().splitlines(True)[:5]), "utf-8")
+    build_index(IndexConfig(model=tiny_hf_model, corpus=str(corpus), out=str(other)))
+    shutil.copytree(other / "bm25", index_dir / "bm25")
+    with pytest.raises(UserError, match=r"does not hold together: bm25/ indexes 5 lines, index.faiss 38"):
+        PoetryIndex(index_dir).search(["秋天"], hybrid=True)
+
+
+def test_a_reranker_reorders_the_fused_candidates(capsys, index_dir, tiny_reranker):
+    config = QueryConfig(queries=["孤舟蓑笠翁"], index=str(index_dir), hybrid=True, reranker=tiny_reranker, top_k=3)
+    config.rerank_top_k = 8
+    capsys.readouterr()
+    (result,) = query(config)
+    hits = result["results"]
+    fused = PoetryIndex(index_dir).search(["孤舟蓑笠翁"], top_k=8, hybrid=True)[0]
+    # the reranker read the fusion's top 8: each hit keeps its fused place and both sides' scores
+    by_text = {hit["text"]: hit for hit in fused}
+    for hit in hits:
+        assert hit["retrieval_rank"] == by_text[hit["text"]]["rank"] and hit["score"] == by_text[hit["text"]]["score"]
+        assert {"dense_score", "bm25_score", "rerank_score"} <= set(hit)
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[1].split()
+    assert header[:5] == ["#", "score", "rerank", "dense", "bm25"]

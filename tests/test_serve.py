@@ -17,9 +17,10 @@ import pytest
 from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
 from fastapi.testclient import TestClient
 
-from st_poetry.config import IndexConfig, ServeConfig, parse_config
+from st_poetry.config import IndexConfig, QueryConfig, ServeConfig, parse_config
+from st_poetry.modeling import load_reranker
 from st_poetry.schema import CORPUS
-from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index
+from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
 from st_poetry.serve import create_app, highlight, main
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
@@ -31,6 +32,8 @@ RIVER_SNOW = next(poem for poem in POEMS if poem[1] == "江雪")
 def index_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     train, _, corpus = prepared_rows()
+    # a clause of 江雪's first line in the poem's group, as a CCPM choice linked to its poem would be
+    corpus.append({**next(row for row in corpus if row["title"] == "江雪"), "id": "clause", "text": "千山鸟飞"})
     texts = [row["text"] for row in corpus] + [row["anchor"] for row in train] + [DESCRIPTION]
     model = save_bag_of_chars_model(folder / "bag-of-chars", texts)
     CORPUS.write(folder / "corpus.jsonl", corpus)
@@ -71,6 +74,12 @@ def test_get_returns_the_search_results_with_the_whole_poem(client, index):
     }
 
 
+def test_a_clause_of_a_poem_line_shows_the_poem_with_the_whole_line_marked(client):
+    hit = client.get("/api/search", params={"q": "千山鸟飞", "k": 1}).json()["results"][0]
+    assert hit["text"] == "千山鸟飞"
+    assert hit["poem"]["lines"] == RIVER_SNOW[4] and hit["poem"]["hit"] == 0
+
+
 def test_lines_without_a_titled_group_have_no_poem(client):
     # EXTRA_CORPUS rows share groups two by two but have no title: records, not poems
     hits = client.get("/api/search", params={"q": EXTRA_CORPUS[0], "k": 1}).json()["results"]
@@ -88,6 +97,30 @@ def test_post_answers_several_queries_in_order_and_k_defaults_to_the_servers(cli
     assert results[1]["results"][0]["poem"]["hit"] == 0
     three = client.post("/api/search", json={"queries": queries, "k": 3}).json()["queries"]
     assert [len(result["results"]) for result in three] == [3, 3]
+
+
+def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, index, tiny_reranker):
+    config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8)
+    with TestClient(create_app(index, config, load_reranker(tiny_reranker))) as reranking:
+        hits = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3}).json()["results"]
+        # what `just search --reranker --json` prints, plus the poems
+        expected = query(
+            QueryConfig(queries=[DESCRIPTION], index=str(index.folder), top_k=3, reranker=tiny_reranker, rerank_top_k=8)
+        )[0]["results"]
+        assert [{key: hit[key] for key in hit if key != "poem"} for hit in hits] == expected
+        assert all("rerank_score" in hit and bool(hit["poem"]) == bool(hit["title"]) for hit in hits)
+        plain = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3, "rerank": "false"}).json()["results"]
+        assert plain[0]["text"] == "独钓寒江雪" and not any("rerank_score" in hit for hit in plain)
+        posted = reranking.post("/api/search", json={"queries": [DESCRIPTION], "k": 3}).json()["queries"][0]
+        assert posted["results"] == hits
+        page = reranking.get("/", params={"q": DESCRIPTION}).text
+        assert f"reranker <code>{tiny_reranker}</code> (top 8)" in page and "reranker score" in page
+
+
+def test_rerank_without_a_reranker_is_a_400(client):
+    response = client.get("/api/search", params={"q": DESCRIPTION, "rerank": "true"})
+    assert response.status_code == 400 and "no reranker" in response.json()["detail"]
+    assert "rerank_score" not in client.get("/api/search", params={"q": DESCRIPTION}).json()["results"][0]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +158,7 @@ def test_bad_input_is_a_4xx_with_a_one_line_message_and_the_server_keeps_serving
 
 
 def test_health_and_info(client, index_dir):
-    assert client.get("/health").json() == {"status": "ok", "lines": 38}
+    assert client.get("/health").json() == {"status": "ok", "lines": 39}
     assert client.get("/api/info").json() == json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
 
 
@@ -134,9 +167,9 @@ def test_the_page_renders_results_on_the_server(client, index):
     assert response.status_code == 200
     html = response.text
     # the top line, its characters shared with the query marked, its poem unfolded with the hit marked
-    assert "<mark>独</mark><mark>钓</mark><mark>寒</mark><mark>江</mark><mark>雪</mark>" in html
+    assert "<mark>独钓寒江雪</mark>" in html
     assert "<details open>" in html and html.count("<details") == html.count("</details>") >= 1
-    assert '<p class="found"><mark>独</mark>' in html
+    assert '<p class="found"><mark>独钓寒江雪</mark>' in html
     assert all(line in html for line in ("千山鸟飞绝", "万径人踪灭", "孤舟蓑笠翁"))
     assert "《江雪》" in html and "柳宗元" in html and "〔唐〕" in html
     assert re.search(r'class="score"[^>]*>1\.000|class="score"[^>]*>0\.\d{3}', html)
@@ -163,8 +196,9 @@ def test_the_page_shows_bad_input_as_a_message(client):
 
 
 def test_highlight_marks_shared_characters_and_escapes_html():
-    assert highlight("独钓寒江雪。", "寒冷的江。") == "独钓<mark>寒</mark><mark>江</mark>雪。"
-    assert highlight("<b>&", "b") == "&lt;<mark>b</mark>&gt;&amp;"
+    assert highlight("独钓寒江雪。", "寒冷的江。") == "独钓<mark>寒江</mark>雪。"
+    assert highlight("<b>&b", "b") == "&lt;<mark>b</mark>&gt;&amp;<mark>b</mark>"
+    assert highlight("明月", "") == "明月"
 
 
 def test_serve_config_limits_and_a_missing_index(capsys, tmp_path):
@@ -245,7 +279,7 @@ def test_a_browser_finds_the_line_for_a_description(live_url, tmp_path, javascri
         poems[1].find_element(By.TAG_NAME, "summary").click()  # a click unfolds the next poem
         assert poems[1].get_attribute("open") is not None
         marks = browser.find_elements(By.CSS_SELECTOR, "#results .hit .line mark")
-        assert {mark.text for mark in marks} >= set("独钓寒江雪")
+        assert marks[0].text == "独钓寒江雪"
         browser.save_screenshot(str(tmp_path / "serve-desktop.png"))
         # phone width: nothing wider than the screen
         browser.set_window_size(390, 844)

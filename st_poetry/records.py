@@ -1,0 +1,39 @@
+"""What every raw-input reader shares: the parsed-record type, the skip signal and the text rules.
+
+Stdlib only, so `just prepare` stays light; `st_poetry.prepare` (works, CCPM, FlagEmbedding) and
+`st_poetry.poems` (the chinese-poetry collection) both build on it, and `just mine` compares lines with
+`normalize` too.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+
+class Skip(Exception):
+    """A record that cannot be used; the message is the reason counted in stats.json."""
+
+
+@dataclass
+class Parsed:
+    """What one input record contributes."""
+
+    group: str
+    pairs: list[tuple[str, str]]  # (anchor, positive)
+    texts: list[str]  # candidate-corpus lines
+    negatives: tuple[str, ...] = ()  # given hard negatives, shared by the record's pairs
+    meta: tuple[str, str, str] = ("", "", "")  # title, author, dynasty
+    unpaired: str | None = None  # why a kept record made no pairs (its lines still join the corpus)
+    notes: tuple[str, ...] = ()  # what is worth counting about a kept record (e.g. converted to simplified)
+
+
+def clean(text: str) -> str:
+    """Drop quote marks (a quotation often opens on one line and closes on another) and outer whitespace."""
+    return text.replace("“", "").replace("”", "").strip()
+
+
+def normalize(text: str) -> str:
+    """The text with punctuation and whitespace removed (after NFKC), to compare lines that differ only there."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch)[0] not in "PZ")
