@@ -369,7 +369,7 @@ class RerankConfig(FitConfig):
         "hard negatives per description: its row's first n (short rows: topped up with other rows' positives)",
     )
     in_batch_negatives: int = option(
-        4, "other rows' positives and negatives each description is also scored against (random, per step)"
+        4, "other rows' lines each description is also scored against (random, per step; at least 1)"
     )
     max_seq_length: int = option(128, "token limit of a description and a line read together")
     eval_max_rows: int | None = option(
@@ -378,7 +378,10 @@ class RerankConfig(FitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.in_batch_negatives >= 0, f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        _check(
+            self.in_batch_negatives >= 1,
+            f"in_batch_negatives must be >= 1 (the library's loss samples at least one), got {self.in_batch_negatives}",
+        )
         _check(self.num_negatives >= 1, "num_negatives must be >= 1: evaluation ranks each positive among them")
 
 

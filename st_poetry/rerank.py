@@ -28,11 +28,12 @@ from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from st_poetry.config import RerankConfig, UserError, run_cli
 from st_poetry.metrics import CCPMRecord
 from st_poetry.modeling import load_reranker
+from st_poetry.schema import MINED
 from st_poetry.train import Recipe, fit, load_training_data, set_model_card
 
 EVALUATOR_NAME = "poetry-rerank"
@@ -46,7 +47,7 @@ def evaluator_samples(rows: Sequence[dict]) -> list[dict]:
         {
             "query": row["anchor"],
             "positive": [row["positive"]],
-            "negative": [text for key, text in row.items() if key.startswith("negative_")],
+            "negative": MINED.negatives(row),
         }
         for row in rows
     ]
@@ -54,6 +55,7 @@ def evaluator_samples(rows: Sequence[dict]) -> list[dict]:
 
 def train(config: RerankConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train a reranker from `config.model` on `config.data` into `config.out`; returns the summary."""
+    set_seed(config.seed)  # a new head is initialised at random: seeded, two runs train the same model
     model = load_reranker(config.model, max_seq_length=config.max_seq_length, base=True)
     set_model_card(model, config.model, "reranker for classical Chinese poetry lines and their modern descriptions")
     data = load_training_data(config)

@@ -216,14 +216,14 @@ class Split:
 
 def read_split(path: str | Path, accept: Sequence[RowType] = (PAIR, MINED)) -> Split:
     """A train/eval file, its row type recognised from its first row; every row must be of that type."""
-    rows = list(read_jsonl(path))
-    row_type = row_type_of(rows[0][1]) if rows else accept[0]
-    if row_type not in accept:
-        wanted = " or ".join(f"{t.name} rows (`{t.written_by}`)" for t in accept)
-        raise UserError(f"{path} holds {row_type.name} rows (`{row_type.written_by}`); expected {wanted}")
-    checked = []
-    for index, (number, row) in enumerate(rows):
-        if row_type_of(row) is not row_type:
+    row_type, checked = accept[0], []  # an empty file has no rows of any type
+    for index, (number, row) in enumerate(read_jsonl(path)):
+        if index == 0:
+            row_type = row_type_of(row)
+            if row_type not in accept:
+                wanted = " or ".join(f"{t.name} rows (`{t.written_by}`)" for t in accept)
+                raise UserError(f"{path} holds {row_type.name} rows (`{row_type.written_by}`); expected {wanted}")
+        elif row_type_of(row) is not row_type:
             raise UserError(f"{path}:{number}: a {row_type_of(row).name} row among {row_type.name} rows")
         checked.append(row_type.check(row, f"{path}:{number}", index))
     return Split(row_type, checked)

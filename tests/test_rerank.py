@@ -11,21 +11,19 @@ import numpy as np
 import pytest
 from conftest import prepared_rows
 from sentence_transformers import CrossEncoder
-from transformers import BertForSequenceClassification, TrainerCallback
+from test_train import _Interrupt, _InterruptAfterSave
+from transformers import BertForSequenceClassification
 
 from st_poetry.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, UserError, parse_config
 from st_poetry.evaluate import evaluate
 from st_poetry.metrics import CCPMRecord
 from st_poetry.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
 from st_poetry.rerank import ccpm_accuracy, rerank, train
+from st_poetry.schema import PAIR
 from st_poetry.search import build_index, query
 from st_poetry.train import CHECKPOINTS, SUMMARY, TRAIN_LOG
 
 NDCG = "eval_poetry-rerank_ndcg@10"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 @pytest.fixture
@@ -34,10 +32,10 @@ def hard_negatives_dir(prepared_dir) -> Path:
     lines = [row["text"] for row in prepared_rows()[2]]
     for name in ("train", "eval"):
         path = prepared_dir / f"{name}.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = PAIR.read(path)
         for index, row in enumerate(rows):
             row["negatives"] = [line for line in lines if line != row["positive"]][index % 10 :][:3]
-        _write_jsonl(path, rows)
+        PAIR.write(path, rows)
     return prepared_dir
 
 
@@ -181,7 +179,7 @@ def test_data_without_negatives_is_refused(tiny_hf_model, prepared_dir, tmp_path
     ("argv", "message"),
     [
         (["--num-negatives", "0"], "num_negatives must be >= 1"),
-        (["--in-batch-negatives", "-1"], "in_batch_negatives must be >= 0"),
+        (["--in-batch-negatives", "0"], "in_batch_negatives must be >= 1"),
         (["--max-steps", "5", "--eval-steps", "10"], "no evaluation would pick a best model"),
     ],
 )
@@ -191,21 +189,13 @@ def test_bad_values_are_one_line_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-class StopAfter(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 @pytest.mark.slow
 def test_resume_ends_where_an_uninterrupted_run_would(tiny_hf_model, hard_negatives_dir, tmp_path):
     whole = train(_config(hard_negatives_dir, tiny_hf_model, tmp_path / "whole"))
     out = tmp_path / "resumed"
-    train(_config(hard_negatives_dir, tiny_hf_model, out), callbacks=[StopAfter(2)])
-    assert (out / CHECKPOINTS / "checkpoint-2").is_dir()
+    with pytest.raises(_Interrupt):
+        train(_config(hard_negatives_dir, tiny_hf_model, out), callbacks=[_InterruptAfterSave(2)])
+    assert (out / CHECKPOINTS / "checkpoint-2").is_dir() and not (out / "modules.json").exists()
     resumed = train(_config(hard_negatives_dir, tiny_hf_model, out, resume=True))
     assert resumed["global_step"] == 4
     assert resumed["after"] == pytest.approx(whole["after"], abs=1e-4)
