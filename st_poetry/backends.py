@@ -9,7 +9,6 @@ limit and the pooling after it stay the library's, only the forward pass changes
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers.modeling_outputs import BaseModelOutput
 
 from st_poetry.config import UserError
+from st_poetry.files import sha256
 
 # the extra that installs each runtime's packages: `pip install -e ".[onnx]"`
 EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "onnxscript": "onnx", "openvino": "openvino", "nncf": "openvino"}
@@ -36,14 +36,6 @@ def require(module: str) -> ModuleType:
     except ImportError:
         extra = EXTRAS[module]
         raise UserError(f"{module} is not installed: pip install -e '.[{extra}]' (the {extra} extra)") from None
-
-
-def _file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.digest()
 
 
 def _open_onnx(path: Path) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], list[str]]:
@@ -85,7 +77,7 @@ class RuntimeModel(torch.nn.Module):
         self.runtime = runtime
         self.path = path
         self.run, self.input_names = (_open_onnx if runtime == "onnx" else _open_openvino)(path)
-        self.register_buffer("file_sha256", torch.tensor(list(_file_sha256(path)), dtype=torch.uint8))
+        self.register_buffer("file_sha256", torch.tensor(list(bytes.fromhex(sha256(path))), dtype=torch.uint8))
 
     def forward(
         self,
