@@ -53,6 +53,10 @@ search *args:
 serve *args:
     {{python}} -m st_poetry.serve "$@"
 
+# prepare -> mine -> train -> evaluate -> index from one TOML file (--config configs/cpu-e5-small.toml)
+pipeline *args:
+    {{python}} -m st_poetry.pipeline "$@"
+
 # the default (fast) test suite
 test *args:
     {{python}} -m pytest "$@"

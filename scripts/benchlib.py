@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_TIMER = str(ROOT / "scripts" / "step_timer.py")
@@ -49,3 +50,12 @@ def run_timed(
     cost = run_measured([python, STEP_TIMER, str(times), *module_args], work / f"{name}.log", env, check=check)
     timed = json.loads(times.read_text(encoding="utf-8")) if times.exists() else {"samples_per_s": None}
     return {**timed, "process": cost}
+
+
+def finish_plot(figure: Any, axes: Any, path: Path, xlabel: str, ylabel: str) -> None:
+    """Label the axes, add the legend and save `figure` (a matplotlib Figure) to `path`."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")

@@ -6,18 +6,21 @@
 `bench_train.py` runs both st_poetry and FlagEmbedding through this file, each in its own virtual
 environment, so both are measured by one instrument: the time between the ends of consecutive optimizer
 steps (the first step, which warms up, is not timed; a step that follows an evaluation or a checkpoint
-save is not either) and the real (non-padding) tokens each step trained on, summed from the batch's
-attention masks. On a GPU it also records torch's peak allocated and reserved memory. Only
-`transformers.Trainer` is patched, so any trainer built on it can be timed.
+save is not either) and the real (non-padding) and padded tokens each step trained on, summed from the
+batch's attention masks. After each step it also records the process's resident memory and its peak so far
+(`bench_train_memory.py` plots how memory moves with the steps). On a GPU it also records torch's peak
+allocated and reserved memory. Only `transformers.Trainer` is patched, so any trainer built on it can be timed.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import runpy
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import transformers
@@ -31,6 +34,8 @@ class StepTimer(TrainerCallback):
         self._last_end: float | None = None
         self._disturbed = False
         self._tokens = 0
+        self._padded = 0
+        self.memory: list[dict] = []
 
     def count_tokens(self, inputs: Mapping) -> None:
         for key, value in inputs.items():
@@ -38,15 +43,17 @@ class StepTimer(TrainerCallback):
                 self.count_tokens(value)
             elif key.endswith("attention_mask"):
                 self._tokens += int(value.sum())
+                self._padded += value.numel()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.batch_size = args.per_device_train_batch_size
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
+        self.memory.append({"step": state.global_step, "padded_tokens": self._padded, **_rss_mib()})
         if self._last_end is not None and not self._disturbed:
             self.steps.append({"step": state.global_step, "seconds": now - self._last_end, "tokens": self._tokens})
-        self._last_end, self._disturbed, self._tokens = now, False, 0
+        self._last_end, self._disturbed, self._tokens, self._padded = now, False, 0, 0
 
     def on_evaluate(self, args, state, control, **kwargs):
         self._disturbed = True
@@ -70,7 +77,18 @@ class StepTimer(TrainerCallback):
             "tokens_per_s": tokens / seconds if seconds else None,
             "tokens_per_step": tokens / timed if timed else None,
             "steps": self.steps,
+            "memory": self.memory,
         }
+
+
+def _rss_mib() -> dict[str, float]:
+    """Resident memory now (Linux /proc) and the peak so far (getrusage: KiB on Linux), in MiB."""
+    peak = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        pages = int(statm.read_text().split()[1])
+        peak["rss_mib"] = round(pages * resource.getpagesize() / 2**20)
+    return peak
 
 
 def install(timer: StepTimer) -> None:

@@ -62,10 +62,12 @@ def warn(message: str) -> None:
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
-    """A config field with its help text; a tuple default becomes a fresh list per instance."""
+    """A config field with its help text; a tuple default becomes a fresh list per instance, a dict a fresh dict."""
     metadata = {"help": help, **extra}
     if isinstance(default, tuple):
         return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -542,6 +544,52 @@ class ServeConfig(RerankOptions):
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
+PIPELINE_STAGES: dict[str, type] = {
+    "prepare": PrepareConfig,
+    "mine": MineConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "index": IndexConfig,
+}
+
+
+@dataclass
+class PipelineConfig:
+    """Run prepare -> mine -> train -> evaluate -> index from one config file (--config, TOML or JSON) that holds a
+    [section] per stage with that stage's own fields (as its --config file would). A stage whose output is newer
+    than its inputs is skipped unless --force.
+    """
+
+    stages: list[str] = option(
+        tuple(PIPELINE_STAGES), "the stages to run (always in pipeline order)", choices=tuple(PIPELINE_STAGES)
+    )
+    force: bool = option(False, "run the chosen stages even when their output is newer than their inputs")
+    prepare: dict = option({}, "the [prepare] section", section=True)
+    mine: dict = option({}, "the [mine] section", section=True)
+    train: dict = option({}, "the [train] section", section=True)
+    evaluate: dict = option({}, "the [evaluate] section", section=True)
+    index: dict = option({}, "the [index] section", section=True)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.stages if name not in PIPELINE_STAGES]
+        _check(bool(self.stages) and not unknown, f"stages must be some of {', '.join(PIPELINE_STAGES)}")
+        self.stage_configs()  # every chosen stage's section is checked before any stage runs
+
+    def stage_configs(self) -> dict[str, Any]:
+        """The chosen stages' typed configs, in pipeline order; a bad value names its section."""
+        configs = {}
+        for name, cls in PIPELINE_STAGES.items():
+            if name in self.stages:
+                section = getattr(self, name)
+                if not isinstance(section, dict):
+                    raise UserError(f"[{name}] must be a table of {name} fields")
+                try:
+                    configs[name] = cls(**config_values(section, cls, f"[{name}]"))
+                except (ValueError, TypeError) as error:
+                    raise UserError(f"[{name}] {error}") from None
+        return configs
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parsing: dataclass fields -> argparse flags; a config file fills in before the flags override.
 
@@ -575,6 +623,8 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of field values; flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("section"):
+            continue  # a config file's [section], no flag
         tp = hints[f.name]
         base = _unwrap_optional(tp)
         optional = base is not tp
@@ -617,11 +667,16 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
         raise UserError(f"{path}: not a valid {kind} config: {error}") from error
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config file must hold a table/object of field values")
+    return config_values(values, cls, str(path))
+
+
+def config_values(values: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    """`values` with keys as field names (- or _); unknown keys are an error naming `where`."""
     known = {f.name for f in dataclasses.fields(cls)}
     values = {key.replace("-", "_"): value for key, value in values.items()}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return values
 
 

@@ -57,6 +57,7 @@ CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 CURVES = "training_curves.png"
 SUMMARY = "train_summary.json"
+FINAL_MARKER = "modules.json"  # the final model's file written last: without it a folder does not load as a model
 BEST_METRIC = "ndcg@10"
 HEADLINE = {"Recall@1": "recall@1", "Recall@10": "recall@10", "MRR@10": "mrr@10", "NDCG@10": "ndcg@10"}
 # The final model is re-evaluated after training; it must score what its checkpoint scored when it was best.
@@ -329,7 +330,7 @@ def publish_model(model: SentenceTransformer | CrossEncoder, out: Path) -> None:
     config.json and modules.json go in last: without modules.json the folder does not load as this model
     (and with config.json alone it would load as a plain checkpoint).
     """
-    with atomic_output_dir(out, "modules.json", merge=True, last=("config.json",)) as staging:
+    with atomic_output_dir(out, FINAL_MARKER, merge=True, last=("config.json",)) as staging:
         model.save_pretrained(str(staging))
 
 

@@ -1,0 +1,97 @@
+"""`just pipeline --config FILE`: prepare -> mine -> train -> evaluate -> index from one TOML file.
+
+    just pipeline --config configs/cpu-e5-small.toml             # every stage whose output is out of date
+    just pipeline --config configs/cpu-e5-small.toml --force --stages train evaluate index
+
+The file holds a [section] per stage with that stage's own fields, exactly what the stage's own `--config` file
+would hold, so `just train --help` documents [train]. A stage is skipped when the file it writes last (its
+marker) is newer than every file of its inputs (the input files and folders its config names; a Hub id has no
+time), so a rerun after an interruption, or after new raw data, runs what is out of date and nothing else.
+Times are compared, not settings: after editing a section, run that stage with `--force --stages NAME`; the
+stages after it then see a newer input and follow.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from st_poetry import evaluate, mine, prepare, search, train
+from st_poetry.config import PipelineConfig, run_cli
+
+
+@dataclass(frozen=True)
+class Stage:
+    run: Callable[[Any], Any]
+    inputs: tuple[str, ...]  # config fields that name input files or folders
+    marker: str  # the file in `out` that the stage writes last
+
+
+STAGES = {
+    "prepare": Stage(
+        prepare.prepare, ("works", "ccpm", "ccpm_eval", "flagembedding", "flagembedding_eval"), prepare.MARKER
+    ),
+    "mine": Stage(mine.mine, ("data", "model"), mine.MARKER),
+    "train": Stage(train.train, ("data", "model"), train.FINAL_MARKER),
+    "evaluate": Stage(evaluate.evaluate, ("data", "model", "ccpm"), evaluate.MARKER),
+    "index": Stage(search.build_index, ("corpus", "model"), search.INDEX_INFO),
+}
+
+
+def newest_input(paths: Iterable[str]) -> float | None:
+    """The newest modification time of the files at or under `paths`; None when none exists (e.g. a Hub id)."""
+    times = []
+    for path in map(Path, paths):
+        if path.is_file():
+            times.append(path.stat().st_mtime)
+        elif path.is_dir():
+            times.extend(file.stat().st_mtime for file in path.rglob("*") if file.is_file())
+    return max(times, default=None)
+
+
+def is_fresh(marker: Path, inputs: Iterable[str]) -> bool:
+    """True when `marker` exists and is newer than every input file."""
+    newest = newest_input(inputs)
+    return marker.is_file() and newest is not None and marker.stat().st_mtime > newest
+
+
+def _input_paths(config: Any, fields: tuple[str, ...]) -> list[str]:
+    paths = []
+    for name in fields:
+        value = getattr(config, name)
+        paths.extend(value if isinstance(value, list) else [value])
+    return paths
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, str]:
+    """Run the chosen stages in order, skipping fresh ones unless forced; returns each stage's outcome."""
+    outcomes: dict[str, str] = {}
+    for name, stage_config in config.stage_configs().items():
+        stage = STAGES[name]
+        marker = Path(stage_config.out) / stage.marker
+        if not config.force and is_fresh(marker, _input_paths(stage_config, stage.inputs)):
+            print(f"== {name}: skipped, {marker} is newer than its inputs (--force runs it)")
+            outcomes[name] = "skipped"
+            continue
+        print(f"== {name} -> {stage_config.out}", flush=True)
+        out = Path(stage_config.out)
+        if name == "train" and not stage_config.resume and (out / train.CHECKPOINTS).is_dir():
+            print(f"note: replacing the earlier training run in {out} (set resume = true in [train] to continue it)")
+            shutil.rmtree(out)
+        start = time.perf_counter()
+        stage.run(stage_config)
+        outcomes[name] = f"ran in {time.perf_counter() - start:.0f} s"
+    print("\npipeline: " + "; ".join(f"{name} {outcome}" for name, outcome in outcomes.items()))
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(PipelineConfig, run_pipeline, argv, prog="python -m st_poetry.pipeline")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""`just pipeline`: one TOML file runs every stage on the tiny model, fresh stages are skipped, --force reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from conftest import POEMS
+
+from st_poetry.config import PipelineConfig, parse_config
+from st_poetry.pipeline import is_fresh, newest_input, run_pipeline
+
+ROOT = Path(__file__).parents[1]
+MARKERS = {
+    "prepare": "processed/stats.json",
+    "mine": "mined/mine_stats.json",
+    "train": "model/modules.json",
+    "evaluate": "evaluation/evaluation.json",
+    "index": "index/index.json",
+}
+
+
+def _write_config(tmp_path: Path, model: str) -> Path:
+    works = [
+        {"Kind": "诗", "Title": title, "Author": author, "Dynasty": dynasty, "Content": "\n".join(lines)}
+        | {"Translation": "\n".join(translations)}
+        for _, title, author, dynasty, lines, translations in POEMS
+    ]
+    (tmp_path / "works.json").write_text(json.dumps(works, ensure_ascii=False), encoding="utf-8")
+    config = f"""
+        [prepare]
+        works = ["{tmp_path}/works.json"]
+        out = "{tmp_path}/processed"
+        eval_fraction = 0.3
+
+        [mine]
+        data = "{tmp_path}/processed"
+        out = "{tmp_path}/mined"
+        model = "{model}"
+        num-negatives = 2
+        range_min = 0
+        range_max = 8
+        cache_folder = "{tmp_path}/cache"
+
+        [train]
+        data = "{tmp_path}/mined"
+        model = "{model}"
+        out = "{tmp_path}/model"
+        max_steps = 2
+        eval_steps = 2
+        batch_size = 4
+        mini_batch_size = 2
+
+        [evaluate]
+        data = "{tmp_path}/processed"
+        model = ["{model}", "{tmp_path}/model"]
+        out = "{tmp_path}/evaluation"
+        bm25 = false
+
+        [index]
+        model = "{tmp_path}/model"
+        corpus = "{tmp_path}/processed/corpus.jsonl"
+        out = "{tmp_path}/index"
+    """
+    path = tmp_path / "pipeline.toml"
+    path.write_text("\n".join(line.strip() for line in config.splitlines()), encoding="utf-8")
+    return path
+
+
+def _mtimes(tmp_path: Path) -> dict[str, float]:
+    return {name: (tmp_path / marker).stat().st_mtime for name, marker in MARKERS.items()}
+
+
+def test_the_whole_pipeline_runs_once_then_only_what_is_out_of_date(tiny_st_model, tmp_path, capsys):
+    path = _write_config(tmp_path, tiny_st_model)
+    run = lambda *flags: run_pipeline(parse_config(PipelineConfig, ["--config", str(path), *flags]))  # noqa: E731
+
+    assert all(outcome.startswith("ran") for outcome in run().values())
+    first = _mtimes(tmp_path)
+    evaluation = json.loads((tmp_path / MARKERS["evaluate"]).read_text())
+    assert len(evaluation["rows"]) == 2  # the base model and the fine-tuned one
+
+    assert set(run().values()) == {"skipped"}
+    assert _mtimes(tmp_path) == first
+
+    # newer training data: train and what reads the model run again, the stages before it do not
+    later = time.time() + 5
+    os.utime(tmp_path / "mined" / "train.jsonl", (later, later))
+    capsys.readouterr()
+    outcomes = run()
+    assert [name for name, outcome in outcomes.items() if outcome == "skipped"] == ["prepare", "mine"]
+    assert "replacing the earlier training run" in capsys.readouterr().out
+    second = _mtimes(tmp_path)
+    assert all(second[name] > first[name] for name in ("train", "evaluate", "index"))
+
+    outcomes = run("--force", "--stages", "prepare")
+    assert list(outcomes) == ["prepare"] and outcomes["prepare"].startswith("ran")
+    assert _mtimes(tmp_path)["prepare"] > second["prepare"]
+
+
+def test_freshness_compares_the_marker_with_every_input_file(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("a")
+    (folder / "sub" / "b.txt").write_text("b")
+    marker = tmp_path / "out" / "done.json"
+    assert not is_fresh(marker, [str(folder)])  # no output yet
+    marker.parent.mkdir()
+    marker.write_text("{}")
+    os.utime(folder / "a.txt", (1000, 1000))
+    os.utime(folder / "sub" / "b.txt", (2000, 2000))
+    os.utime(marker, (3000, 3000))
+    assert newest_input([str(folder), "BAAI/bge-base-zh-v1.5"]) == 2000  # a Hub id has no time
+    assert is_fresh(marker, [str(folder), "BAAI/bge-base-zh-v1.5"])
+    os.utime(folder / "sub" / "b.txt", (4000, 4000))  # a file deep in an input folder changed
+    assert not is_fresh(marker, [str(folder)])
+    assert not is_fresh(marker, ["no/such/input"])
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('[train]\nlearning_rate = 1e-4\n[prepare]\nworks = ["w"]', r"\[train\]: unknown field\(s\) learning_rate"),
+        ('stages = ["train"]\n[train]\nlr = -1\n', r"\[train\] lr must be > 0"),
+        ("[prepare]\n", r"\[prepare\] no input given"),
+        ('stages = ["deploy"]\n', "stages must be some of prepare, mine, train, evaluate, index"),
+        ("[tune]\nlr = 1\n", r"unknown field\(s\) tune"),
+    ],
+)
+def test_a_bad_section_is_a_one_line_error_naming_it(tmp_path, capsys, config, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(config, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(PipelineConfig, ["--config", str(path)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and re.search(message, error)
+
+
+def test_only_the_chosen_stages_need_a_section(tmp_path):
+    path = tmp_path / "train-only.toml"
+    path.write_text('[train]\nmodel = "m"\n', encoding="utf-8")
+    config = parse_config(PipelineConfig, ["--config", str(path), "--stages", "train", "index"])
+    assert list(config.stage_configs()) == ["train", "index"]  # pipeline order, whatever the flag's order
+    assert config.stage_configs()["train"].model == "m"
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.toml")), ids=lambda path: path.name)
+def test_the_shipped_presets_are_valid(preset):
+    configs = parse_config(PipelineConfig, ["--config", str(preset)]).stage_configs()
+    assert list(configs) == ["prepare", "mine", "train", "evaluate", "index"]
+    assert configs["train"].model == configs["mine"].model  # the base model mines its own negatives
+    assert configs["train"].data == configs["mine"].out and configs["index"].model == configs["train"].out
+    assert configs["train"].out in configs["evaluate"].model
