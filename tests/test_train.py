@@ -402,6 +402,42 @@ def test_flagembedding_file_trains(tiny_st_model, tmp_path):
     assert summary["loss"] == "MultipleNegativesRankingLoss"
 
 
+# Run `just train` in a child that SIGKILLs itself while checkpoint-4 is being saved: after the weights and the
+# optimizer, before trainer_state.json, which the trainer writes last.
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from transformers.trainer_callback import TrainerState
+save = TrainerState.save_to_json
+def save_or_die(self, path):
+    if self.global_step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save(self, path)
+TrainerState.save_to_json = save_or_die
+from st_poetry.train import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tiny_st_model, mined_dir, tmp_path):
+    out = tmp_path / "out"
+    flags = ["--data", str(mined_dir), "--model", tiny_st_model, "--out", str(out), "--max-steps", "6"]
+    flags += "--eval-steps 2 --batch-size 4 --mini-batch-size 2 --num-negatives 2".split()  # noqa: SIM905
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SAVING, *flags], capture_output=True, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / CHECKPOINTS / "checkpoint-4" / "model.safetensors").is_file()
+    assert not (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "st_poetry.train", *flags, "--resume"], capture_output=True, text=True, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "checkpoint-4 is incomplete" in resumed.stdout and "resuming from" in resumed.stdout
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["global_step"] == 6 and (out / "modules.json").is_file()
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run(tiny_st_model, mined_dir, tmp_path):
     out = tmp_path / "out"
