@@ -2,6 +2,7 @@
 
     just export --model MODEL --backend onnx openvino --calibration-data data/processed
     flock /tmp/st_poetry_heavy.lock python scripts/bench_encode.py --model MODEL --data data/processed --part speed
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_encode.py --model MODEL --data data/processed --part cold
     flock /tmp/st_poetry_heavy.lock python scripts/bench_encode.py --model MODEL --data data/processed --part quality
 
 `--part speed`, in one process, every backend loaded once:
@@ -13,8 +14,8 @@
   backends interleaved query by query; p50/p95 over `--queries` eval descriptions;
 - the probe cosine of each backend to torch (what `just search`'s probe check sees across backends), and, with
   `--other-model`, of that model to this one (what it sees for another model);
-- cold start: `python -m st_poetry.search query` as a child process, from start to exit with the first result,
-  against a small index (`--cold-index-lines` lines) built by the same backend; median of `--cold-runs`.
+`--part cold`: cold start, `python -m st_poetry.search query` as a child process, from start to exit with the first
+result, against a small index (`--cold-index-lines` lines) built by the same backend; median of `--cold-runs`.
 `--part quality`: st_poetry.evaluate with every backend as rows (retrieval on the eval split against a corpus capped
 at `--max-corpus`, CCPM accuracy on the eval split), no BM25.
 
@@ -144,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a model folder `just export` wrote every backend into")
     parser.add_argument("--data", default="data/processed", help="a `just prepare` folder")
-    parser.add_argument("--part", choices=("speed", "quality"), required=True)
+    parser.add_argument("--part", choices=("speed", "cold", "quality"), required=True)
     parser.add_argument("--backend", nargs="+", default=list(BACKENDS), help="torch first")
     parser.add_argument("--sample", type=int, default=20000, help="corpus lines per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -165,6 +166,7 @@ def main() -> None:
     result = {"args": vars(args), "environment": environment()}
     if args.part == "speed":
         result["speed"] = speed(args, args.backend)
+    elif args.part == "cold":
         result["cold_start"] = cold_start(args, args.backend, out)
     else:
         report = evaluate(
