@@ -518,10 +518,10 @@ class ExportConfig:
 
 
 @stage_config
-class ServeConfig(RerankOptions):
+class ServeConfig(FusionOptions, RerankOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
 
-    With --reranker every request is reranked unless it says rerank=false."""
+    The search options are the server's defaults, which a request may override (hybrid=true, rerank=false, ...)."""
 
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
@@ -654,8 +654,8 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8-sig")  # not UTF-8: a ValueError, reported below; a BOM is fine
         if path.suffix == ".toml":
             import tomllib
 

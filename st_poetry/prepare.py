@@ -1,18 +1,21 @@
 """Raw poetry data -> (query, positive) pairs, a grouped train/eval split and a candidate corpus.
 
-    just prepare            # the works files and CCPM train under RAW_DATA (default ../shared/data)
+    just prepare            # works, CCPM train and chinese-poetry under RAW_DATA (default data/raw)
     python -m st_poetry.prepare --works raw/works/ --ccpm ccpm/train.jsonl --ccpm-eval ccpm/valid.jsonl
 
-Three input formats, any mix, each given as files or folders:
+Four input formats, any mix, each given as files or folders:
 
 - chinese-poetry-and-prose `works*.json` (a JSON array): Content and Translation are split into lines and
   aligned one to one, anchor = the modern-Chinese line, positive = the poem line;
 - CCPM `.jsonl` (translation, choices, answer): the correct choice is the positive, the others are given negatives;
-- FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives.
+- FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives;
+- the chinese-poetry collection (`--poems`, read by `st_poetry.poems`): corpus lines only, in simplified script;
+  the other inputs' lines are linked to the poems they come from, and a linked pair takes its poem's group.
 
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
 same inputs always give the same files, and adding a file does not move the groups already there (group ids:
-`input_names`). This module is stdlib + tqdm only (no torch), so the stage takes seconds.
+`input_names`; adding --poems moves the linked pairs to their poem's group). This module is stdlib + tqdm +
+OpenCC only (no torch), so the stage takes seconds to minutes.
 """
 
 from __future__ import annotations

@@ -65,6 +65,11 @@ def test_malformed_config_file(tmp_path):
     config_file.write_text("{not json")
     with pytest.raises(UserError, match="not a valid JSON config"):
         load_config_file(config_file, TrainConfig)
+    config_file.write_bytes('{"model": "模型"}'.encode("gbk"))
+    with pytest.raises(UserError, match=r"bad\.json: not a valid JSON config: 'utf-8' codec can't decode"):
+        load_config_file(config_file, TrainConfig)
+    config_file.write_text('\ufeff{"lr": 0.001}', encoding="utf-8")  # a byte-order mark, as some editors write
+    assert load_config_file(config_file, TrainConfig) == {"lr": 0.001}
 
 
 def test_help_documents_every_field_with_its_default():
