@@ -553,7 +553,7 @@ PIPELINE_STAGES: dict[str, type] = {
 }
 
 
-@dataclass
+@stage_config
 class PipelineConfig:
     """Run prepare -> mine -> train -> evaluate -> index from one config file (--config, TOML or JSON) that holds a
     [section] per stage with that stage's own fields (as its --config file would). A stage whose output is newer
