@@ -12,6 +12,7 @@ import pytest
 from st_poetry.config import (
     DEFAULT_MODEL,
     MineConfig,
+    PipelineConfig,
     PrepareConfig,
     QueryConfig,
     TrainConfig,
@@ -160,6 +161,8 @@ def test_config_types_are_checked_for_python_callers_too():
     with pytest.raises(TypeError, match="sampling_strategy must be one of 'top', 'random'"):
         MineConfig(sampling_strategy="hardest")
     assert TrainConfig(epochs=3).epochs == 3  # an integer is a number
+    with pytest.raises(TypeError, match="force must be true or false, got 'yes'"):
+        PipelineConfig(force="yes", stages=["prepare"], prepare={"works": ["w.json"]})
 
 
 def test_an_output_folder_must_be_able_to_be_one(tmp_path, monkeypatch):
