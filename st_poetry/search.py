@@ -257,7 +257,7 @@ class PoetryIndex:
         if "bm25" not in self.info:
             raise UserError(
                 f"{self.folder} has no BM25 part (built before hybrid search): rebuild it with "
-                f"`just index --model {self.info['model']} --out {self.folder}`, or search without --hybrid"
+                f"`just index --model {self.info['model']} --out {self.folder}`, or search with --no-hybrid"
             )
         folder = self.folder / self.info["bm25"]["folder"]
         rebuild = f"rebuild it: just index --model PATH --out {self.folder}"

@@ -103,9 +103,16 @@ def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, in
     config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8)
     with TestClient(create_app(index, config, load_reranker(tiny_reranker))) as reranking:
         hits = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3}).json()["results"]
-        # what `just search --reranker --json` prints, plus the poems
+        # what `just search --no-hybrid --reranker --json` prints (the page searches with the model alone), plus poems
         expected = query(
-            QueryConfig(queries=[DESCRIPTION], index=str(index.folder), top_k=3, reranker=tiny_reranker, rerank_top_k=8)
+            QueryConfig(
+                queries=[DESCRIPTION],
+                index=str(index.folder),
+                top_k=3,
+                reranker=tiny_reranker,
+                rerank_top_k=8,
+                hybrid=False,
+            )
         )[0]["results"]
         assert [{key: hit[key] for key in hit if key != "poem"} for hit in hits] == expected
         assert all("rerank_score" in hit and bool(hit["poem"]) == bool(hit["title"]) for hit in hits)
