@@ -524,10 +524,12 @@ class ExportConfig:
 class ServeConfig(FusionOptions, RerankOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
 
-    The search options are the server's defaults, which a request may override (hybrid=true, rerank=false, ...)."""
+    The search options are the server's defaults, which a request may override (hybrid=false, rerank=false, ...)."""
 
+    hybrid: bool = option(True, "fuse the model's ranking with BM25 over characters, as `just search` does")
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
+    backend: str | None = option(None, f"None: the one that built the index; {BACKEND_HELP}")
     host: str = option(
         "127.0.0.1", "address to bind; 127.0.0.1 = this machine only (0.0.0.0 exposes it: see the README first)"
     )
@@ -544,6 +546,8 @@ class ServeConfig(FusionOptions, RerankOptions):
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
         _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
+        if self.backend is not None:
+            parse_backend(self.backend)
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 

@@ -243,7 +243,7 @@ def serve(config: ServeConfig) -> None:
     """Load the index and model, then serve until interrupted."""
     import uvicorn
 
-    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
     app = create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
     print(f"serving {index.info['size']:,} lines of {config.index} at http://{config.host}:{config.port}/")
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")

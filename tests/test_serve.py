@@ -48,7 +48,7 @@ def index(index_dir):
 
 @pytest.fixture(scope="module")
 def client(index):
-    with TestClient(create_app(index, ServeConfig(index=str(index.folder), max_k=20))) as client:
+    with TestClient(create_app(index, ServeConfig(index=str(index.folder), max_k=20, hybrid=False))) as client:
         yield client
 
 
@@ -100,7 +100,7 @@ def test_post_answers_several_queries_in_order_and_k_defaults_to_the_servers(cli
 
 
 def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, index, tiny_reranker):
-    config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8)
+    config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8, hybrid=False)
     with TestClient(create_app(index, config, load_reranker(tiny_reranker))) as reranking:
         hits = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3}).json()["results"]
         # what `just search --no-hybrid --reranker --json` prints (the page searches with the model alone), plus poems
