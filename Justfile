@@ -29,6 +29,10 @@ mine *args:
 train *args:
     {{python}} -m st_poetry.train "$@"
 
+# a model folder -> onnx/ and openvino/ files in it, fp32 and int8, for `--backend` in every stage
+export *args:
+    {{python}} -m st_poetry.export "$@"
+
 # data/mined -> models/st-poetry-reranker (a cross-encoder that reranks retrieved lines)
 train-reranker *args:
     {{python}} -m st_poetry.rerank "$@"

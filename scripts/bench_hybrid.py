@@ -27,9 +27,9 @@ import faiss
 import numpy as np
 
 from st_poetry.config import FusionOptions
-from st_poetry.files import read_rows
 from st_poetry.hybrid import candidates, fuse, ranking
 from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
+from st_poetry.schema import read_split
 from st_poetry.search import read_corpus
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     texts = [row["text"] for row in read_corpus(data / "corpus.jsonl")]
-    anchors = list(dict.fromkeys(row["anchor"] for row in read_rows(data / "eval.jsonl", ("anchor",))))
+    anchors = list(dict.fromkeys(row["anchor"] for row in read_split(data / "eval.jsonl").rows))
     queries = anchors[: args.queries]
     tokenize = BM25_TOKENIZERS[HYBRID_LEXICAL]
     result: dict = {

@@ -7,10 +7,14 @@
         --fe-python .bench/fe4-venv/bin/python --fe-script FlagEmbedding/scripts/hn_mine.py --corpus 20000 --pairs 2000
     # time and peak memory against corpus size (synthetic lines, the test suite's tiny random BERT)
     flock /tmp/st_poetry_heavy.lock python scripts/bench_mine.py scale --sizes 10000 100000 1000000
+    # `--max-corpus` candidate pools of two sizes on a slice of the prepared rows, extrapolated to the whole corpus
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_mine.py pool --data data/processed --pairs 500 \
+        --sizes 4000 12000
 
 `ranges` reads the prepared folder and reuses the corpus embeddings `just mine` cached (same model, same
 `--cache-folder`). `flagembedding` and `scale` run each miner as a subprocess, one after the other, without a
-cache, and read its wall time and peak resident memory from the kernel (wait4).
+cache, and read its wall time and peak resident memory from the kernel (wait4). `pool` does the same with a
+fresh cache per run (as `just mine` caches by default, so eval reuses train's corpus embeddings).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,7 +35,7 @@ from pathlib import Path
 from benchlib import ROOT, run_measured
 
 from st_poetry.files import write_jsonl
-from st_poetry.schema import CORPUS, PAIR
+from st_poetry.schema import CORPUS, PAIR, read_split
 
 
 def mine_command(data: Path, out: Path, model: str, args: argparse.Namespace) -> list[str]:
@@ -313,9 +318,50 @@ def bench_scale(args: argparse.Namespace) -> dict:
     return results
 
 
+# ---------------------------------------------------------------------------------------------------------
+# pool: `--max-corpus` on a slice of the real prepared rows, the real model; the whole corpus extrapolated
+
+
+def bench_pool(args: argparse.Namespace) -> dict:
+    data = Path(args.data)
+    work = Path(tempfile.mkdtemp(prefix="bench-mine-pool-", dir=ROOT / ".bench"))
+    folder = work / "slice"
+    folder.mkdir()
+    rng = random.Random(args.seed)
+    rows = {split: read_split(data / f"{split}.jsonl", accept=(PAIR,)).rows for split in ("train", "eval")}
+    sliced = {"train": args.pairs, "eval": max(1, args.pairs // 10)}
+    for split, count in sliced.items():
+        PAIR.write(folder / f"{split}.jsonl", rng.sample(rows[split], min(count, len(rows[split]))))
+    shutil.copyfile(data / "corpus.jsonl", folder / "corpus.jsonl")
+    with open(data / "corpus.jsonl", encoding="utf-8") as handle:
+        corpus_size = sum(1 for _ in handle)
+    results = {"model": args.model, "corpus_lines": corpus_size, "rows": {k: len(v) for k, v in rows.items()}}
+    results |= {"slice": sliced, "sizes": {}}
+    for size in args.sizes:
+        out, cache = work / f"mined-{size}", work / f"cache-{size}"
+        command = [*mine_command(folder, out, args.model, args), "--max-corpus", str(size)]
+        command += ["--cache-folder", str(cache)]
+        measured = run_measured(command, work / f"mine-{size}.log")
+        stats = json.loads((out / "mine_stats.json").read_text())
+        keys = ("encode_seconds", "search_seconds", "encoded_texts")
+        results["sizes"][size] = measured | {k: sum(stats[split][k] for split in ("train", "eval")) for k in keys}
+        print(size, results["sizes"][size], flush=True)
+    # Extrapolated, not measured: encoding is linear in the texts encoded (the pool once, cached, plus every
+    # description). The exact search (descriptions x candidates) is scaled from scripts/bench_search.py instead:
+    # at these pool sizes its fixed costs hide the part that grows.
+    small, large = (results["sizes"][size] for size in sorted(args.sizes)[:1] + sorted(args.sizes)[-1:])
+    per_text = (large["encode_seconds"] - small["encode_seconds"]) / (large["encoded_texts"] - small["encoded_texts"])
+    queries = sum(len(v) for v in rows.values())
+    results["extrapolated_encode_hours"] = {
+        str(pool): round((pool + queries) * per_text / 3600, 2) for pool in (*args.extrapolate, corpus_size)
+    }
+    results["encode_seconds_per_text"] = per_text
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("ranges", "flagembedding", "scale"))
+    parser.add_argument("mode", choices=("ranges", "flagembedding", "scale", "pool"))
     parser.add_argument("--data", default="data/processed", help="prepared folder (ranges, flagembedding)")
     parser.add_argument("--model", default="../shared/models/e5-small-zh")
     parser.add_argument("--cache-folder", default="data/cache", help="ranges: where `just mine` cached embeddings")
@@ -327,18 +373,22 @@ def main() -> None:
     parser.add_argument("--range-max", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--pairs", type=int, default=2000, help="flagembedding: train pairs sampled")
+    parser.add_argument("--pairs", type=int, default=2000, help="flagembedding, pool: train pairs sampled")
     parser.add_argument("--corpus", type=int, default=20000, help="flagembedding: candidate pool size")
     parser.add_argument("--fe-python", default=".bench/fe4-venv/bin/python", help="a venv with FlagEmbedding")
     parser.add_argument("--fe-script", default=".bench/hn_mine.py", help="FlagEmbedding's scripts/hn_mine.py")
     parser.add_argument("--fe-pooling", default="mean", help="the model's pooling, in hn_mine.py's words")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=2000, help="scale: queries per corpus size")
+    parser.add_argument(
+        "--extrapolate", type=int, nargs="+", default=[200_000], help="pool: pool sizes to extrapolate to"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the results here as JSON")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    results = {"ranges": bench_ranges, "flagembedding": bench_flagembedding, "scale": bench_scale}[args.mode](args)
+    modes = {"ranges": bench_ranges, "flagembedding": bench_flagembedding, "scale": bench_scale, "pool": bench_pool}
+    results = modes[args.mode](args)
     results["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     text = json.dumps(results, ensure_ascii=False, indent=2)
     print(text)

@@ -1,7 +1,9 @@
-"""Time and peak memory of `prepare` on a synthetic works file of a million records, and on the real sample.
+"""Time and peak memory of `prepare` on a synthetic works file of a million records, and on the real data.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py                    # 1,000,000 records
     python scripts/bench_prepare.py --records 100000 --sample ../shared/data           # smaller, plus the sample
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py --records 0 --full ../shared/data --opencc
+                                # works + CCPM + all of chinese-poetry, and OpenCC's throughput on its text
 
 The synthetic file is shaped like chinese-poetry-and-prose `works*.json` (all twelve fields, pretty-printed like
 the real files): mostly 诗 with a line-by-line translation, 4-line poems most often (real mean 4.5 lines, here 4.9;
@@ -79,11 +81,36 @@ def run_prepare(args: list[str], log: Path) -> tuple[float, float, float]:
     return cost["seconds"], cost["cpu_seconds"], cost["peak_rss_mib"] / 1024
 
 
+def opencc_throughput(raw: Path) -> None:
+    """Characters per second of OpenCC t2s (what `--poems` uses) on every paragraph of chinese-poetry's 全唐诗,
+    one call per poem as prepare makes them, and one call for all of it."""
+    import opencc
+
+    texts = []
+    for path in sorted((raw / "chinese-poetry" / "quantangshi").glob("poet.*.json")):
+        texts += ["\n".join(poem.get("paragraphs") or []) for poem in json.loads(path.read_text(encoding="utf-8"))]
+    converter, chars = opencc.OpenCC("t2s"), sum(map(len, texts))
+    start = time.process_time()
+    for text in texts:
+        converter.convert(text)
+    per_poem = time.process_time() - start
+    start = time.process_time()
+    converter.convert("\n".join(texts))
+    whole = time.process_time() - start
+    print(f"OpenCC {opencc.__version__} t2s on 全唐诗 ({len(texts):,} poems, {chars / 1e6:.1f} M chars), CPU time:")
+    print(f"  one call per poem: {per_poem:.1f} s = {chars / per_poem / 1e6:.2f} M chars/s")
+    print(f"  one call for all:  {whole:.1f} s = {chars / whole / 1e6:.2f} M chars/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000, help="records in the synthetic works file")
     parser.add_argument("--workdir", default=".bench/prepare", help="where the synthetic file and outputs go")
     parser.add_argument("--sample", default=None, help="raw data folder (works files + ccpm/train.jsonl) to time too")
+    parser.add_argument(
+        "--full", default=None, help="raw data folder: time works + CCPM train + all of chinese-poetry (--poems)"
+    )
+    parser.add_argument("--opencc", action="store_true", help="measure OpenCC's throughput on --full's 全唐诗")
     parser.add_argument("--repeats", type=int, default=1, help="runs per input; the fastest is reported")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -91,14 +118,14 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     synthetic = workdir / f"works_synthetic_{args.records}_{args.seed}.json"
-    if not synthetic.exists():
+    if args.records and not synthetic.exists():
         start = time.perf_counter()
         partial = synthetic.with_suffix(".partial")
         synthetic_works(partial, args.records, args.seed)
         partial.rename(synthetic)
         print(f"wrote {synthetic} ({synthetic.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - start:.0f} s")
 
-    cases = {f"synthetic works, {args.records:,} records": ["--works", str(synthetic)]}
+    cases = {f"synthetic works, {args.records:,} records": ["--works", str(synthetic)]} if args.records else {}
     if args.sample:
         raw = Path(args.sample)
         cases["shared sample (works + CCPM train)"] = [
@@ -107,6 +134,18 @@ def main() -> None:
             "--ccpm",
             str(raw / "ccpm" / "train.jsonl"),
         ]
+    if args.full:
+        raw = Path(args.full)
+        cases["works + CCPM train + chinese-poetry"] = [
+            "--works",
+            str(raw / "chinese-poetry-and-prose"),
+            "--ccpm",
+            str(raw / "ccpm" / "train.jsonl"),
+            "--poems",
+            str(raw / "chinese-poetry"),
+        ]
+        if args.opencc:
+            opencc_throughput(raw)
     results = []
     for name, inputs in cases.items():
         runs = [

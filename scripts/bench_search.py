@@ -2,6 +2,7 @@
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py               # 1M synthetic vectors, dim 384
     flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py --vectors indexes/poetry   # a real flat index
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py --n 1680103 --no-hnsw   # the corpus with --poems
 
 The synthetic corpus is a mixture of Gaussian clusters (random centres, per-dimension noise as large as the
 centre's), normalized to unit length like sentence embeddings; the queries are fresh draws from the same mixture,
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256], help="query batch sizes to time")
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per batch size (fewer for big batches)")
+    parser.add_argument("--no-hnsw", action="store_true", help="measure the flat index only (HNSW builds take minutes)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tmp", default=None, help="folder for the index files whose size is measured")
     parser.add_argument("--out", type=Path, default=Path(".bench/bench_search.json"))
@@ -136,10 +138,11 @@ def main() -> None:
     rows = [{"index": "flat (exact)", "recall": 1.0, **exact_row}]
     del flat
 
-    hnsw, hnsw_build, hnsw_rss, hnsw_size = measure("hnsw", corpus, args)
-    name = f"hnsw M={args.hnsw_m} efC={args.hnsw_ef_construction}"
-    print(f"{name}: build {hnsw_build:.1f}s")
-    for ef in args.ef_search:
+    if not args.no_hnsw:
+        hnsw, hnsw_build, hnsw_rss, hnsw_size = measure("hnsw", corpus, args)
+        name = f"hnsw M={args.hnsw_m} efC={args.hnsw_ef_construction}"
+        print(f"{name}: build {hnsw_build:.1f}s")
+    for ef in [] if args.no_hnsw else args.ef_search:
         hnsw.hnsw.efSearch = ef
         _, found = hnsw.search(queries, args.k)
         measured = {"build_s": hnsw_build, "rss_mb": hnsw_rss, "size_mb": hnsw_size, "latency": timings(hnsw)}

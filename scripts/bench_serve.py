@@ -4,11 +4,13 @@
         --data /work/artifacts/processed --sample 20000 --screenshot docs/serve.png
 
 1. Index: `--index DIR` is used as it is when it holds an index; otherwise `just index` builds one there from
-   `--data`/corpus.jsonl, or from a sample of it (`--sample N` lines, 0 = all): the groups of the eval lines
-   (so every load query's line can be found) plus seeded random groups, always whole groups, so poems are whole.
+   `--data`/corpus.jsonl, or from a sample of it (`--sample N` lines, 0 = all): the groups of the page's example
+   descriptions' lines, then of other eval lines (so load queries can find their line), then the rest, in a
+   seeded order; always whole groups.
 2. Server: `python -m st_poetry.serve` in a child process on 127.0.0.1 and a free port; waits for /health.
 3. Load: `--clients` threads, each on its own keep-alive connection, send `--requests` GET /api/search?q=...&k=10
-   in total, the queries being the eval descriptions of `--data`/eval.jsonl in a seeded order. Reported: latency
+   in total, the queries being the eval descriptions of `--data`/eval.jsonl whose line is in the index, in a
+   seeded order. Reported: latency
    p50/p95/p99, requests per second, non-200 answers and failed connections (errors), the server's CPU seconds,
    and how often the description's own line came back first or in the top 10 (a check that answers are right).
    The run stops by itself: every request has a timeout and the whole load a deadline.
@@ -37,24 +39,29 @@ from urllib.parse import quote, urlencode
 
 import numpy as np
 from benchlib import ROOT
+from datasets import load_from_disk
 
 from st_poetry.schema import CORPUS, read_split
-from st_poetry.search import INDEX_INFO
+from st_poetry.search import INDEX_INFO, LINES_DIR
 from st_poetry.serve import EXAMPLES
 
 
 def sample_corpus(data: Path, sample: int, seed: int, out: Path) -> int:
-    """Write whole groups of data/corpus.jsonl to `out`: the eval lines' groups first, then random ones."""
+    """Write whole groups of data/corpus.jsonl to `out`: eval lines' groups first, then other ones, each in a
+    seeded random order, until `sample` lines."""
     rows = CORPUS.read(data / "corpus.jsonl")
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["group"] or row["text"], []).append(row)
     by_text = {row["text"]: row["group"] or row["text"] for row in rows}
-    wanted = dict.fromkeys(by_text[row["positive"]] for row in read_split(data / "eval.jsonl").rows)
-    others = [group for group in groups if group not in wanted]
+    evaluation = read_split(data / "eval.jsonl").rows
+    examples = list(dict.fromkeys(by_text[row["positive"]] for row in evaluation if row["anchor"] in EXAMPLES))
+    wanted = [group for group in dict.fromkeys(by_text[row["positive"]] for row in evaluation) if group not in examples]
+    others = [group for group in groups if group not in {*wanted, *examples}]
+    random.Random(seed).shuffle(wanted)
     random.Random(seed).shuffle(others)
     chosen, size = set(), 0
-    for group in [*wanted, *others]:
+    for group in [*examples, *wanted, *others]:
         if size >= sample:
             break
         chosen.add(group)
@@ -233,8 +240,10 @@ def main() -> None:
         subprocess.run([*command, "--corpus", str(corpus), "--out", str(args.index)], cwd=ROOT, check=True)
     info = json.loads((args.index / INDEX_INFO).read_text(encoding="utf-8"))
 
-    queries = read_split(args.data / "eval.jsonl").rows
+    indexed = set(load_from_disk(str(args.index / LINES_DIR))["text"])
+    queries = [row for row in read_split(args.data / "eval.jsonl").rows if row["positive"] in indexed]
     random.Random(args.seed).shuffle(queries)
+    print(f"{len(queries):,} eval descriptions whose line is in the index")
     port, log = free_port(), work / "serve.log"
     with open(log, "w", encoding="utf-8") as handle:
         command = [sys.executable, "-m", "st_poetry.serve", "--index", str(args.index), "--port", str(port)]

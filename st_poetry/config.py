@@ -25,6 +25,20 @@ BGE_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章�
 
 C = TypeVar("C")
 
+# Encoding backends (`--backend`): name -> (sentence-transformers backend, the file `just export` writes into
+# the model folder, where the library's own ONNX/OpenVINO loader looks for it).
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "torch": ("torch", None),
+    "onnx": ("onnx", "onnx/model.onnx"),
+    "onnx-int8": ("onnx", "onnx/model_qint8_dynamic.onnx"),
+    "openvino": ("openvino", "openvino/openvino_model.xml"),
+    "openvino-int8": ("openvino", "openvino/openvino_model_qint8_quantized.xml"),
+}
+BACKEND_HELP = (
+    "how to encode: torch, or a file `just export` wrote: onnx, onnx-int8, openvino, openvino-int8; "
+    "onnx:FILE / openvino:FILE name another exported file in the model folder"
+)
+
 
 class UserError(Exception):
     """A mistake the user can fix (bad path, bad input, bad value): reported in one line, no traceback."""
@@ -60,6 +74,19 @@ def option(default: Any, help: str, **extra: Any) -> Any:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def parse_backend(spec: str) -> tuple[str, str | None]:
+    """A `--backend` value -> (runtime, file inside the model folder; None for torch)."""
+    if spec in BACKENDS:
+        return BACKENDS[spec]
+    runtime, colon, file = spec.partition(":")
+    if colon and file and runtime in ("onnx", "openvino"):
+        return runtime, file
+    raise UserError(
+        f"unknown backend {spec!r}: choose one of {', '.join(BACKENDS)}, or onnx:FILE / openvino:FILE "
+        "(a file in the model folder)"
+    )
 
 
 def _type_name(tp: Any) -> str:
@@ -203,6 +230,7 @@ class MineConfig:
         "candidate pool: every positive and given negative plus a seeded sample of the other corpus lines, this "
         "many in all, so a CPU need not encode a corpus of millions (None: the whole corpus)",
     )
+    backend: str = option("torch", BACKEND_HELP)
     seed: int = option(42, "seed for random sampling and the candidate pool")
 
     def __post_init__(self) -> None:
@@ -216,6 +244,7 @@ class MineConfig:
         )
         _check(self.relative_margin is None or 0 <= self.relative_margin < 1, "relative_margin must be in [0, 1)")
         _check(self.batch_size >= 1 and self.max_seq_length >= 8, "batch_size >= 1 and max_seq_length >= 8")
+        parse_backend(self.backend)
 
 
 @dataclass
@@ -290,7 +319,8 @@ class FusionOptions:
         "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
         choices=("interpolate", "rrf"),
     )
-    alpha: float = option(0.5, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
+    # chosen on the eval split (docs/BENCHMARKS.md: the fine-tuned model's sweep, best NDCG@10)
+    alpha: float = option(0.6, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
     depth: int = option(50, "candidates: the union of each side's top `depth`")
     rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)")
 
@@ -364,6 +394,9 @@ class EvaluateConfig(FusionOptions):
 
     data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
     model: list[str] = option((DEFAULT_MODEL,), "models to compare side by side: Hub ids or local paths")
+    backend: list[str] = option(
+        ("torch",), f"a row per model and backend, to measure what an export costs in quality; {BACKEND_HELP}"
+    )
     out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}", output=True)
     ccpm: list[str] = option((), "CCPM-format .jsonl files to score multiple-choice accuracy on")
     ccpm_eval_split: bool = option(True, "also score CCPM accuracy on the eval split's held-out CCPM records")
@@ -380,7 +413,9 @@ class EvaluateConfig(FusionOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(bool(self.model), "name at least one --model")
+        _check(bool(self.model) and bool(self.backend), "name at least one --model and --backend")
+        for spec in self.backend:
+            parse_backend(spec)
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
         _check(
@@ -411,10 +446,12 @@ class IndexConfig:
     query_instruction: str | None = option(
         None, "query prompt for a model that records none (recorded in the index; a contradicting one: refused)"
     )
+    backend: str = option("torch", f"{BACKEND_HELP} (recorded in the index: queries use it too)")
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        parse_backend(self.backend)
         _check(self.hnsw_m >= 4, f"hnsw_m must be >= 4, got {self.hnsw_m}")
         _check(
             self.hnsw_ef_construction >= 1 and self.hnsw_ef_search >= 1,
@@ -437,10 +474,13 @@ class RerankOptions:
 class QueryConfig(FusionOptions, RerankOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
+    # Hybrid by default: on the eval split it beat the better of dense and BM25 by 5 points of R@1 (BENCHMARKS).
+    hybrid: bool = option(True, "fuse the model's ranking with BM25 over characters (--no-hybrid: the model alone)")
     queries: list[str] = option((), "descriptions to search for", positional=True)
     index: str = option("indexes/poetry", "index folder written by `just index`")
     file: str | None = option(None, "also read queries from this file, one per line ('-' for stdin)")
     model: str | None = option(None, "model to query with; None: the one that built the index")
+    backend: str | None = option(None, f"None: the one that built the index; {BACKEND_HELP}")
     top_k: int = option(10, "lines to return per query")
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     json: bool = option(False, "print one JSON object per query instead of a table")
@@ -449,16 +489,47 @@ class QueryConfig(FusionOptions, RerankOptions):
         super().__post_init__()
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
+        if self.backend is not None:
+            parse_backend(self.backend)
 
 
 @stage_config
-class ServeConfig(RerankOptions):
+class ExportConfig:
+    """Export a model for fast CPU encoding: ONNX Runtime and OpenVINO files, fp32 and int8, into its folder."""
+
+    model: str = option("models/st-poetry", "model folder to export; the files go into it (onnx/, openvino/)")
+    backend: list[str] = option(("onnx",), "runtimes to export for", choices=("onnx", "openvino"))
+    quantize: Literal["int8", "none"] = option(
+        "int8",
+        "int8: also write an int8 copy (onnx: dynamic quantization; openvino: NNCF static quantization, "
+        "calibrated on --calibration-data)",
+        choices=("int8", "none"),
+    )
+    calibration_data: str = option(
+        "data/processed",
+        "openvino int8: a `just prepare` folder; its train descriptions (as queries) and corpus lines (as "
+        "documents) calibrate the activation ranges",
+    )
+    calibration_size: int = option(300, "openvino int8: texts to calibrate on, half descriptions, half lines")
+    max_seq_length: int = option(64, "token limit of the calibration texts (the exported graph takes any length)")
+    seed: int = option(42, "seed for sampling the calibration texts")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.backend), "name at least one --backend (onnx, openvino)")
+        _check(self.calibration_size >= 2, f"calibration_size must be >= 2, got {self.calibration_size}")
+        _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
+
+
+@stage_config
+class ServeConfig(FusionOptions, RerankOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
 
-    With --reranker every request is reranked unless it says rerank=false."""
+    The search options are the server's defaults, which a request may override (hybrid=false, rerank=false, ...)."""
 
+    hybrid: bool = option(True, "fuse the model's ranking with BM25 over characters, as `just search` does")
     index: str = option("indexes/poetry", "index folder written by `just index`")
     model: str | None = option(None, "model to query with; None: the one that built the index")
+    backend: str | None = option(None, f"None: the one that built the index; {BACKEND_HELP}")
     host: str = option(
         "127.0.0.1", "address to bind; 127.0.0.1 = this machine only (0.0.0.0 exposes it: see the README first)"
     )
@@ -475,6 +546,8 @@ class ServeConfig(RerankOptions):
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
         _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
+        if self.backend is not None:
+            parse_backend(self.backend)
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
 
 
@@ -487,7 +560,7 @@ PIPELINE_STAGES: dict[str, type] = {
 }
 
 
-@dataclass
+@stage_config
 class PipelineConfig:
     """Run prepare -> mine -> train -> evaluate -> index from one config file (--config, TOML or JSON) that holds a
     [section] per stage with that stage's own fields (as its --config file would). A stage whose output is newer
@@ -588,8 +661,8 @@ def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8-sig")  # not UTF-8: a ValueError, reported below; a BOM is fine
         if path.suffix == ".toml":
             import tomllib
 

@@ -11,7 +11,6 @@ files already there and resumes a `.part` where it stopped (an HTTP Range reques
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from st_poetry.config import DownloadConfig, UserError, run_cli
+from st_poetry.files import sha256
 
 CHUNK = 1 << 16
 
@@ -36,14 +36,6 @@ def load_manifest(path: str | None) -> dict[str, dict[str, Any]]:
         return json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UserError(f"{manifest}: not a readable sources manifest ({error})") from None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_url(mirror: str, source: dict[str, Any], entry: dict[str, Any]) -> str:

@@ -1,9 +1,11 @@
 """Compare models side by side: retrieval on the eval split, CCPM accuracy, and BM25 baselines.
 
     just evaluate --model ../shared/models/e5-small-zh models/e5-small-zh-poetry --ccpm path/to/ccpm/valid.jsonl
+    just evaluate --model models/st-poetry --backend torch onnx onnx-int8    # what an export costs in quality
 
 1. read the eval split and the corpus of `--data` (a prepared or a mined folder) and any CCPM files;
-2. load every model first, so a bad path fails before minutes of encoding;
+2. load every model with every `--backend` first (a row each), so a bad path or a missing export fails before
+   minutes of encoding;
 3. BM25 rows (bm25s; jieba words, single characters): the baseline a user would otherwise reach for;
 4. each model: retrieval with the evaluator training uses, each eval anchor against the whole corpus
    (encoded once), then CCPM accuracy (only the CCPM texts are encoded); the time it took;
@@ -97,8 +99,26 @@ def _distinct(names: Sequence[str]) -> list[str]:
     return list(kept.values())
 
 
-def _row(name: str, source: str, retrieval: dict[str, float], ccpm: dict[str, float], seconds: float) -> dict:
-    return {"name": name, "model": source, "retrieval": retrieval, "ccpm": ccpm, "seconds": round(seconds, 1)}
+def _variants(names: Sequence[str], backends: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(row name, model, backend) per model and backend; the backend joins the name when there are several."""
+    backends = list(dict.fromkeys(backends))
+    return [
+        (name if len(backends) == 1 else f"{name} {backend}", path, backend)
+        for name, path in zip(_short_names(names), names, strict=True)
+        for backend in backends
+    ]
+
+
+def _row(
+    name: str,
+    source: str,
+    retrieval: dict[str, float],
+    ccpm: dict[str, float],
+    seconds: float,
+    backend: str | None = None,
+) -> dict:
+    row = {"name": name, "model": source, "retrieval": retrieval, "ccpm": ccpm, "seconds": round(seconds, 1)}
+    return row | ({"backend": backend} if backend else {})
 
 
 def _fusion_settings(options: FusionOptions) -> dict[str, Any]:
@@ -274,6 +294,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         notes.append(
             f"Fusion sweep on this eval split (fusion_sweep.png), best {HEADERS[sweep['tuned_metric']]}: {best}."
         )
+    if any(row.get("backend") not in (None, "torch") for row in report["rows"]):
+        notes.append(
+            "onnx / openvino rows: the same model run by ONNX Runtime or OpenVINO from the files `just export` wrote; "
+            "-int8: its int8 copy (quality cost next to the torch row)."
+        )
     notes.append("seconds: the time each row took to encode/index and score (model loading excluded).")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
@@ -298,9 +323,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
 
     names = _distinct(config.model)
     with atomic_output_dir(config.out, MARKER) as out:
+        variants = _variants(names, config.backend)
         models = [
-            load_model(path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
-            for path in names
+            load_model(
+                path, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction, backend=backend
+            )
+            for _, path, backend in variants
         ]
         reranker = load_reranker(config.reranker) if config.reranker else None
 
@@ -335,7 +363,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 retrieval = bm25_retrieval_metrics(evaluator, tokenize, show_progress_bar=True)
                 ccpm = {label: bm25_ccpm_accuracy(records, tokenize) for label, records in ccpm_sets.items()}
                 rows.append(_row(name, "bm25s", retrieval, ccpm, time.perf_counter() - start))
-        for name, path, model in zip(_short_names(names), names, models, strict=True):
+        for (name, path, backend), model in zip(variants, models, strict=True):
             print(f"{name}: encoding queries and corpus")
             start = time.perf_counter()
             # With --hybrid the model encodes the corpus and the queries once, for its row and the fusion alike.
@@ -346,7 +374,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                 for label, records in ccpm_sets.items()
             }
             ccpm = {label: choice_accuracy(ccpm_sets[label], scores) for label, scores in dense_ccpm.items()}
-            rows.append(_row(name, path, retrieval, ccpm, time.perf_counter() - start))
+            rows.append(_row(name, path, retrieval, ccpm, time.perf_counter() - start, backend))
             if reranker:
                 print(f"{name}: reranking its top {max(top_ks)} with {config.reranker}")
                 reranker_ccpm = reranker_ccpm or {

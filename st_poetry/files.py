@@ -6,6 +6,7 @@ Stdlib only, so the light `prepare` stage can use them.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import secrets
@@ -111,6 +112,15 @@ def _move_into(tmp: Path, out: Path, last: Sequence[str]) -> None:
             shutil.rmtree(target)
         entry.replace(target)
     tmp.rmdir()
+
+
+def sha256(path: str | Path) -> str:
+    """The file's sha256 as hex, read in chunks (model files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

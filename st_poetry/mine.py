@@ -312,7 +312,12 @@ def mine(config: MineConfig) -> dict[str, Any]:
     data = read_prepared(data_dir)
     pool = candidate_texts(data, config.max_corpus, config.seed)
     check_inputs(data, pool, data_dir, config)
-    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
+    model = load_model(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        query_instruction=config.query_instruction,
+        backend=config.backend,
+    )
     cache_folder = str(Path(config.cache_folder) / model_fingerprint(model)) if config.cache_folder else None
     if cache_folder:
         drop_unreadable_cache(Path(cache_folder))

@@ -4,7 +4,8 @@
 - a plain Hugging Face checkpoint becomes Transformer + Pooling(cls) + Normalize, bge's own recipe;
 - a Hub id that cannot be reached fails in one line that says what to pass instead;
 - a reranker (CrossEncoder) passed where an embedding model belongs, or the reverse, fails in one line naming
-  the kind it is.
+  the kind it is;
+- `backend` other than torch runs a file `just export` wrote into the folder (st_poetry.backends).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from safetensors import SafetensorError
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-from st_poetry.config import UserError
+from st_poetry.backends import exported_sentence_transformer, exported_transformer
+from st_poetry.config import UserError, parse_backend
 
 QUERY_PROMPT = "query"
 # Checkpoints may pad their embedding matrix (to a multiple of 64, say); a tokenizer under half of it is broken.
@@ -94,7 +96,8 @@ def _check_tokenizer(model: SentenceTransformer | CrossEncoder, name: str) -> No
     tokenizer = getattr(model[0], "tokenizer", None)
     if auto_model is None or tokenizer is None:  # e.g. a static embedding model
         return
-    rows = auto_model.get_input_embeddings().num_embeddings
+    embeddings = getattr(auto_model, "get_input_embeddings", None)  # an exported graph (backends.RuntimeModel) has none
+    rows = embeddings().num_embeddings if embeddings else auto_model.config.vocab_size
     if len(tokenizer) < MIN_VOCABULARY_SHARE * rows:
         raise UserError(
             f"{name}: its tokenizer has {len(tokenizer):,} tokens for {rows:,} embedding rows, so it would encode "
@@ -108,22 +111,31 @@ def load_model(
     max_seq_length: int | None = None,
     query_instruction: str | None = None,
     replace_query_prompt: bool = False,
+    backend: str = "torch",
 ) -> SentenceTransformer:
     """Load `name_or_path` for encoding or training.
 
     `query_instruction` becomes the model's "query" prompt. Training sets it once (`replace_query_prompt`):
     the saved model records it in its prompts, and every later stage finds it there. A stage that only
     encodes refuses an instruction that contradicts the prompt a model records, since its queries would then
-    be encoded unlike the ones the model was trained or published with.
+    be encoded unlike the ones the model was trained or published with. `backend` is a `--backend` value
+    (config.BACKENDS): torch, or an exported ONNX/OpenVINO file in the model folder.
     """
+    runtime, file = parse_backend(backend)
     kind = model_kind(name_or_path)
     if kind == CROSS_ENCODER:
         raise UserError(f"{name_or_path} is a reranker (cross-encoder), not an embedding model: use it as --reranker")
     try:
         if kind == BI_ENCODER:
-            model = SentenceTransformer(name_or_path)
+            if runtime == "torch":
+                model = SentenceTransformer(name_or_path)
+            else:
+                model = exported_sentence_transformer(name_or_path, runtime, file)
         else:
-            transformer = Transformer(name_or_path)
+            if runtime == "torch":
+                transformer = Transformer(name_or_path)
+            else:
+                transformer = exported_transformer(name_or_path, runtime, file)
             pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
             model = SentenceTransformer(modules=[transformer, pooling, Normalize()])
     except LOAD_ERRORS as error:

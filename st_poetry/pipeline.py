@@ -33,7 +33,7 @@ class Stage:
 
 STAGES = {
     "prepare": Stage(
-        prepare.prepare, ("works", "ccpm", "ccpm_eval", "flagembedding", "flagembedding_eval"), prepare.MARKER
+        prepare.prepare, ("works", "ccpm", "ccpm_eval", "flagembedding", "flagembedding_eval", "poems"), prepare.MARKER
     ),
     "mine": Stage(mine.mine, ("data", "model"), mine.MARKER),
     "train": Stage(train.train, ("data", "model"), train.FINAL_MARKER),

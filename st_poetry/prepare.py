@@ -1,18 +1,21 @@
 """Raw poetry data -> (query, positive) pairs, a grouped train/eval split and a candidate corpus.
 
-    just prepare            # the works files and CCPM train under RAW_DATA (default ../shared/data)
+    just prepare            # works, CCPM train and chinese-poetry under RAW_DATA (default data/raw)
     python -m st_poetry.prepare --works raw/works/ --ccpm ccpm/train.jsonl --ccpm-eval ccpm/valid.jsonl
 
-Three input formats, any mix, each given as files or folders:
+Four input formats, any mix, each given as files or folders:
 
 - chinese-poetry-and-prose `works*.json` (a JSON array): Content and Translation are split into lines and
   aligned one to one, anchor = the modern-Chinese line, positive = the poem line;
 - CCPM `.jsonl` (translation, choices, answer): the correct choice is the positive, the others are given negatives;
-- FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives.
+- FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives;
+- the chinese-poetry collection (`--poems`, read by `st_poetry.poems`): corpus lines only, in simplified script;
+  the other inputs' lines are linked to the poems they come from, and a linked pair takes its poem's group.
 
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
 same inputs always give the same files, and adding a file does not move the groups already there (group ids:
-`input_names`). This module is stdlib + tqdm only (no torch), so the stage takes seconds.
+`input_names`; adding --poems moves the linked pairs to their poem's group). This module is stdlib + tqdm +
+OpenCC only (no torch), so the stage takes seconds to minutes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ from st_poetry import poems
 from st_poetry.config import PrepareConfig, UserError, run_cli, warn
 from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, write_json
 from st_poetry.records import Parsed, Skip, clean
-from st_poetry.schema import CORPUS, PAIR, encode
+from st_poetry.schema import CORPUS, PAIR
 
 MARKER = "stats.json"
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
@@ -310,20 +314,29 @@ def read_records(
 # Split, deduplicate, write
 
 
-# Rows are written as text, the text `schema.PAIR.line` / `CORPUS.line` give (json.dumps), from templates the schema
-# derives from its declaration. The closing fields that a record's rows share are encoded once per record, only
-# the rest per row: a million-record input writes millions of rows, and this is several times faster than
-# encoding each row as a dict (docs/BENCHMARKS.md#prepare).
-PAIR_HEAD, PAIR_TAIL = PAIR.template("anchor", "positive"), PAIR.template("negatives", "source", "group")
-CORPUS_HEAD, CORPUS_TAIL = CORPUS.template("id", "text"), CORPUS.template("title", "author", "dynasty", "group")
+# Rows are written as text, the text `schema.PAIR.line` / `CORPUS.line` give (json.dumps), assembled from the
+# pieces the schema derives from its declaration. The closing fields that a record's rows share are encoded once
+# per record, only the rest per row: a million-record input writes millions of rows, and this is several times
+# faster than encoding each row as a dict (docs/BENCHMARKS.md#prepare).
+_ANCHOR, _POSITIVE, _ = PAIR.pieces("anchor", "positive")
+_ID, _TEXT, _ = CORPUS.pieces("id", "text")
 
 
-def corpus_row_end(meta: tuple[str, str, str], group: str) -> str:
-    return CORPUS_TAIL.format(*map(encode, (*meta, group)))
+def pair_row(anchor: str, positive: str, end: str) -> str:
+    return f"{_ANCHOR}{_quote(anchor)}{_POSITIVE}{_quote(positive)}{end}"
 
 
 def pair_row_end(negatives: tuple[str, ...], source: str, group: str) -> str:
-    return PAIR_TAIL.format(encode(list(negatives)), encode(source), encode(group))
+    return PAIR.fragment(negatives=list(negatives), source=source, group=group)
+
+
+def corpus_row(index: int, text: str, end: str) -> str:
+    return f"{_ID}{_quote(f'c{index}')}{_TEXT}{_quote(text)}{end}"
+
+
+def corpus_row_end(meta: tuple[str, str, str], group: str) -> str:
+    title, author, dynasty = meta
+    return CORPUS.fragment(title=title, author=author, dynasty=dynasty, group=group)
 
 
 def is_eval_group(group: str, seed: int, fraction: float) -> bool:
@@ -420,11 +433,9 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
 
     def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
         for anchor, positive in keys:
-            yield PAIR_HEAD.format(encode(anchor), encode(positive)) + pairs[anchor, positive][0]
+            yield pair_row(anchor, positive, pairs[anchor, positive][0])
 
-    corpus_rows = (
-        CORPUS_HEAD.format(encode(f"c{index}"), encode(text)) + end for index, (text, end) in enumerate(corpus.items())
-    )
+    corpus_rows = (corpus_row(index, text, end) for index, (text, end) in enumerate(corpus.items()))
     with atomic_output_dir(config.out, MARKER) as tmp:
         for name, lines in (("train", pair_rows(train)), ("eval", pair_rows(evaluation)), ("corpus", corpus_rows)):
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as handle:

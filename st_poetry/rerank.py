@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from sentence_transformers import CrossEncoder
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -31,7 +32,7 @@ from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingL
 from transformers import TrainerCallback, set_seed
 
 from st_poetry.config import RerankConfig, UserError, run_cli
-from st_poetry.metrics import CCPMRecord
+from st_poetry.metrics import CCPMRecord, choice_accuracy
 from st_poetry.modeling import load_reranker
 from st_poetry.schema import MINED
 from st_poetry.train import Recipe, fit, load_training_data, set_model_card
@@ -128,12 +129,7 @@ def ccpm_accuracy(
     """Share of CCPM records whose answer gets the reranker's highest score against the translation."""
     pairs = [(record.translation, choice) for record in records for choice in record.choices]
     scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar)
-    correct, start = 0, 0
-    for record in records:
-        stop = start + len(record.choices)
-        correct += int(scores[start:stop].argmax()) == record.answer
-        start = stop
-    return correct / len(records)
+    return choice_accuracy(records, np.split(scores, np.cumsum([len(record.choices) for record in records])[:-1]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@
 Each row type has one reader (checks every row, names file:line, fills optional fields with their default)
 and one writer (the declared fields in declared order, as `json.dumps(row, ensure_ascii=False)` writes
 them). A split file's kind is recognised from its rows (`read_split`), so no stage sniffs another stage's
-marker file. `template` hands prepare's fast writers their text, derived from the declaration.
+marker file. `pieces` and `fragment` hand prepare's fast writer its text, derived from the declaration.
 Stdlib only, so the light `prepare` stage can use it.
 """
 
@@ -145,20 +145,29 @@ class RowType:
         with open(path, "w", encoding="utf-8") as handle:
             handle.writelines(self.line(row, index) for index, row in enumerate(rows))
 
-    def template(self, *names: str) -> str:
-        """A `str.format` template for a run of adjacent declared fields, each `{}` taking an `encode`d value.
+    def pieces(self, *names: str) -> tuple[str, ...]:
+        """The fixed text of a run of adjacent declared fields: the text before each value, then the text after the
+        last one (the row's `}` and newline when the run ends the row, else "").
 
-        The first field opens the row (`{`), the last closes it (`}` and the newline): a writer that shares the
-        end of many rows (prepare: a record's metadata) joins a head template and an encoded tail, and the
-        result is `line(row)` byte for byte (tested).
+        For a writer that assembles lines itself (prepare: millions of rows, each a few fields joined to an end
+        its record's rows share); the result is `line(row)` byte for byte (tested).
         """
         start = self.names.index(names[0])
         if self.names[start : start + len(names)] != names:
             raise ValueError(f"{names} are not adjacent {self.name} fields in their declared order")
-        body = ", ".join(f"{encode(name)}: {{}}" for name in names)
-        opening = "{{" if start == 0 else ", "
-        closing = "}}\n" if start + len(names) == len(self.names) and not self.numbered else ""
-        return opening + body + closing
+        before = [
+            ("{" if start == 0 and index == 0 else ", ") + f"{encode(name)}: " for index, name in enumerate(names)
+        ]
+        ends_row = start + len(names) == len(self.names) and not self.numbered
+        return (*before, "}\n" if ends_row else "")
+
+    def fragment(self, **values: str | list[str]) -> str:
+        """Adjacent declared fields as line text (see `pieces`), for the part many rows share, encoded once."""
+        pieces = self.pieces(*values)
+        return (
+            "".join(piece + encode(value) for piece, value in zip(pieces[:-1], values.values(), strict=True))
+            + pieces[-1]
+        )
 
 
 PAIR = RowType(

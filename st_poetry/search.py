@@ -11,9 +11,11 @@ An index folder holds
   row i is faiss id i, so opening a large index does not parse the whole corpus;
 - `bm25/`: a bm25s index of the lines' single characters (document i = faiss id i), memory-mapped when opened,
   for `--hybrid` search (st_poetry.hybrid);
-- `index.json`, written last: the model, the exact prompt strings, the embedding size and the embedding of a fixed
-  probe line. A query checks its model against that record and refuses one that encodes differently, because
-  scores between two models' embeddings mean nothing.
+- `index.json`, written last: the model and the `--backend` that encoded it, the exact prompt strings, the
+  embedding size and the embedding of a fixed probe line. A query uses that backend unless told otherwise, checks
+  its model against that record and refuses one that encodes differently, because scores between two models'
+  embeddings mean nothing; another backend of the same weights (an int8 export) is let through by a looser probe
+  threshold, as its quantization noise is far below the gap between two models.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 from datasets import Dataset, load_from_disk
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, run_cli
+from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_backend, run_cli
 from st_poetry.files import atomic_output_dir, decode_text, write_json
 from st_poetry.hybrid import candidates, fuse, ranking
 from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25, single_chars
@@ -54,6 +56,9 @@ PROBE_TEXT = "空山新雨后，天气晚来秋。"
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
 # model moves the probe further than this.
 PROBE_MIN_COSINE = 0.999
+# A query backend other than the index's (an int8 export against an fp32 index, or back) moves the probe by its
+# quantization noise, far less than another model does (measurements in docs/BENCHMARKS.md#backends): accepted.
+PROBE_MIN_COSINE_ACROSS_BACKENDS = 0.98
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,7 +101,12 @@ def new_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
 def build_index(config: IndexConfig) -> dict[str, Any]:
     """Encode every corpus line, index the embeddings and write the index folder; returns what index.json records."""
     rows = read_corpus(config.corpus)  # bad input fails before the slow model load
-    model = load_model(config.model, max_seq_length=config.max_seq_length, query_instruction=config.query_instruction)
+    model = load_model(
+        config.model,
+        max_seq_length=config.max_seq_length,
+        query_instruction=config.query_instruction,
+        backend=config.backend,
+    )
     record = model_record(model)
 
     start = time.perf_counter()
@@ -111,6 +121,8 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
 
     info = {
         "model": config.model,
+        "backend": config.backend,
+        "model_file": parse_backend(config.backend)[1],
         "query_instruction": config.query_instruction,
         "max_seq_length": config.max_seq_length,
         **record,
@@ -135,7 +147,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
 
     size_mb, bm25_mb = _folder_mb(Path(config.out)), _folder_mb(Path(config.out) / BM25_DIR)
     print(
-        f"indexed {index.ntotal:,} lines from {config.corpus} with {config.model}\n"
+        f"indexed {index.ntotal:,} lines from {config.corpus} with {config.model} (--backend {config.backend})\n"
         f"  {info['embedding_dim']}-dim, {config.index_type} index, prompts {info['prompts']}\n"
         f"  encoding {encode_seconds:.1f}s ({index.ntotal / max(encode_seconds, 1e-9):.0f} lines/s), "
         f"indexing (faiss + BM25) {index_seconds:.1f}s\n"
@@ -184,7 +196,9 @@ def _read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Datas
 class PoetryIndex:
     """An index folder opened for search, with a model checked to encode like the one that built it."""
 
-    def __init__(self, folder: str | Path, model: str | None = None, ef_search: int | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, model: str | None = None, ef_search: int | None = None, backend: str | None = None
+    ) -> None:
         self.folder = Path(folder)
         info_path = self.folder / INDEX_INFO
         if not info_path.is_file():
@@ -198,9 +212,13 @@ class PoetryIndex:
             self.index.hnsw.efSearch = ef_search
 
         name = model or self.info["model"]
+        self.backend = backend or self.info.get("backend", "torch")  # indexes from before --backend: torch
         try:
             self.model = load_model(
-                name, max_seq_length=self.info["max_seq_length"], query_instruction=self.info["query_instruction"]
+                name,
+                max_seq_length=self.info["max_seq_length"],
+                query_instruction=self.info["query_instruction"],
+                backend=self.backend,
             )
         except UserError as error:
             if model:
@@ -209,12 +227,14 @@ class PoetryIndex:
                 f"{self.folder} was built with {name!r}, which cannot be loaded ({error}); "
                 "pass the model with --model PATH"
             ) from None
-        self._check_model(name, given=model is not None)
+        self._check_model(name, given=model is not None or backend is not None)
 
     def _check_model(self, name: str, given: bool) -> None:
-        built = f"{self.folder} was built with {self.info['model']!r}"
-        rebuild = f"just index --model {name} --out {self.folder}"
-        fix = f"query with that model (omit --model) or rebuild: {rebuild}" if given else f"rebuild: {rebuild}"
+        built = f"{self.folder} was built with {self.info['model']!r} (--backend {self.info.get('backend', 'torch')})"
+        rebuild = f"just index --model {name} --backend {self.backend} --out {self.folder}"
+        fix = (
+            f"query with that model (omit --model, --backend) or rebuild: {rebuild}" if given else f"rebuild: {rebuild}"
+        )
         record = model_record(self.model)
         if record["embedding_dim"] != self.info["embedding_dim"]:
             raise UserError(
@@ -224,8 +244,11 @@ class PoetryIndex:
         if record["prompts"] != self.info["prompts"]:
             raise UserError(f"{built} and prompts {self.info['prompts']}, but {name!r} has {record['prompts']}: {fix}")
         cosine = float(np.dot(record["probe"], self.info["probe"]))
-        if cosine < PROBE_MIN_COSINE:
-            now = f"{name!r} encodes differently" if given else "that model has changed since"
+        same_backend = self.backend == self.info.get("backend", "torch")
+        if cosine < (PROBE_MIN_COSINE if same_backend else PROBE_MIN_COSINE_ACROSS_BACKENDS):
+            now = (
+                f"{name!r} (--backend {self.backend}) encodes differently" if given else "that model has changed since"
+            )
             raise UserError(f"{built}, and {now} (probe cosine {cosine:.4f}): {fix}")
 
     @cached_property
@@ -234,7 +257,7 @@ class PoetryIndex:
         if "bm25" not in self.info:
             raise UserError(
                 f"{self.folder} has no BM25 part (built before hybrid search): rebuild it with "
-                f"`just index --model {self.info['model']} --out {self.folder}`, or search without --hybrid"
+                f"`just index --model {self.info['model']} --out {self.folder}`, or search with --no-hybrid"
             )
         folder = self.folder / self.info["bm25"]["folder"]
         rebuild = f"rebuild it: just index --model PATH --out {self.folder}"
@@ -362,7 +385,7 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
     and of reranking goes to stderr (stdout stays one JSON object per line with --json).
     """
     queries = read_queries(config)  # before the slow model loads
-    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
     reranker = load_reranker(config.reranker) if config.reranker else None
     k = min(config.rerank_top_k, index.index.ntotal)
     if reranker and k < config.rerank_top_k:

@@ -15,8 +15,10 @@ stops the server.
 from __future__ import annotations
 
 import threading
+import typing
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import fields
 from itertools import groupby
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,10 +31,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
-from pydantic import BaseModel
+from pydantic import Field, create_model
 from sentence_transformers import CrossEncoder
 
-from st_poetry.config import ServeConfig, run_cli
+from st_poetry.config import FusionOptions, ServeConfig, UserError, run_cli
 from st_poetry.modeling import load_reranker
 from st_poetry.search import PoetryIndex, reranked
 
@@ -47,11 +49,20 @@ EXAMPLES = (
 )
 
 
-class Options(BaseModel):
-    """What a request may choose; None: the server's default."""
+def _optional_fields(options: type) -> dict[str, Any]:
+    """An options dataclass's fields as request fields, each None (the server's setting) unless the request sets it."""
+    hints = typing.get_type_hints(options)
+    return {f.name: (hints[f.name] | None, Field(None, description=f.metadata["help"])) for f in fields(options)}
 
-    k: int | None = None  # lines per query
-    rerank: bool | None = None  # with a reranker, reorder the retrieved lines (the default when the server has one)
+
+# What a request may choose, each None for the server's setting: k, rerank, and the search options of `just search`
+# (hybrid, fusion, alpha, ...), which carry over by themselves as FusionOptions grows.
+Options = create_model(
+    "Options",
+    k=(int | None, Field(None, description="lines per query")),
+    rerank=(bool | None, Field(None, description="rerank the retrieved lines (default: when the server has one)")),
+    **_optional_fields(FusionOptions),
+)
 
 
 class Query(Options):
@@ -75,6 +86,7 @@ class Searcher:
 
     def __init__(self, index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder | None = None) -> None:
         self.index, self.config, self.reranker = index, config, reranker
+        self.fusion_fields = [f.name for f in fields(FusionOptions)]
         self.lock = threading.Lock()
         # Rows of a group in corpus order: a poem's lines. CCPM and FlagEmbedding groups are records of choices,
         # not poems; they carry no title, which is how a poem is told apart.
@@ -83,13 +95,18 @@ class Searcher:
             if group and title:
                 self.groups[group].append(row)
 
-    def check(self, queries: Sequence[str], options: Options) -> tuple[list[str], int, bool]:
-        """Stripped queries, k and whether to rerank, or an HTTP 400 saying what is wrong."""
+    def check(self, queries: Sequence[str], options: Options) -> tuple[list[str], int, bool, FusionOptions]:
+        """Stripped queries, k, whether to rerank and the fusion settings, or an HTTP 400 saying what is wrong."""
         limits = self.config
         k = limits.top_k if options.k is None else options.k
         rerank = self.reranker is not None if options.rerank is None else options.rerank
         if rerank and self.reranker is None:
             raise HTTPException(400, "this server has no reranker (start it with --reranker PATH): leave out rerank")
+        chosen = {name: getattr(options, name) for name in self.fusion_fields if getattr(options, name) is not None}
+        try:
+            fusion = FusionOptions(**{name: getattr(limits, name) for name in self.fusion_fields} | chosen)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
         if not 1 <= k <= limits.max_k:
             raise HTTPException(400, f"k must be between 1 and {limits.max_k}, got {k}")
         if not queries:
@@ -105,17 +122,19 @@ class Searcher:
                 raise HTTPException(
                     400, f"{where} has {len(query):,} characters; the limit is {limits.max_query_chars:,}"
                 )
-        return stripped, k, rerank
+        return stripped, k, rerank, fusion
 
     def search(self, queries: Sequence[str], options: Options) -> list[dict[str, Any]]:
         """`just search --json`'s objects for valid queries, every hit with its poem (None when unknown)."""
-        queries, k, rerank = self.check(queries, options)
+        queries, k, rerank, fusion = self.check(queries, options)
+        depth = min(self.config.rerank_top_k, self.index.index.ntotal)
         with self.lock:
+            try:
+                found = self.index.search(queries, max(k, depth) if rerank else k, hybrid=fusion.hybrid, fusion=fusion)
+            except UserError as error:  # a hybrid search on an index without BM25, a query of punctuation only
+                raise HTTPException(400, str(error)) from None
             if rerank:
-                depth = min(self.config.rerank_top_k, self.index.index.ntotal)
-                found = reranked(self.reranker, queries, self.index.search(queries, max(k, depth)), depth, k)
-            else:
-                found = self.index.search(queries, k)
+                found = reranked(self.reranker, queries, found, depth, k)
         hits = [hit for hits in found for hit in hits]
         rows = sorted({row for hit in hits for row in self.groups.get(hit["group"], ())})
         texts = dict(zip(rows, self.index.lines[rows]["text"], strict=True)) if rows else {}
@@ -168,6 +187,7 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
         "index": str(index.folder),
         "info": index.info,
         "reranker": config.reranker if reranker else None,
+        "hybrid": f"{config.fusion}, alpha {config.alpha}" if config.hybrid else None,
         "rerank_top_k": config.rerank_top_k,
     }
 
@@ -204,7 +224,10 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
 
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, options: Annotated[Options, QueryParameters()], q: str = "") -> HTMLResponse:
-        context: dict[str, Any] = {"q": q, "k": options.k or config.top_k, "examples": EXAMPLES, **footer}
+        # the request's own options stay on the form, the example links and the JSON link
+        chosen = {name: str(value).lower() if isinstance(value, bool) else value for name, value in options}
+        chosen = {name: value for name, value in chosen.items() if value is not None}
+        context: dict[str, Any] = {"q": q, "options": chosen, "examples": EXAMPLES, **footer}
         status = 200
         if q.strip():
             try:
@@ -220,7 +243,7 @@ def serve(config: ServeConfig) -> None:
     """Load the index and model, then serve until interrupted."""
     import uvicorn
 
-    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search)
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
     app = create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
     print(f"serving {index.info['size']:,} lines of {config.index} at http://{config.host}:{config.port}/")
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")

@@ -12,6 +12,7 @@ import pytest
 from st_poetry.config import (
     DEFAULT_MODEL,
     MineConfig,
+    PipelineConfig,
     PrepareConfig,
     QueryConfig,
     TrainConfig,
@@ -65,6 +66,11 @@ def test_malformed_config_file(tmp_path):
     config_file.write_text("{not json")
     with pytest.raises(UserError, match="not a valid JSON config"):
         load_config_file(config_file, TrainConfig)
+    config_file.write_bytes('{"model": "模型"}'.encode("gbk"))
+    with pytest.raises(UserError, match=r"bad\.json: not a valid JSON config: 'utf-8' codec can't decode"):
+        load_config_file(config_file, TrainConfig)
+    config_file.write_text('\ufeff{"lr": 0.001}', encoding="utf-8")  # a byte-order mark, as some editors write
+    assert load_config_file(config_file, TrainConfig) == {"lr": 0.001}
 
 
 def test_help_documents_every_field_with_its_default():
@@ -155,6 +161,8 @@ def test_config_types_are_checked_for_python_callers_too():
     with pytest.raises(TypeError, match="sampling_strategy must be one of 'top', 'random'"):
         MineConfig(sampling_strategy="hardest")
     assert TrainConfig(epochs=3).epochs == 3  # an integer is a number
+    with pytest.raises(TypeError, match="force must be true or false, got 'yes'"):
+        PipelineConfig(force="yes", stages=["prepare"], prepare={"works": ["w.json"]})
 
 
 def test_an_output_folder_must_be_able_to_be_one(tmp_path, monkeypatch):

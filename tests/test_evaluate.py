@@ -203,7 +203,7 @@ def test_hybrid_rows_and_sweep_use_the_same_metric_code_and_never_tune_on_ccpm(t
     assert report["fusion"] == {
         "lexical": "bm25-chars",
         "fusion": "interpolate",
-        "alpha": 0.5,
+        "alpha": 0.6,
         "depth": 50,
         "rrf_k": 60,
     }
@@ -213,14 +213,14 @@ def test_hybrid_rows_and_sweep_use_the_same_metric_code_and_never_tune_on_ccpm(t
     assert len(point) == 2 * 4 * 11
     # the row is the sweep's point at the configured settings
     for metric in ("recall@1", "recall@10", "mrr@10", "ndcg@10"):
-        assert hybrid["retrieval"][metric] == pytest.approx(point["interpolate", 50, 0.5][metric])
+        assert hybrid["retrieval"][metric] == pytest.approx(point["interpolate", 50, 0.6][metric])
         # alpha = 1 is the dense ranking, scored by the same code as the model's own row
         assert point["interpolate", 10, 1.0][metric] == pytest.approx(rows["tiny-st"]["retrieval"][metric])
     assert point["interpolate", 10, 0.0]["recall@1"] == pytest.approx(rows["bm25-chars"]["retrieval"]["recall@1"])
     best = sweep["best"]
     assert best["ndcg@10"] == max(p["ndcg@10"] for p in sweep["points"])
     # the best settings get a row of their own, every metric and the CCPM column included
-    assert (best["fusion"], best["depth"], best["alpha"]) != ("interpolate", 50, 0.5)
+    assert (best["fusion"], best["depth"], best["alpha"]) != ("interpolate", 50, 0.6)
     assert list(rows)[4:] == ["tiny-st + bm25-chars (tuned)"]
     tuned = rows["tiny-st + bm25-chars (tuned)"]
     assert tuned["retrieval"]["ndcg@10"] == pytest.approx(best["ndcg@10"]) and set(tuned["ccpm"]) == {"ccpm.jsonl"}

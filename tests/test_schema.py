@@ -1,4 +1,4 @@
-"""The declared row types: readers check and default, writers follow the declaration, prepare's templates agree."""
+"""The declared row types: readers check and default, writers follow the declaration, prepare's fast writer agrees."""
 
 from __future__ import annotations
 
@@ -8,31 +8,31 @@ import pytest
 
 from st_poetry.config import UserError
 from st_poetry.files import write_jsonl
-from st_poetry.prepare import CORPUS_HEAD, PAIR_HEAD, corpus_row_end, pair_row_end
-from st_poetry.schema import CORPUS, MINED, PAIR, encode, mined_row, read_split
+from st_poetry.prepare import corpus_row, corpus_row_end, pair_row, pair_row_end
+from st_poetry.schema import CORPUS, MINED, PAIR, mined_row, read_split
 
 # JSON's awkward characters: quotes, backslashes, control characters, a line separator, non-BMP text
 AWKWARD = ['他说"好"', "a\\b", "line\nbreak\ttab", "\u2028sep", "𠀀字", "“明月”"]
 
 
 @pytest.mark.parametrize("text", AWKWARD)
-def test_prepares_templates_write_what_the_declared_writer_writes(text):
+def test_prepares_fast_writer_writes_what_the_declared_writer_writes(text):
     pair = {"anchor": text, "positive": "床前明月光", "negatives": [text, "霜"], "source": "ccpm", "group": text}
-    fast = PAIR_HEAD.format(encode(pair["anchor"]), encode(pair["positive"]))
-    fast += pair_row_end(tuple(pair["negatives"]), pair["source"], pair["group"])
+    fast = pair_row(text, "床前明月光", pair_row_end((text, "霜"), "ccpm", text))
     assert fast == PAIR.line(pair) == json.dumps(pair, ensure_ascii=False) + "\n"
     corpus = {"id": "c7", "text": text, "title": text, "author": "李白", "dynasty": "", "group": "g"}
-    fast = CORPUS_HEAD.format(encode("c7"), encode(text)) + corpus_row_end((text, "李白", ""), "g")
+    fast = corpus_row(7, text, corpus_row_end((text, "李白", ""), "g"))
     assert fast == CORPUS.line(corpus) == json.dumps(corpus, ensure_ascii=False) + "\n"
 
 
-def test_a_template_must_name_adjacent_fields_in_order():
-    assert PAIR.template("anchor", "positive") == '{{"anchor": {}, "positive": {}'
-    assert CORPUS.template("group") == ', "group": {}}}\n'
+def test_pieces_follow_the_declared_order():
+    assert PAIR.pieces("anchor", "positive") == ('{"anchor": ', ', "positive": ', "")
+    assert CORPUS.pieces("group") == (', "group": ', "}\n")
+    assert MINED.pieces("positive") == (', "positive": ', "")  # negative_1.. may follow
     with pytest.raises(ValueError, match="adjacent"):
-        PAIR.template("anchor", "negatives")
+        PAIR.pieces("anchor", "negatives")
     with pytest.raises(ValueError, match="adjacent"):
-        CORPUS.template("text", "id")
+        CORPUS.pieces("text", "id")
 
 
 def test_readers_fill_optional_fields_and_writers_round_trip(tmp_path):

@@ -75,7 +75,11 @@ def test_json_output_is_one_object_per_query(capsys, index_dir):
     rows = [json.loads(line) for line in out.splitlines()]
     assert [row["query"] for row in rows] == ["床前明月光", "春眠不觉晓"]
     assert rows[0]["results"][0]["text"] == "床前明月光" and rows[0]["results"][0]["author"] == "李白"
-    assert set(rows[1]["results"][0]) == {"rank", "score", "id", "text", "title", "author", "dynasty", "group"}
+    # hybrid by default: score is the fused one, beside each side's
+    metadata = {"rank", "score", "id", "text", "title", "author", "dynasty", "group"}
+    assert set(rows[1]["results"][0]) == metadata | {"dense_score", "bm25_score"}
+    _, out = _query(capsys, index_dir, "春眠不觉晓", top_k=1, json=True, hybrid=False)
+    assert set(json.loads(out)["results"][0]) == metadata
 
 
 def test_top_k_larger_than_the_corpus_returns_every_line(capsys, index_dir):
@@ -221,9 +225,9 @@ def test_an_index_without_its_bm25_part_says_how_to_rebuild(index_dir):
     del info["bm25"]  # as `just index` wrote it before hybrid search
     (index_dir / INDEX_INFO).write_text(json.dumps(info), encoding="utf-8")
     shutil.rmtree(index_dir / "bm25")
-    assert query(QueryConfig(queries=["秋天"], index=str(index_dir), top_k=1))[0]["results"]  # dense still works
-    with pytest.raises(UserError, match=r"has no BM25 part .*: rebuild it with `just index --model .* --out "):
-        query(QueryConfig(queries=["秋天"], index=str(index_dir), hybrid=True))
+    assert query(QueryConfig(queries=["秋天"], index=str(index_dir), top_k=1, hybrid=False))[0]["results"]
+    with pytest.raises(UserError, match=r"has no BM25 part .*: rebuild it with `just index --model .* --no-hybrid"):
+        query(QueryConfig(queries=["秋天"], index=str(index_dir)))  # hybrid is the default
 
 
 def test_a_punctuation_only_query_is_one_line(capsys, tmp_path, index_dir):

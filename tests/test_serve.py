@@ -21,7 +21,7 @@ from st_poetry.config import IndexConfig, QueryConfig, ServeConfig, parse_config
 from st_poetry.modeling import load_reranker
 from st_poetry.schema import CORPUS
 from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
-from st_poetry.serve import create_app, highlight, main
+from st_poetry.serve import EXAMPLES, create_app, highlight, main
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
 JSON = {"Content-Type": "application/json"}
@@ -48,7 +48,7 @@ def index(index_dir):
 
 @pytest.fixture(scope="module")
 def client(index):
-    with TestClient(create_app(index, ServeConfig(index=str(index.folder), max_k=20))) as client:
+    with TestClient(create_app(index, ServeConfig(index=str(index.folder), max_k=20, hybrid=False))) as client:
         yield client
 
 
@@ -100,12 +100,19 @@ def test_post_answers_several_queries_in_order_and_k_defaults_to_the_servers(cli
 
 
 def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, index, tiny_reranker):
-    config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8)
+    config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8, hybrid=False)
     with TestClient(create_app(index, config, load_reranker(tiny_reranker))) as reranking:
         hits = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3}).json()["results"]
-        # what `just search --reranker --json` prints, plus the poems
+        # what `just search --no-hybrid --reranker --json` prints (the page searches with the model alone), plus poems
         expected = query(
-            QueryConfig(queries=[DESCRIPTION], index=str(index.folder), top_k=3, reranker=tiny_reranker, rerank_top_k=8)
+            QueryConfig(
+                queries=[DESCRIPTION],
+                index=str(index.folder),
+                top_k=3,
+                reranker=tiny_reranker,
+                rerank_top_k=8,
+                hybrid=False,
+            )
         )[0]["results"]
         assert [{key: hit[key] for key in hit if key != "poem"} for hit in hits] == expected
         assert all("rerank_score" in hit and bool(hit["poem"]) == bool(hit["title"]) for hit in hits)
@@ -115,6 +122,38 @@ def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, in
         assert posted["results"] == hits
         page = reranking.get("/", params={"q": DESCRIPTION}).text
         assert f"reranker <code>{tiny_reranker}</code> (top 8)" in page and "reranker score" in page
+
+
+def test_hybrid_search_options_carry_over_as_parameters(capsys, client, index):
+    options = {"k": 4, "hybrid": True, "fusion": "rrf", "depth": 20}
+    hits = client.get("/api/search", params={"q": DESCRIPTION, **options}).json()["results"]
+    config = QueryConfig(queries=[DESCRIPTION], index=str(index.folder), top_k=4, hybrid=True, fusion="rrf", depth=20)
+    assert [{key: hit[key] for key in hit if key != "poem"} for hit in hits] == query(config)[0]["results"]
+    assert {"dense_score", "bm25_score"} <= set(hits[0]) and hits[0]["text"] == "独钓寒江雪"
+    posted = client.post("/api/search", json={"queries": [DESCRIPTION], **options}).json()
+    assert posted["queries"][0]["results"] == hits
+    assert "dense_score" not in client.get("/api/search", params={"q": DESCRIPTION}).json()["results"][0]
+    page = client.get("/", params={"q": DESCRIPTION, "hybrid": "true", "alpha": 0.7}).text
+    assert "fused score (cosine" in page and "hybrid with BM25" not in page  # the server's default is dense
+    # the request's options stay with the form, the examples and the JSON link
+    assert '<input type="hidden" name="hybrid" value="true"><input type="hidden" name="alpha" value="0.7">' in page
+    assert page.count("&amp;hybrid=true&amp;alpha=0.7") == len(EXAMPLES) + 1
+    # bad values: the options' own checks, as one line
+    for bad, status, message in (
+        ({"alpha": 2}, 400, "alpha must be in [0, 1], got 2"),
+        ({"fusion": "max"}, 422, "fusion: Input should be 'interpolate' or 'rrf'"),
+        ({"q": "。。！"}, 400, "punctuation only"),
+    ):
+        response = client.get("/api/search", params={"q": DESCRIPTION, "hybrid": "true"} | bad)
+        assert response.status_code == status and message in response.json()["detail"], response.text
+
+
+def test_the_servers_search_options_are_the_default_a_request_overrides(index):
+    with TestClient(create_app(index, ServeConfig(index=str(index.folder), hybrid=True, alpha=0.7))) as hybrid:
+        assert "dense_score" in hybrid.get("/api/search", params={"q": DESCRIPTION}).json()["results"][0]
+        plain = hybrid.get("/api/search", params={"q": DESCRIPTION, "hybrid": "false"}).json()["results"][0]
+        assert "dense_score" not in plain
+        assert "hybrid with BM25 (interpolate, alpha 0.7)" in hybrid.get("/").text
 
 
 def test_rerank_without_a_reranker_is_a_400(client):
