@@ -1,7 +1,7 @@
 """Load test of `just serve` on 127.0.0.1: concurrent clients, a fixed number of requests, latency and errors.
 
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_serve.py --model /work/artifacts/models/e5-small-zh-poetry \\
-        --data /work/artifacts/processed --sample 20000 --screenshot docs/serve.png
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_serve.py --model models/e5-small-zh-poetry \\
+        --data data/processed --sample 20000 --screenshot docs/serve.png
 
 1. Index: `--index DIR` is used as it is when it holds an index; otherwise `just index` builds one there from
    `--data`/corpus.jsonl, or from a sample of it (`--sample N` lines, 0 = all): the groups of the page's example
@@ -216,7 +216,7 @@ def screenshot(port: int, out: Path, query: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="/work/artifacts/models/e5-small-zh-poetry", help="model for the index")
+    parser.add_argument("--model", default="models/e5-small-zh-poetry", help="model for the index (the README's `just train` example)")
     parser.add_argument("--data", type=Path, default=Path("data/processed"), help="folder with corpus and eval.jsonl")
     parser.add_argument("--index", type=Path, default=Path(".bench/serve/index"), help="index folder (built if absent)")
     parser.add_argument("--sample", type=int, default=20_000, help="index about this many corpus lines (0 = all)")

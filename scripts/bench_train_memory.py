@@ -21,7 +21,7 @@ if resident memory were fragmentation, that run would stay flat. `--plot` draws 
 tokens of each step, which tells growth from fragmentation apart from growth with the batches' lengths.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_train_memory.py --model ../shared/models/e5-small-zh \
-        --data /work/artifacts/processed --work .bench/bench_train_memory_e5 --steps 12 \
+        --data data/processed --work .bench/bench_train_memory_e5 --steps 12 \
         --runs no_cache_n3 no_cache_n3_mmap preset --plot docs/train_memory_e5_small.png
 """
 

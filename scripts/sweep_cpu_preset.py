@@ -1,6 +1,6 @@
 """The small sweep behind configs/cpu-e5-small.toml: short `just train` runs on prepared data, scored on eval.
 
-    flock /tmp/st_poetry_heavy.lock python scripts/sweep_cpu_preset.py --data /work/artifacts/processed \
+    flock /tmp/st_poetry_heavy.lock python scripts/sweep_cpu_preset.py --data data/processed \
         --model ../shared/models/e5-small-zh --runs lr2e-5 lr1e-4 lr3e-4
     flock /tmp/st_poetry_heavy.lock python scripts/sweep_cpu_preset.py ... --runs batch32 neg1 len32 \
         --plot docs/cpu_preset_sweep.png
