@@ -216,7 +216,7 @@ def screenshot(port: int, out: Path, query: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/e5-small-zh-poetry", help="model for the index (the README's `just train` example)")
+    parser.add_argument("--model", default="models/e5-small-zh-poetry", help="model for the index")
     parser.add_argument("--data", type=Path, default=Path("data/processed"), help="folder with corpus and eval.jsonl")
     parser.add_argument("--index", type=Path, default=Path(".bench/serve/index"), help="index folder (built if absent)")
     parser.add_argument("--sample", type=int, default=20_000, help="index about this many corpus lines (0 = all)")
