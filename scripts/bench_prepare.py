@@ -102,6 +102,12 @@ def opencc_throughput(raw: Path) -> None:
     print(f"  one call for all:  {whole:.1f} s = {chars / whole / 1e6:.2f} M chars/s")
 
 
+def raw_inputs(raw: Path, poems: bool) -> list[str]:
+    """What a plain `just prepare` reads from a RAW_DATA folder (without chinese-poetry unless `poems`)."""
+    inputs = ["--works", str(raw / "chinese-poetry-and-prose"), "--ccpm", str(raw / "ccpm" / "train.jsonl")]
+    return inputs + (["--poems", str(raw / "chinese-poetry")] if poems else [])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000, help="records in the synthetic works file")
@@ -127,23 +133,10 @@ def main() -> None:
 
     cases = {f"synthetic works, {args.records:,} records": ["--works", str(synthetic)]} if args.records else {}
     if args.sample:
-        raw = Path(args.sample)
-        cases["shared sample (works + CCPM train)"] = [
-            "--works",
-            str(raw / "chinese-poetry-and-prose"),
-            "--ccpm",
-            str(raw / "ccpm" / "train.jsonl"),
-        ]
+        cases["shared sample (works + CCPM train)"] = raw_inputs(Path(args.sample), poems=False)
     if args.full:
         raw = Path(args.full)
-        cases["works + CCPM train + chinese-poetry"] = [
-            "--works",
-            str(raw / "chinese-poetry-and-prose"),
-            "--ccpm",
-            str(raw / "ccpm" / "train.jsonl"),
-            "--poems",
-            str(raw / "chinese-poetry"),
-        ]
+        cases["works + CCPM train + chinese-poetry"] = raw_inputs(raw, poems=True)
         if args.opencc:
             opencc_throughput(raw)
     results = []

@@ -13,33 +13,45 @@ stages after it then see a newer input and follow.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from st_poetry import evaluate, mine, prepare, search, train
 from st_poetry.config import PipelineConfig, run_cli
 
 
 @dataclass(frozen=True)
 class Stage:
-    run: Callable[[Any], Any]
+    """A stage by name, imported only when it runs: `--stages prepare` (or a run that skips everything) should not
+    pay for torch and sentence-transformers."""
+
+    module: str
+    function: str
     inputs: tuple[str, ...]  # config fields that name input files or folders
-    marker: str  # the file in `out` that the stage writes last
+    marker: str  # the file in `out` that the stage writes last (tests check it against the stage's own constant)
+
+    def run(self, config: Any) -> Any:
+        return getattr(importlib.import_module(f"st_poetry.{self.module}"), self.function)(config)
 
 
 STAGES = {
     "prepare": Stage(
-        prepare.prepare, ("works", "ccpm", "ccpm_eval", "flagembedding", "flagembedding_eval", "poems"), prepare.MARKER
+        "prepare",
+        "prepare",
+        ("works", "ccpm", "ccpm_eval", "flagembedding", "flagembedding_eval", "poems"),
+        "stats.json",
     ),
-    "mine": Stage(mine.mine, ("data", "model"), mine.MARKER),
-    "train": Stage(train.train, ("data", "model"), train.FINAL_MARKER),
-    "evaluate": Stage(evaluate.evaluate, ("data", "model", "ccpm"), evaluate.MARKER),
-    "index": Stage(search.build_index, ("corpus", "model"), search.INDEX_INFO),
+    "mine": Stage("mine", "mine", ("data", "model"), "mine_stats.json"),
+    "train": Stage("train", "train", ("data", "model"), "modules.json"),
+    "evaluate": Stage("evaluate", "evaluate", ("data", "model", "ccpm"), "evaluation.json"),
+    "index": Stage("search", "build_index", ("corpus", "model"), "index.json"),
 }
+# A rerun of a training stage replaces the run whose checkpoints are in this folder of its `out` (train.CHECKPOINTS).
+TRAIN_CHECKPOINTS = "checkpoints"
 
 
 def newest_input(paths: Iterable[str]) -> float | None:
@@ -79,7 +91,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, str]:
             continue
         print(f"== {name} -> {stage_config.out}", flush=True)
         out = Path(stage_config.out)
-        if name == "train" and not stage_config.resume and (out / train.CHECKPOINTS).is_dir():
+        if name == "train" and not stage_config.resume and (out / TRAIN_CHECKPOINTS).is_dir():
             print(f"note: replacing the earlier training run in {out} (set resume = true in [train] to continue it)")
             shutil.rmtree(out)
         start = time.perf_counter()
