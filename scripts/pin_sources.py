@@ -1,27 +1,40 @@
-"""Write st_poetry/sources.json, the pinned files of `just download`, from local clones of the upstreams.
+"""Write st_poetry/sources.json, the pinned files of `just download`, from local copies of the upstreams.
 
-    git clone https://github.com/VMIJUNV/chinese-poetry-and-prose /tmp/works   # and the other two
-    python scripts/pin_sources.py --works /tmp/works --ccpm /tmp/ccpm --poetry /tmp/chinese-poetry
+    git clone https://github.com/VMIJUNV/chinese-poetry-and-prose /tmp/works   # and THUNLP-AIPoet/CCPM
+    npm pack chinese-poetry@2.0.1 --pack-destination /tmp                      # chinese-poetry's npm tarball
+    python scripts/pin_sources.py --works /tmp/works --ccpm /tmp/ccpm \
+        --poetry-npm /tmp/chinese-poetry-2.0.1.tgz --poetry-integrity "$(npm view chinese-poetry@2.0.1 dist.integrity)"
 
-Each clone's checked-out commit is pinned; every file `just download` fetches is listed with the sha256 and size
-of its blob at that commit (the bytes a raw download of it returns) and the path it gets under data/raw/<source>/.
+A clone's checked-out commit is pinned, and every file `just download` fetches from it is listed with the sha256
+and size of its blob at that commit (the bytes a raw download of it returns). The npm tarball is pinned by its
+registry URL, sha256 and size (after checking it against the registry's sha512 integrity), and every member
+`just download` extracts is listed with its sha256 and size. Each file gets its path under data/raw/<source>/. A
+source left out keeps its current pin in --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import io
 import json
 import re
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = "https://registry.npmjs.org"
 # the sample of chinese-poetry-and-prose that is published as plain files (the others are archives)
 WORKS = ("三国", "五代十国", "商", "晋", "现代", "秦", "辽", "金", "隋")
-# chinese-poetry folders -> the layout of its npm package, which `--poems` reads by shape either way
-FOLDERS = {"全唐诗": "quantangshi", "宋词": "songci", "元曲": "yuanqu", "诗经": "shijing", "楚辞": "chuci"}
+# chinese-poetry's npm package: the folders `--poems` reads (全唐诗 without 唐诗三百首/唐诗补录/表面结构字, 宋词, 元曲,
+# 诗经, 楚辞, 五代诗词) and 唐诗三百首/千家诗 of 蒙学
+POETRY = re.compile(
+    r"package/dist/(quantangshi/(poet|authors)\.(tang|song)(\.\d+)?\.json|(songci|yuanqu|shijing|chuci)/[^/]+\.json"
+    r"|wudaishici/[^/]+/[^/]+\.json|mengxue/(tangshisanbaishou|qianjiashi)\.json)"
+)
 
 
 def works(path: str) -> str | None:
@@ -33,19 +46,10 @@ def ccpm(path: str) -> str | None:
     return path if path in ("train.jsonl", "valid.jsonl") else None
 
 
-def poetry(path: str) -> str | None:
-    parts = path.split("/")
-    if path == "LICENSE":
-        return path
-    if len(parts) == 2 and parts[0] in FOLDERS and parts[1].endswith(".json"):
-        if parts[0] == "全唐诗" and not re.fullmatch(r"(poet|authors)\.(tang|song)(\.\d+)?\.json", parts[1]):
-            return None  # 唐诗三百首 (in 蒙学 too), 唐诗补录, 表面结构字
-        return f"{FOLDERS[parts[0]]}/{parts[1]}"
-    if len(parts) == 3 and parts[0] == "五代诗词" and parts[2].endswith(".json"):
-        return f"wudaishici/{parts[1]}/{parts[2]}"
-    if parts[0] == "蒙学" and parts[-1] in ("tangshisanbaishou.json", "qianjiashi.json"):
-        return f"mengxue/{parts[-1]}"
-    return None
+def poetry(member: str) -> str | None:
+    if member == "package/LICENSE":
+        return "LICENSE"
+    return member.removeprefix("package/dist/") if POETRY.fullmatch(member) else None
 
 
 def git(clone: Path, *args: str) -> bytes:
@@ -65,18 +69,52 @@ def pin(repo: str, clone: Path, keep: Callable[[str], str | None]) -> dict:
     return {"repo": repo, "commit": commit, "files": sorted(files, key=lambda entry: entry["to"])}
 
 
+def pin_npm(tarball: Path, integrity: str, keep: Callable[[str], str | None]) -> dict:
+    data = tarball.read_bytes()
+    got = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    if got != integrity:
+        raise SystemExit(f"{tarball}: integrity {got} is not the registry's {integrity}")
+    files, package = [], {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        for member in archive:
+            if member.name == "package/package.json":
+                package = json.load(archive.extractfile(member))
+            elif member.isfile() and (target := keep(member.name)) is not None:
+                blob = archive.extractfile(member).read()
+                files.append(
+                    {"path": member.name, "to": target, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+                )
+    name, version = package["name"], package["version"]
+    return {
+        "tarball": f"{REGISTRY}/{name}/-/{name}-{version}.tgz",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "integrity": integrity,
+        "files": sorted(files, key=lambda entry: entry["to"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--works", type=Path, required=True, help="clone of VMIJUNV/chinese-poetry-and-prose")
-    parser.add_argument("--ccpm", type=Path, required=True, help="clone of THUNLP-AIPoet/CCPM")
-    parser.add_argument("--poetry", type=Path, required=True, help="clone of chinese-poetry/chinese-poetry")
+    parser.add_argument("--works", type=Path, help="clone of VMIJUNV/chinese-poetry-and-prose")
+    parser.add_argument("--ccpm", type=Path, help="clone of THUNLP-AIPoet/CCPM")
+    parser.add_argument(
+        "--poetry-npm", type=Path, help="the chinese-poetry npm tarball (`npm pack chinese-poetry@2.0.1`)"
+    )
+    parser.add_argument("--poetry-integrity", help="its sha512 integrity as the registry publishes it (`npm view`)")
     parser.add_argument("--out", type=Path, default=ROOT / "st_poetry" / "sources.json")
     args = parser.parse_args()
-    sources = {
-        "chinese-poetry-and-prose": pin("VMIJUNV/chinese-poetry-and-prose", args.works, works),
-        "ccpm": pin("THUNLP-AIPoet/CCPM", args.ccpm, ccpm),
-        "chinese-poetry": pin("chinese-poetry/chinese-poetry", args.poetry, poetry),
-    }
+    if bool(args.poetry_npm) != bool(args.poetry_integrity):
+        parser.error("--poetry-npm and --poetry-integrity go together")
+    sources = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+    if args.works:
+        sources["chinese-poetry-and-prose"] = pin("VMIJUNV/chinese-poetry-and-prose", args.works, works)
+    if args.ccpm:
+        sources["ccpm"] = pin("THUNLP-AIPoet/CCPM", args.ccpm, ccpm)
+    if args.poetry_npm:
+        sources["chinese-poetry"] = pin_npm(args.poetry_npm, args.poetry_integrity, poetry)
+    if missing := {"chinese-poetry-and-prose", "ccpm", "chinese-poetry"} - sources.keys():
+        parser.error(f"no pin yet for {', '.join(sorted(missing))}: give its clone or tarball")
     lines = ["{"]
     for number, (name, source) in enumerate(sources.items()):  # one file a line: reviewable diffs
         head = {key: value for key, value in source.items() if key != "files"}
@@ -84,7 +122,8 @@ def main() -> None:
         lines += [f"  {json.dumps(entry, ensure_ascii=False)}," for entry in source["files"]]
         lines[-1] = lines[-1].rstrip(",")
         lines.append(" ]}" + ("," if number < len(sources) - 1 else ""))
-        print(f"{name}: {source['repo']}@{source['commit'][:7]}, {len(source['files'])} files")
+        pinned = source.get("tarball") or f"{source.get('repo')}@{source.get('commit', '')[:7]}"
+        print(f"{name}: {pinned}, {len(source['files'])} files")
     args.out.write_text("\n".join(lines) + "\n}\n", encoding="utf-8")
 
 

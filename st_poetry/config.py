@@ -190,7 +190,11 @@ class DownloadConfig:
     from_dir: str | None = option(
         None, "copy DIR/<source>/ from this local folder instead of downloading (no internet)", flag="--from"
     )
-    mirror: str = option("https://raw.githubusercontent.com", "base URL that serves <repo>/<commit>/<path>")
+    mirror: str | None = option(
+        None,
+        "fetch everything from this base URL instead of the upstreams: it serves <repo>/<commit>/<path> for a GitHub "
+        "file and the registry's path for a tarball (None: raw.githubusercontent.com and the tarball's own URL)",
+    )
     manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
     retries: int = option(3, "tries per file; each one resumes where the last stopped")
     retry_wait: float = option(2.0, "seconds to wait between tries")

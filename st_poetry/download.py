@@ -3,10 +3,13 @@
     just download                          # chinese-poetry-and-prose, CCPM and chinese-poetry from their upstreams
     just download --from ../shared/data    # copy from a local folder instead (machines without internet)
 
-`sources.json` pins each source to a commit of its upstream repository and lists every file with its sha256 and
-size; a file is fetched as it is stored at that commit. A download goes to `NAME.part` and takes its name only
-once its checksum matches, so an interrupted run leaves no file that looks complete: the next run skips the
-files already there and resumes a `.part` where it stopped (an HTTP Range request). Stdlib + tqdm only.
+`sources.json` pins each source and lists every file it brings with its sha256 and size. A source is either a
+GitHub repository at a commit (`repo` + `commit`: each file is fetched as it is stored there) or a package tarball
+(`tarball`, pinned by its own sha256 and size: fetched once beside the output, its listed members extracted,
+then removed). A download goes to `NAME.part` and takes its name only once its checksum matches, so an
+interrupted run leaves no file that looks complete: the next run skips the files already there and resumes a
+`.part` where it stopped (an HTTP Range request); an extracted member goes through a checked `.part` the same
+way. Stdlib + tqdm only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import tarfile
 import time
 import urllib.error
 import urllib.parse
@@ -27,19 +31,33 @@ from st_poetry.config import DownloadConfig, UserError, run_cli
 from st_poetry.files import sha256
 
 CHUNK = 1 << 16
+GITHUB_RAW = "https://raw.githubusercontent.com"
 
 
 def load_manifest(path: str | None) -> dict[str, dict[str, Any]]:
-    """The pinned sources: name -> {repo, commit, files: [{path, to, sha256, size}]}."""
+    """The pinned sources: name -> {repo, commit or tarball, sha256, size; files: [{path, to, sha256, size}]}."""
     manifest = Path(path) if path else Path(__file__).with_name("sources.json")
     try:
-        return json.loads(manifest.read_text(encoding="utf-8"))
+        sources = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UserError(f"{manifest}: not a readable sources manifest ({error})") from None
+    kinds = ({"repo", "commit", "files"}, {"tarball", "sha256", "size", "files"})  # a GitHub commit, a tarball
+    for name, source in sources.items() if isinstance(sources, dict) else [("", None)]:
+        if not isinstance(source, dict) or not any(kind <= source.keys() for kind in kinds):
+            raise UserError(
+                f"{manifest}: source {name!r} needs files and either repo + commit or tarball + sha256 + size"
+            )
+    return sources
 
 
-def file_url(mirror: str, source: dict[str, Any], entry: dict[str, Any]) -> str:
-    return f"{mirror.rstrip('/')}/{source['repo']}/{source['commit']}/{urllib.parse.quote(entry['path'])}"
+def file_url(mirror: str | None, source: dict[str, Any], entry: dict[str, Any]) -> str:
+    base = (mirror or GITHUB_RAW).rstrip("/")
+    return f"{base}/{source['repo']}/{source['commit']}/{urllib.parse.quote(entry['path'])}"
+
+
+def tarball_url(mirror: str | None, source: dict[str, Any]) -> str:
+    """The pinned tarball URL, or its path on `mirror`."""
+    return mirror.rstrip("/") + urllib.parse.urlsplit(source["tarball"]).path if mirror else source["tarball"]
 
 
 def fetch(url: str, target: Path, entry: dict[str, Any], bar: tqdm, config: DownloadConfig) -> None:
@@ -93,6 +111,35 @@ def _accept(part: Path, target: Path, entry: dict[str, Any], origin: str) -> Non
     part.rename(target)
 
 
+def _present(target: Path, entry: dict[str, Any]) -> bool:
+    return target.is_file() and target.stat().st_size == entry["size"] and sha256(target) == entry["sha256"]
+
+
+def extract(tarball: Path, members: list[tuple[dict[str, Any], Path]]) -> None:
+    """Write each pinned member of the (checked) `tarball` to its target through a `.part`, checking its sha256."""
+    wanted = {entry["path"]: (entry, target) for entry, target in members}
+    total = sum(entry["size"] for entry, _ in members)
+    with tqdm(total=total, desc=f"extracting {tarball.name}", unit="B", unit_scale=True, unit_divisor=1024) as bar:
+        try:
+            with tarfile.open(tarball, "r|*") as archive:  # one pass through the stream
+                for member in archive:
+                    if member.name not in wanted or not member.isfile():
+                        continue
+                    entry, target = wanted.pop(member.name)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    part = target.with_name(target.name + ".part")
+                    with archive.extractfile(member) as data, open(part, "wb") as handle:
+                        while chunk := data.read(CHUNK):
+                            handle.write(chunk)
+                            bar.update(len(chunk))
+                    _accept(part, target, entry, f"{tarball.name} member {member.name}")
+        except tarfile.TarError as error:
+            raise UserError(f"{tarball}: not a readable tarball ({error})") from None
+    if wanted:
+        more = f" (and {len(wanted) - 1} more pinned members)" if len(wanted) > 1 else ""
+        raise UserError(f"{tarball.name} has no member {next(iter(wanted))}{more}; sources.json pins it")
+
+
 def download(config: DownloadConfig) -> dict[str, Any]:
     """Bring every file of the chosen sources into `config.out/<source>/`; returns what was done per source."""
     manifest = load_manifest(config.manifest)
@@ -102,32 +149,41 @@ def download(config: DownloadConfig) -> dict[str, Any]:
     if config.from_dir:
         return copy_sources(config, manifest)
     out = Path(config.out)
-    todo: list[tuple[str, dict, Path]] = []
+    fetches: list[tuple[str, Path, dict[str, Any]]] = []  # (url, target, pinned entry)
+    unpack: list[tuple[Path, list]] = []  # (tarball, the members still to extract)
     report: dict[str, Any] = {}
     for name in config.sources:
         source = manifest[name]
-        done = 0
-        for entry in source["files"]:
-            target = out / name / entry["to"]
-            if target.is_file() and target.stat().st_size == entry["size"] and sha256(target) == entry["sha256"]:
-                done += 1
-            else:
-                todo.append((name, entry, target))
-        report[name] = {"repo": source["repo"], "commit": source["commit"], "files": len(source["files"])}
-        report[name]["already_there"] = done
-    total = sum(entry["size"] for _, entry, _ in todo)
+        targets = [(entry, out / name / entry["to"]) for entry in source["files"]]
+        missing = [(entry, target) for entry, target in targets if not _present(target, entry)]
+        report[name] = {
+            "from": source["tarball"] if "tarball" in source else f"{source['repo']}@{source['commit'][:7]}",
+            "files": len(targets),
+            "downloaded": len(missing),
+            "already_there": len(targets) - len(missing),
+        }
+        if "tarball" not in source:
+            fetches += [(file_url(config.mirror, source, entry), target, entry) for entry, target in missing]
+        elif missing:
+            tarball = out / Path(urllib.parse.urlsplit(source["tarball"]).path).name
+            if not _present(tarball, source):
+                fetches.append((tarball_url(config.mirror, source), tarball, source))
+            unpack.append((tarball, missing))
+    total = sum(entry["size"] for _, _, entry in fetches)
     with tqdm(total=total, desc="downloading", unit="B", unit_scale=True, unit_divisor=1024) as bar:
-        for name, entry, target in todo:
+        for url, target, entry in fetches:
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_name(target.name + ".part")
             bar.update(part.stat().st_size if part.exists() else 0)
-            bar.set_postfix_str(f"{name}/{entry['to']}")
-            fetch(file_url(config.mirror, manifest[name], entry), target, entry, bar, config)
-            report[name]["downloaded"] = report[name].get("downloaded", 0) + 1
+            bar.set_postfix_str(target.relative_to(out).as_posix())
+            fetch(url, target, entry, bar, config)
+    for tarball, members in unpack:
+        extract(tarball, members)
+        tarball.unlink()
     for name, counts in report.items():
         print(
-            f"{name}: {counts['files']} files at {counts['repo']}@{counts['commit'][:7]} in {out / name} "
-            f"({counts.get('downloaded', 0)} downloaded, {counts['already_there']} already there)"
+            f"{name}: {counts['files']} files from {counts['from']} in {out / name} "
+            f"({counts['downloaded']} downloaded, {counts['already_there']} already there)"
         )
     return report
 

@@ -1,9 +1,12 @@
-"""`just download` against a local HTTP server on 127.0.0.1: pinned checksums, resume, 404, cut transfers, --from."""
+"""`just download` against a local HTTP server on 127.0.0.1: GitHub files and an npm-style tarball, pinned checksums,
+resume, 404, cut transfers, --from."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,10 +21,38 @@ FILES = {
     "data/works唐.json": "[" + ",".join(json.dumps({"Id": i, "Content": "床前明月光"}) for i in range(2000)) + "]",
     "train.jsonl": '{"translation": "月光", "choices": ["a", "b"], "answer": 0}\n' * 500,
 }
+MEMBERS = {  # an npm package: the two pinned members and one that is not pinned
+    "package/LICENSE": "MIT License\n",
+    "package/dist/songci/ci.song.0.json": json.dumps(
+        [{"rhythmic": f"水调歌头 {i}", "paragraphs": ["明月几时有？把酒问青天。"]} for i in range(300)],
+        ensure_ascii=False,
+    ),
+    "package/dist/other/not-pinned.json": "[]",
+}
+
+
+def tgz(members: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return buffer.getvalue()
+
+
+TARBALL = tgz(MEMBERS)
+TARBALL_URL = "https://registry.npmjs.org/pkg/-/pkg-1.0.0.tgz"  # served from the mirror at the same path
+TGZ = "pkg/-/pkg-1.0.0.tgz"
+BODIES = {  # URL path on the test server -> body: <repo>/<commit>/<path> for GitHub files, the registry's tarball path
+    "o/works/c1/data/works唐.json": FILES["data/works唐.json"].encode(),
+    "o/ccpm/c2/train.jsonl": FILES["train.jsonl"].encode(),
+    TGZ: TARBALL,
+}
 
 
 class Server:
-    """Serves FILES under /<repo>/<commit>/<path>, with Range support; `cut` paths send half a body, then close."""
+    """Serves BODIES, with Range support; `cut` paths send half a body, then close."""
 
     def __init__(self) -> None:
         self.cut: dict[str, int] = {}  # path -> how many more requests to cut short
@@ -33,12 +64,12 @@ class Server:
                 pass
 
             def do_GET(self) -> None:
-                path = unquote(self.path.split("/", 4)[4])  # /<repo owner>/<repo name>/<commit>/<path>
+                path = unquote(self.path.lstrip("/"))
                 server.requests.append((path, self.headers.get("Range")))
-                if path not in FILES:
+                if path not in BODIES:
                     self.send_error(404, "Not Found")
                     return
-                body = FILES[path].encode()
+                body = BODIES[path]
                 start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body) - start))
@@ -64,16 +95,27 @@ def server():
 
 
 def manifest(tmp_path: Path, **changes) -> Path:
-    def entry(path: str, to: str) -> dict:
-        data = FILES[path].encode()
-        return {"path": path, "to": to, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} | changes.get(
-            to, {}
-        )
+    """The fixture sources.json; `changes` update a file entry (by its `to`) or a source's head (by its name)."""
+
+    def entry(path: str, to: str, data: bytes) -> dict:
+        return {"path": path, "to": to} | pinned(data) | changes.get(to, {})
+
+    def pinned(data: bytes) -> dict:
+        return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
     value = {
-        "works": {"repo": "o/works", "commit": "c1", "files": [entry("data/works唐.json", "works唐.json")]},
-        "ccpm": {"repo": "o/ccpm", "commit": "c2", "files": [entry("train.jsonl", "train.jsonl")]},
+        "works": {"repo": "o/works", "commit": "c1"},
+        "ccpm": {"repo": "o/ccpm", "commit": "c2"},
+        "poems": {"tarball": TARBALL_URL, **pinned(TARBALL)},
     }
+    value["works"]["files"] = [entry("data/works唐.json", "works唐.json", FILES["data/works唐.json"].encode())]
+    value["ccpm"]["files"] = [entry("train.jsonl", "train.jsonl", FILES["train.jsonl"].encode())]
+    value["poems"]["files"] = [
+        entry("package/LICENSE", "LICENSE", MEMBERS["package/LICENSE"].encode()),
+        entry(song := "package/dist/songci/ci.song.0.json", "songci/ci.song.0.json", MEMBERS[song].encode()),
+    ]
+    for name, source in value.items():
+        source.update(changes.get(name, {}))
     path = tmp_path / "sources.json"
     path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
     return path
@@ -97,22 +139,22 @@ def test_downloads_every_file_then_skips_what_is_there(tmp_path, server):
     assert (tmp_path / "raw" / "works" / "works唐.json").read_text(encoding="utf-8") == FILES["data/works唐.json"]
     assert (tmp_path / "raw" / "ccpm" / "train.jsonl").read_text(encoding="utf-8") == FILES["train.jsonl"]
     assert report["works"]["downloaded"] == 1 and report["works"]["already_there"] == 0
-    assert server.requests[0] == ("data/works唐.json", None)  # repo/commit/path, the path URL-quoted
+    assert server.requests[0] == ("o/works/c1/data/works唐.json", None)  # repo/commit/path, the path URL-quoted
     server.requests.clear()
     report = download(config(tmp_path, server))
     assert server.requests == [] and report["ccpm"]["already_there"] == 1
 
 
 def test_an_interrupted_transfer_is_resumed_with_a_range_request(tmp_path, server):
-    server.cut["train.jsonl"] = 1
+    server.cut["o/ccpm/c2/train.jsonl"] = 1
     download(config(tmp_path, server, sources=["ccpm"]))
     assert (tmp_path / "raw" / "ccpm" / "train.jsonl").read_text(encoding="utf-8") == FILES["train.jsonl"]
     half = len(FILES["train.jsonl"].encode()) // 2
-    assert server.requests == [("train.jsonl", None), ("train.jsonl", f"bytes={half}-")]
+    assert server.requests == [("o/ccpm/c2/train.jsonl", None), ("o/ccpm/c2/train.jsonl", f"bytes={half}-")]
 
 
 def test_a_transfer_cut_every_time_fails_in_one_line_and_the_next_run_resumes(tmp_path, server):
-    server.cut["train.jsonl"] = 2
+    server.cut["o/ccpm/c2/train.jsonl"] = 2
     size = len(FILES["train.jsonl"].encode())
     with pytest.raises(
         UserError, match=rf"train\.jsonl: .* {part_size(size):,} of {size:,} bytes after 2 tries; run again"
@@ -169,8 +211,78 @@ def test_from_copies_a_local_folder_and_checks_what_is_pinned(tmp_path, server):
 def test_the_pinned_manifest_lists_every_source_with_checksums():
     sources = load_manifest(None)
     assert set(sources) == {"chinese-poetry-and-prose", "ccpm", "chinese-poetry"}
+    assert len(sources["chinese-poetry-and-prose"]["commit"]) == 40 and len(sources["ccpm"]["commit"]) == 40
+    poetry = sources["chinese-poetry"]
+    assert poetry["tarball"] == "https://registry.npmjs.org/chinese-poetry/-/chinese-poetry-2.0.1.tgz"
+    assert len(poetry["sha256"]) == 64 and poetry["integrity"].startswith("sha512-")
     for source in sources.values():
-        assert len(source["commit"]) == 40 and source["files"]
-        assert all(len(entry["sha256"]) == 64 and entry["size"] > 0 for entry in source["files"])
-    targets = {entry["to"] for entry in sources["chinese-poetry"]["files"]}
-    assert {"quantangshi/poet.tang.0.json", "songci/ci.song.0.json", "mengxue/tangshisanbaishou.json"} <= targets
+        assert source["files"] and all(len(entry["sha256"]) == 64 and entry["size"] > 0 for entry in source["files"])
+    targets = {entry["to"]: entry["path"] for entry in poetry["files"]}
+    assert len(targets) == 360 and targets["LICENSE"] == "package/LICENSE"
+    assert targets["quantangshi/poet.tang.0.json"] == "package/dist/quantangshi/poet.tang.0.json"
+    assert {"songci/ci.song.0.json", "mengxue/tangshisanbaishou.json"} <= set(targets)
+
+
+def test_a_tarball_is_fetched_its_pinned_members_extracted_and_it_is_removed(tmp_path, server):
+    raw = tmp_path / "raw"
+    report = download(config(tmp_path, server, sources=["poems"]))
+    assert (raw / "poems" / "LICENSE").read_bytes() == MEMBERS["package/LICENSE"].encode()
+    song = (raw / "poems" / "songci" / "ci.song.0.json").read_bytes()
+    assert song == MEMBERS["package/dist/songci/ci.song.0.json"].encode()
+    files = sorted(path.relative_to(raw).as_posix() for path in raw.rglob("*") if path.is_file())
+    assert files == ["poems/LICENSE", "poems/songci/ci.song.0.json"]  # no tarball, no .part, no unpinned member
+    assert server.requests == [(TGZ, None)]  # the registry's path, on the mirror
+    assert report["poems"] == {"from": TARBALL_URL, "files": 2, "downloaded": 2, "already_there": 0}
+    server.requests.clear()
+    assert download(config(tmp_path, server, sources=["poems"]))["poems"]["already_there"] == 2
+    assert server.requests == []
+    (raw / "poems" / "LICENSE").unlink()
+    report = download(config(tmp_path, server, sources=["poems"]))
+    assert report["poems"]["downloaded"] == 1 and (raw / "poems" / "LICENSE").read_text() == "MIT License\n"
+    assert server.requests == [(TGZ, None)] and not (raw / "pkg-1.0.0.tgz").exists()
+
+
+def test_an_interrupted_tarball_transfer_resumes_on_the_next_run(tmp_path, server):
+    server.cut[TGZ] = 1
+    half = len(TARBALL) // 2
+    with pytest.raises(
+        UserError, match=rf"pkg-1\.0\.0\.tgz: .*{half:,} of {len(TARBALL):,} bytes after 1 tries; run again"
+    ):
+        download(config(tmp_path, server, sources=["poems"], retries=1))
+    assert (tmp_path / "raw" / "pkg-1.0.0.tgz.part").stat().st_size == half
+    assert not (tmp_path / "raw" / "poems").exists()
+    download(config(tmp_path, server, sources=["poems"]))
+    assert server.requests == [(TGZ, None), (TGZ, f"bytes={half}-")]
+    assert (tmp_path / "raw" / "poems" / "LICENSE").read_text() == "MIT License\n"
+    assert sorted(path.name for path in (tmp_path / "raw").iterdir()) == ["poems"]
+
+
+def test_a_tarball_checksum_mismatch_removes_the_part_file_in_one_line(tmp_path, server):
+    wrong = manifest(tmp_path, poems={"sha256": "0" * 64})
+    with pytest.raises(
+        UserError, match=r"pkg-1\.0\.0\.tgz: checksum mismatch for .*pkg-1\.0\.0\.tgz \(sha256"
+    ) as error:
+        download(config(tmp_path, server, sources=["poems"], manifest=str(wrong)))
+    assert "\n" not in str(error.value) and "pinned " + "0" * 64 in str(error.value)
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_a_bad_or_missing_member_is_one_line_naming_it_and_the_checked_tarball_is_kept(tmp_path, server):
+    raw = tmp_path / "raw"
+    wrong = manifest(tmp_path, LICENSE={"sha256": "0" * 64})
+    with pytest.raises(UserError, match=r"pkg-1\.0\.0\.tgz member package/LICENSE: checksum mismatch for .*LICENSE"):
+        download(config(tmp_path, server, sources=["poems"], manifest=str(wrong)))
+    assert not (raw / "poems" / "LICENSE").exists() and not (raw / "poems" / "LICENSE.part").exists()
+    assert (raw / "pkg-1.0.0.tgz").exists()  # checked against its pin: the next run needs no download
+    server.requests.clear()
+    gone = manifest(tmp_path, LICENSE={"path": "package/GONE"})
+    with pytest.raises(UserError, match=r"^pkg-1\.0\.0\.tgz has no member package/GONE; sources\.json pins it$"):
+        download(config(tmp_path, server, sources=["poems"], manifest=str(gone)))
+    assert server.requests == [] and (raw / "poems" / "songci" / "ci.song.0.json").exists()
+
+
+def test_a_source_neither_at_a_commit_nor_a_tarball_is_a_user_error(tmp_path):
+    path = tmp_path / "sources.json"
+    path.write_text('{"x": {"files": []}}', encoding="utf-8")
+    with pytest.raises(UserError, match=r"source 'x' needs files and either repo \+ commit or tarball"):
+        load_manifest(str(path))
