@@ -5,8 +5,10 @@ import json
 import shutil
 
 import faiss
+import numpy as np
 import pytest
 
+from st_poetry import search
 from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_config
 from st_poetry.modeling import load_model
 from st_poetry.search import INDEX_INFO, PoetryIndex, build_index, main, query, read_corpus
@@ -155,6 +157,20 @@ def test_corpus_row_without_text_names_file_and_line(tmp_path, tiny_st_model):
     with pytest.raises(UserError, match=r"corpus.jsonl:2: 'text' is missing: expected an object with non-empty text"):
         build_index(IndexConfig(model=tiny_st_model, corpus=str(corpus), out=str(tmp_path / "index")))
     assert not (tmp_path / "index").exists()
+
+
+def test_a_corpus_is_encoded_in_chunks_into_the_same_index(monkeypatch, tmp_path, tiny_hf_model, prepared_dir):
+    """The chunked build (ENCODE_CHUNK lines per encode call, added as they come) stores the vectors, in corpus
+    order, that one call over the whole corpus gives."""
+    corpus = prepared_dir / "corpus.jsonl"
+    build_index(IndexConfig(model=tiny_hf_model, corpus=str(corpus), out=str(tmp_path / "whole")))
+    monkeypatch.setattr(search, "ENCODE_CHUNK", 5)  # 38 lines: 7 full chunks and a short one
+    build_index(IndexConfig(model=tiny_hf_model, corpus=str(corpus), out=str(tmp_path / "chunked")))
+    whole, chunked = (faiss.read_index(str(tmp_path / name / "index.faiss")) for name in ("whole", "chunked"))
+    assert chunked.ntotal == whole.ntotal == 38
+    expected = search.encode(load_model(tiny_hf_model).encode_document, [row["text"] for row in read_corpus(corpus)])
+    np.testing.assert_allclose(chunked.reconstruct_n(0, 38), expected, atol=1e-5)
+    np.testing.assert_allclose(whole.reconstruct_n(0, 38), expected, atol=1e-5)
 
 
 def test_hnsw_index_builds_and_finds_the_same_lines(capsys, tmp_path, tiny_hf_model, prepared_dir):
