@@ -108,7 +108,7 @@ def add_encoded(
     and adding (an HNSW graph is built as it is added to).
 
     One encode call over a whole corpus holds its embeddings several times over (the batches, their stack, the
-    array, the index's copy): 14 GB at the peak for the 1.68M-line corpus. Chunks leave the index's copy only.
+    array, the index's copy): 13.4 GB at the peak for the 1.68M-line corpus. Chunks leave the index's copy.
     """
     encoding = adding = 0.0
     with tqdm(total=len(texts), desc="encoding", unit=" lines", unit_scale=True) as bar:
