@@ -13,29 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import time
 from pathlib import Path
 
+from benchlib import finish_plot
 from matplotlib.figure import Figure
 
+from st_poetry.files import read_jsonl
 from st_poetry.metrics import ccpm_accuracy, ccpm_records_from_eval
 from st_poetry.modeling import load_model, load_reranker
 from st_poetry.rerank import EVALUATOR_NAME
 from st_poetry.rerank import ccpm_accuracy as reranker_ccpm_accuracy
 from st_poetry.schema import PAIR
+from st_poetry.train import TRAIN_LOG, checkpoint_step, saved_checkpoints
 
 TARGET = 0.87
-
-
-def checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of each checkpoint the run kept, in step order."""
-    found = [
-        (int(m.group(1)), path)
-        for path in run.glob("checkpoints/checkpoint-*")
-        if (m := re.search(r"-(\d+)$", path.name))
-    ]
-    return sorted(found)
 
 
 def main() -> None:
@@ -60,13 +52,14 @@ def main() -> None:
             "ccpm_accuracy": ccpm_accuracy(load_model(args.bi_encoder), records, batch_size=args.batch_size),
         }
         print(f"bi-encoder {args.bi_encoder}: {result['bi_encoder']['ccpm_accuracy']:.4f}")
-    for step, folder in checkpoints(args.run):
+    for folder in saved_checkpoints(args.run):
+        step = checkpoint_step(folder)
         start = time.perf_counter()
         accuracy = reranker_ccpm_accuracy(load_reranker(str(folder)), records, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
         result["checkpoints"].append({"step": step, "ccpm_accuracy": accuracy, "seconds": round(seconds, 1)})
         print(f"step {step:>6}: CCPM accuracy {accuracy:.4f} ({seconds:.0f} s)")
-    log = [json.loads(line) for line in (args.run / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    log = [record for _, record in read_jsonl(args.run / TRAIN_LOG)]
     result["trainer_eval"] = [
         {"step": r["step"], "mrr@10": r[f"eval_{EVALUATOR_NAME}_mrr@10"]}
         for r in log
@@ -101,11 +94,8 @@ def plot(result: dict, path: Path) -> None:
             bi["ccpm_accuracy"], color="tab:gray", linestyle=":", label=f"bi-encoder alone: {bi['ccpm_accuracy']:.3f}"
         )
     axes.axhline(TARGET, color="tab:red", linestyle="--", label=f"issue's target: {TARGET}")
-    axes.set_xlabel("step")
-    axes.set_ylabel("score")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="lower right")
-    figure.savefig(path, dpi=120)
+    finish_plot(figure, axes, path, "step", "score")
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ class MineConfig:
         "drop candidates scoring within margin x |positive score| of the positive (None: off; see docs/BENCHMARKS.md)",
     )
     sampling_strategy: Literal["top", "random"] = option(
-        "top", "take the hardest candidates left in range, or a seeded sample of them", choices=("top", "random")
+        "top", "take the hardest candidates left in range, or a seeded sample of them"
     )
     batch_size: int = option(128, "encoding batch size")
     max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
@@ -321,7 +321,6 @@ class FusionOptions:
     fusion: Literal["interpolate", "rrf"] = option(
         "interpolate",
         "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
-        choices=("interpolate", "rrf"),
     )
     # chosen on the eval split (docs/BENCHMARKS.md: the fine-tuned model's sweep, best NDCG@10)
     alpha: float = option(0.6, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
@@ -440,7 +439,6 @@ class IndexConfig:
     index_type: Literal["flat", "hnsw"] = option(
         "flat",
         "flat = exact inner product; hnsw = approximate graph search, for millions of lines",
-        choices=("flat", "hnsw"),
     )
     hnsw_m: int = option(32, "hnsw: graph neighbours per node (more = better recall, more memory)")
     hnsw_ef_construction: int = option(80, "hnsw: candidate list size while building (more = better graph, slower)")
@@ -507,7 +505,6 @@ class ExportConfig:
         "int8",
         "int8: also write an int8 copy (onnx: dynamic quantization; openvino: NNCF static quantization, "
         "calibrated on --calibration-data)",
-        choices=("int8", "none"),
     )
     calibration_data: str = option(
         "data/processed",
@@ -641,7 +638,7 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
         optional = base is not tp
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
-        if "choices" in f.metadata:
+        if "choices" in f.metadata:  # a list field's allowed items; a Literal field's come from its annotation
             kwargs["choices"] = f.metadata["choices"]
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -650,7 +647,9 @@ def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
             kwargs.update(nargs="*" if f.metadata.get("positional") else "+", type=item, metavar="VALUE")
             if not f.metadata.get("positional"):
                 kwargs["action"] = "extend"  # `--model A --model B` and `--model A B` both give [A, B]
-        elif typing.get_origin(base) is not Literal:
+        elif typing.get_origin(base) is Literal:
+            kwargs["choices"] = typing.get_args(base)
+        else:
             kwargs["type"] = _none_or(base) if optional else base
         kwargs["help"] += f" (default: {default!r})" if default not in ([], None) or optional else ""
         if f.metadata.get("positional"):

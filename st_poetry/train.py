@@ -278,6 +278,13 @@ def _is_complete(checkpoint: Path) -> bool:
     return True
 
 
+def saved_checkpoints(out: str | Path) -> list[Path]:
+    """The checkpoint folders a training run in `out` kept, in step order (complete or not)."""
+    folder = Path(out) / CHECKPOINTS
+    found = folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []
+    return sorted((path for path in found if path.name.rsplit("-", 1)[-1].isdigit()), key=checkpoint_step)
+
+
 def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
     """The checkpoint to resume from; a fresh run refuses a non-empty --out rather than mixing two runs.
 
@@ -286,8 +293,7 @@ def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
     """
     if resume:
         folder = out / CHECKPOINTS
-        found = folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else []
-        found = sorted((path for path in found if path.name.rsplit("-", 1)[-1].isdigit()), key=_checkpoint_step)
+        found = saved_checkpoints(out)
         complete = [path for path in found if _is_complete(path)]
         if not complete:
             raise UserError(f"--resume: no complete checkpoint in {folder}")
@@ -302,7 +308,7 @@ def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
     return None
 
 
-def _checkpoint_step(checkpoint: str | Path | None) -> int | None:
+def checkpoint_step(checkpoint: str | Path | None) -> int | None:
     return int(str(checkpoint).rsplit("-", 1)[-1]) if checkpoint else None
 
 
@@ -473,7 +479,7 @@ def fit(
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=config.patience),
             SaveEachNewBest(),
-            WholeRunLoss(_checkpoint_step(resume_from)),
+            WholeRunLoss(checkpoint_step(resume_from)),
             JsonlLog(out / TRAIN_LOG, [base_record]),
             *callbacks,
         ],
@@ -493,7 +499,7 @@ def fit(
             "share a text never share a batch; give more distinct rows or rows with negatives)"
         )
     after = evaluator(model)
-    best_step = _checkpoint_step(state.best_model_checkpoint)
+    best_step = checkpoint_step(state.best_model_checkpoint)
     if best_step is None or abs(after[recipe.best] - state.best_metric) > BEST_TOLERANCE:
         raise RuntimeError(
             f"the final model scores {recipe.best} {after[recipe.best]:.4f}, but the best evaluation "
@@ -506,7 +512,7 @@ def fit(
     log = [base_record, *state.log_history]
     best_label = next((label for label, key in recipe.headline.items() if key == recipe.best), recipe.best)
     plot_training_curves(log, out / CURVES, metric=metric_for_best, metric_label=best_label)
-    speed = _training_speed(state.log_history, _checkpoint_step(resume_from), config.batch_size * args.world_size)
+    speed = _training_speed(state.log_history, checkpoint_step(resume_from), config.batch_size * args.world_size)
     summary = {
         "model": config.model,
         "out": str(out),

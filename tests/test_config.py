@@ -177,3 +177,11 @@ def test_an_output_folder_must_be_able_to_be_one(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="is the current folder or one above it"):
             PrepareConfig(works=["w.json"], out=out)
     assert PrepareConfig(works=["w.json"], out="processed").out == "processed"
+
+
+def test_a_literal_field_takes_its_choices_from_its_annotation(capsys):
+    assert parse_config(MineConfig, ["--sampling-strategy", "random"]).sampling_strategy == "random"
+    with pytest.raises(SystemExit):
+        parse_config(MineConfig, ["--sampling-strategy", "hardest"])
+    assert "invalid choice: 'hardest'" in capsys.readouterr().err
+    assert "{top,random}" in build_parser(MineConfig).format_help()
