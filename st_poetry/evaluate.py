@@ -201,14 +201,17 @@ def reranked_rows(
     top_ks: Sequence[int],
     ccpm: dict[str, float],
     batch_size: int,
+    known: dict[tuple[str, str], float],
 ) -> tuple[list[dict], dict[str, Any]]:
     """A row per K: the ranking the evaluator scored last (whichever retriever's) with its top K reranked.
 
-    The reranker scores each query's top max(K) once; a smaller K reorders its own top K by those scores.
-    Returns the rows and the scoring pass's size and speed.
+    The reranker scores each query's top max(K) once; a smaller K reorders its own top K by those scores, and a
+    pair an earlier retriever's pass scored (in `known`) is not scored again. Returns the rows and the pass's
+    size and speed.
     """
     ranking = [sorted(hits, key=lambda hit: (-hit["score"], hit["corpus_id"])) for hits in evaluator.last_ranking]
     text_of = dict(zip(evaluator.corpus_ids, evaluator.corpus, strict=True))
+    already = len(known)
     start = time.perf_counter()
     scores = rerank_scores(
         reranker,
@@ -218,9 +221,10 @@ def reranked_rows(
         text=lambda hit: text_of[hit["corpus_id"]],
         batch_size=batch_size,
         show_progress_bar=True,
+        known=known,
     )
     seconds = time.perf_counter() - start
-    pairs = sum(map(len, scores))
+    scored = len(known) - already  # the rest of the pass's pairs an earlier pass had scored
     rows = []
     for k in top_ks:
         reranked = [reorder(hits, query_scores[:k]) for hits, query_scores in zip(ranking, scores, strict=True)]
@@ -231,7 +235,13 @@ def reranked_rows(
         retrieval = reported_metrics(evaluator.compute_metrics(ranks))
         row = _row(f"{name} + rerank@{k}", name, retrieval, ccpm, seconds)
         rows.append({**row, "rerank_top_k": k})
-    return rows, {"retriever": name, "pairs": pairs, "seconds": round(seconds, 1), "pairs_per_second": pairs / seconds}
+    return rows, {
+        "retriever": name,
+        "pairs": sum(map(len, scores)),
+        "scored": scored,
+        "seconds": round(seconds, 1),
+        "pairs_per_second": scored / seconds if scored else None,
+    }
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -262,8 +272,13 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         )
     if rerank := report.get("reranker"):
         passes = "; ".join(
-            f"{scoring['retriever']}: {scoring['pairs']:,} pairs in {scoring['seconds']:.0f} s "
-            f"({scoring['pairs_per_second']:.0f} pairs/s)"
+            f"{scoring['retriever']}: {scoring['scored']:,} pairs scored in {scoring['seconds']:.0f} s"
+            + (f" ({scoring['pairs_per_second']:.0f} pairs/s)" if scoring["scored"] else "")
+            + (
+                f", {scoring['pairs'] - scoring['scored']:,} of its {scoring['pairs']:,} scored by an earlier pass"
+                if scoring["pairs"] > scoring["scored"]
+                else ""
+            )
             for scoring in rerank["scoring"]
         )
         notes.append(
@@ -351,6 +366,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         for note in rerank_notes if reranker else ():
             print(f"note: {note}")
         rows, scoring, reranker_ccpm, sweeps = [], [], {}, {}
+        reranked_pairs: dict[tuple[str, str], float] = {}  # (query, line) -> score, across retrievers
         if config.hybrid:  # one BM25 index and the queries' tokens, shared by every model's fusion
             tokenize = BM25_TOKENIZERS[HYBRID_LEXICAL]
             corpus_bm25 = build_bm25(evaluator.corpus, tokenize, show_progress=True)
@@ -382,7 +398,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                     for label, records in ccpm_sets.items()
                 }
                 reranked, pass_stats = reranked_rows(
-                    name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size
+                    name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size, reranked_pairs
                 )
                 rows += reranked
                 scoring.append(pass_stats)
@@ -398,7 +414,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
                     hybrid_name = f"{name} + {HYBRID_LEXICAL}"
                     print(f"{hybrid_name}: reranking its top {max(top_ks)} with {config.reranker}")
                     reranked, pass_stats = reranked_rows(
-                        hybrid_name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size
+                        hybrid_name, evaluator, reranker, top_ks, reranker_ccpm, config.batch_size, reranked_pairs
                     )
                     rows += reranked
                     scoring.append(pass_stats)

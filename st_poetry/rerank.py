@@ -93,17 +93,19 @@ def rerank_scores(
     text: Callable[[dict], str] = lambda hit: hit["text"],
     batch_size: int = 64,
     show_progress_bar: bool = False,
+    known: dict[tuple[str, str], float] | None = None,
 ) -> list[list[float]]:
     """The reranker's score of each query's first `top_k` hits (any dicts; `text` gives a hit's line), in one
-    batched predict over all pairs."""
+    batched predict over the pairs not in `known` yet. A (query, line) pair's score does not depend on the
+    retriever that found it, so passes over several retrievers' hits share `known` and score a pair once."""
+    known = {} if known is None else known
     heads = [list(query_hits[:top_k]) for query_hits in hits]
-    pairs = [(query, text(hit)) for query, head in zip(queries, heads, strict=True) for hit in head]
-    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar) if pairs else []
-    out, start = [], 0
-    for head in heads:
-        out.append([float(score) for score in scores[start : start + len(head)]])
-        start += len(head)
-    return out
+    pairs = [[(query, text(hit)) for hit in head] for query, head in zip(queries, heads, strict=True)]
+    todo = [pair for pair in dict.fromkeys(pair for query_pairs in pairs for pair in query_pairs) if pair not in known]
+    if todo:
+        scores = model.predict(todo, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        known.update(zip(todo, map(float, scores), strict=True))
+    return [[known[pair] for pair in query_pairs] for query_pairs in pairs]
 
 
 def reorder(hits: Sequence[dict], scores: Sequence[float]) -> list[dict]:

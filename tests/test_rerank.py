@@ -233,8 +233,11 @@ def test_evaluate_adds_a_reranked_row_per_k(tmp_path, prepared_dir, tiny_st_mode
     assert rows["tiny-st + rerank@38"]["retrieval"] == pytest.approx(rows["tiny-bert + rerank@38"]["retrieval"])
     assert report["reranker"]["notes"] == ["--rerank-top-k 500 is more than the 38 corpus lines: reranked them all"]
     assert [scoring["pairs"] for scoring in report["reranker"]["scoring"]] == [8 * 38, 8 * 38]
+    # both retrievers' top 38 are the whole corpus: the second pass scores nothing the first did not
+    assert [scoring["scored"] for scoring in report["reranker"]["scoring"]] == [8 * 38, 0]
     markdown = (out / "evaluation.md").read_text(encoding="utf-8")
     assert "| tiny-st + rerank@5 |" in markdown and "pairs/s" in markdown
+    assert "304 of its 304 scored by an earlier pass" in markdown
 
 
 def test_evaluate_refuses_a_bi_encoder_as_reranker_and_writes_nothing(tmp_path, prepared_dir, tiny_st_model):
