@@ -3,6 +3,9 @@
 set positional-arguments
 
 python := env("PYTHON", "python")
+# The torch release the lock pins; TORCH_WHEELS is where its CPU build is found while locking (a page or folder of wheels)
+torch := "2.13.0"
+torch_wheels := env("TORCH_WHEELS", "https://download.pytorch.org/whl/cpu/torch/")
 # Where the raw data lives (`just download` puts it there); override with RAW_DATA=... just prepare
 raw := env("RAW_DATA", "data/raw")
 
@@ -64,6 +67,19 @@ test *args:
 # every test, the slow training runs included
 test-all *args:
     {{python}} -m pytest -m "" "$@"
+
+# re-resolve requirements.lock (CPython 3.11, Linux x86-64) from pyproject.toml's ranges, install it, run the tests
+lock *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    override=$(mktemp); trap 'rm -f "$override"' EXIT
+    echo "torch=={{torch}}+cpu" > "$override"   # resolve against the CPU build: no CUDA libraries in the lock
+    uv pip compile pyproject.toml --extra dev --extra onnx --extra openvino --python-version 3.11 --upgrade \
+        --find-links "{{torch_wheels}}" --override "$override" --custom-compile-command "just lock" \
+        --quiet -o requirements.lock "$@"
+    sed -i -e 's/^torch=={{torch}}+cpu$/torch=={{torch}}/' -e '/--override /d' requirements.lock  # either build satisfies the pin
+    {{python}} -m pip install --quiet -r requirements.lock -e .
+    just test
 
 # ruff lint and format check
 lint:
