@@ -14,7 +14,7 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -131,10 +131,38 @@ def _check_output_folder(flag: str, value: str, example: str) -> None:
         )
 
 
+def _inputs(config: Any) -> Iterator[tuple[str, str]]:
+    """(field name, path) for each path a config's `input=True` fields name (files, folders, Hub ids)."""
+    for f in dataclasses.fields(config):
+        if f.metadata.get("input"):
+            value = getattr(config, f.name)
+            for path in value if isinstance(value, list) else [] if value is None else [value]:
+                yield f.name, path
+
+
+def input_paths(config: Any) -> list[str]:
+    """Every path a config's `input=True` fields name, in field order: what the pipeline dates a stage by."""
+    return [path for _, path in _inputs(config)]
+
+
+def _check_inputs_outside(config: Any, outputs: list[dataclasses.Field]) -> None:
+    """An output folder is replaced by each run, so an input inside it (or that is it) would be deleted."""
+    for out_field in outputs:
+        out_flag, out = _flag(out_field.name), getattr(config, out_field.name)
+        folder = Path(out).expanduser().resolve()
+        for name, path in _inputs(config):
+            resolved = Path(path).expanduser().resolve()
+            if resolved == folder or folder in resolved.parents:
+                raise ValueError(
+                    f"{_flag(name)} {path} {'is' if resolved == folder else 'is inside'} {out_flag} {out}, which "
+                    f"each run replaces: move the input out of it or choose another {out_flag}"
+                )
+
+
 def stage_config(cls: type[C]) -> type[C]:
     """@dataclass plus the checks every stage config shares: each field has its annotated type (a config file
-    can hold anything), checked before the class's own `__post_init__`, and an `output=True` field names a
-    folder that can be written."""
+    can hold anything), checked before the class's own `__post_init__`; an `output=True` field names a folder
+    that can be written, and no `input=True` field names a path inside it."""
     own_checks = cls.__dict__.get("__post_init__")
 
     def __post_init__(self: Any) -> None:
@@ -145,9 +173,10 @@ def stage_config(cls: type[C]) -> type[C]:
                 raise TypeError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
         if own_checks:
             own_checks(self)
-        for f in dataclasses.fields(self):
-            if f.metadata.get("output"):
-                _check_output_folder(_flag(f.name), getattr(self, f.name), f.default)
+        outputs = [f for f in dataclasses.fields(self) if f.metadata.get("output")]
+        for f in outputs:
+            _check_output_folder(_flag(f.name), getattr(self, f.name), f.default)
+        _check_inputs_outside(self, outputs)
 
     cls.__post_init__ = __post_init__
     return dataclass(cls)
@@ -157,15 +186,20 @@ def stage_config(cls: type[C]) -> type[C]:
 class PrepareConfig:
     """Turn raw poetry data into (query, positive) pairs, a grouped train/eval split and a candidate corpus."""
 
-    works: list[str] = option((), "chinese-poetry-and-prose works*.json files or folders")
-    ccpm: list[str] = option((), "CCPM-format .jsonl files or folders (translation, choices, answer)")
-    ccpm_eval: list[str] = option((), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)")
-    flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)")
-    flagembedding_eval: list[str] = option((), "FlagEmbedding-format files or folders that go wholly to eval")
+    works: list[str] = option((), "chinese-poetry-and-prose works*.json files or folders", input=True)
+    ccpm: list[str] = option((), "CCPM-format .jsonl files or folders (translation, choices, answer)", input=True)
+    ccpm_eval: list[str] = option(
+        (), "CCPM-format files or folders that go wholly to eval (e.g. CCPM's valid split)", input=True
+    )
+    flagembedding: list[str] = option((), "FlagEmbedding-format .jsonl files or folders (query, pos, neg)", input=True)
+    flagembedding_eval: list[str] = option(
+        (), "FlagEmbedding-format files or folders that go wholly to eval", input=True
+    )
     poems: list[str] = option(
         (),
         "chinese-poetry collection files or folders (every .json below): their lines join the corpus, in "
         "simplified script, and the other inputs' lines are linked to their poems",
+        input=True,
     )
     out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json", output=True)
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
@@ -210,9 +244,9 @@ class DownloadConfig:
 class MineConfig:
     """Add hard negatives to prepared pairs with sentence-transformers' mine_hard_negatives (faiss)."""
 
-    data: str = option("data/processed", "folder written by `just prepare`")
+    data: str = option("data/processed", "folder written by `just prepare`", input=True)
     out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json", output=True)
-    model: str = option(DEFAULT_MODEL, "model that scores candidates: Hub id or local path")
+    model: str = option(DEFAULT_MODEL, "model that scores candidates: Hub id or local path", input=True)
     num_negatives: int = option(9, "negatives per row (given negatives first, mined ones fill up)")
     range_min: int = option(10, "skip the top-ranked candidates, where false negatives live (docs/BENCHMARKS.md)")
     range_max: int = option(50, "consider candidates up to this rank")
@@ -262,8 +296,9 @@ class FitConfig:
         "data/mined",
         "folder written by `just mine` (hard negatives) or `just prepare` (given negatives only), "
         "or a FlagEmbedding train .jsonl (query, pos, neg)",
+        input=True,
     )
-    model: str = option(DEFAULT_MODEL, "base model: Hub id or local path")
+    model: str = option(DEFAULT_MODEL, "base model: Hub id or local path", input=True)
     out: str = option(
         "models/st-poetry", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
     )
@@ -364,7 +399,9 @@ class RerankConfig(FitConfig):
     """Train a reranker: a CrossEncoder reads a description and a line together (CrossEncoderTrainer)."""
 
     model: str = option(
-        DEFAULT_RERANKER, "base: a reranker, a bi-encoder or a plain checkpoint (Hub id or local path; a new head)"
+        DEFAULT_RERANKER,
+        "base: a reranker, a bi-encoder or a plain checkpoint (Hub id or local path; a new head)",
+        input=True,
     )
     out: str = option(
         "models/st-poetry-reranker", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
@@ -395,13 +432,15 @@ class RerankConfig(FitConfig):
 class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
-    data: str = option("data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)")
-    model: list[str] = option((DEFAULT_MODEL,), "models to compare side by side: Hub ids or local paths")
+    data: str = option(
+        "data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)", input=True
+    )
+    model: list[str] = option((DEFAULT_MODEL,), "models to compare side by side: Hub ids or local paths", input=True)
     backend: list[str] = option(
         ("torch",), f"a row per model and backend, to measure what an export costs in quality; {BACKEND_HELP}"
     )
     out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}", output=True)
-    ccpm: list[str] = option((), "CCPM-format .jsonl files to score multiple-choice accuracy on")
+    ccpm: list[str] = option((), "CCPM-format .jsonl files to score multiple-choice accuracy on", input=True)
     ccpm_eval_split: bool = option(True, "also score CCPM accuracy on the eval split's held-out CCPM records")
     bm25: bool = option(True, "add BM25 baseline rows (jieba words and single characters)")
     batch_size: int = option(128, "encoding batch size")
@@ -410,7 +449,9 @@ class EvaluateConfig(FusionOptions):
     query_instruction: str | None = option(
         None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
     )
-    reranker: str | None = option(None, "reranker (`just train-reranker`) to rerank each model's top lines with")
+    reranker: str | None = option(
+        None, "reranker (`just train-reranker`) to rerank each model's top lines with", input=True
+    )
     rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked")
     seed: int = option(42, "seed for distractor sampling")
 
@@ -431,9 +472,11 @@ class EvaluateConfig(FusionOptions):
 class IndexConfig:
     """Encode a corpus once and save a faiss index with its metadata."""
 
-    model: str = option(DEFAULT_MODEL, "model that encodes the corpus: Hub id or local path")
+    model: str = option(DEFAULT_MODEL, "model that encodes the corpus: Hub id or local path", input=True)
     corpus: str = option(
-        "data/processed/corpus.jsonl", "corpus.jsonl: rows with text and optional id, title, author, dynasty, group"
+        "data/processed/corpus.jsonl",
+        "corpus.jsonl: rows with text and optional id, title, author, dynasty, group",
+        input=True,
     )
     out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)", output=True)
     index_type: Literal["flat", "hnsw"] = option(
@@ -581,13 +624,18 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         unknown = [name for name in self.stages if name not in PIPELINE_STAGES]
         _check(bool(self.stages) and not unknown, f"stages must be some of {', '.join(PIPELINE_STAGES)}")
-        self.stage_configs()  # every chosen stage's section is checked before any stage runs
+        # Every section the file holds is checked before any stage runs, those --stages leaves out too: a mistake
+        # in [train] should not surface an hour into `--stages prepare mine`, or on the next full run.
+        self._configs([name for name in PIPELINE_STAGES if name in self.stages or getattr(self, name) != {}])
 
     def stage_configs(self) -> dict[str, Any]:
         """The chosen stages' typed configs, in pipeline order; a bad value names its section."""
+        return self._configs(self.stages)
+
+    def _configs(self, names: list[str]) -> dict[str, Any]:
         configs = {}
         for name, cls in PIPELINE_STAGES.items():
-            if name in self.stages:
+            if name in names:
                 section = getattr(self, name)
                 if not isinstance(section, dict):
                     raise UserError(f"[{name}] must be a table of {name} fields")

@@ -114,6 +114,48 @@ def _move_into(tmp: Path, out: Path, last: Sequence[str]) -> None:
     tmp.rmdir()
 
 
+def _set_aside_name(out: Path) -> Path:
+    return out.with_name(f".{out.name}.earlier")
+
+
+def recover_set_aside(out: str | Path, marker: str) -> None:
+    """Settle what a killed `replaced_when_complete` left: the earlier run set aside comes back while `out`
+    lacks `marker` (the new run never completed; its files go), and is dropped once `out` holds it."""
+    out = Path(out)
+    aside = _set_aside_name(out)
+    if not aside.is_dir():
+        return
+    if (out / marker).is_file():
+        shutil.rmtree(aside)
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    if out.exists():
+        raise UserError(f"cannot put back the earlier run in {aside}: {out} could not be removed")
+    aside.rename(out)
+    print(f"note: put the earlier run back in {out} from {aside.name}: the run replacing it never completed")
+
+
+@contextmanager
+def replaced_when_complete(out: str | Path, marker: str) -> Iterator[None]:
+    """Clear `out` for a stage that refuses a non-empty folder, without losing the earlier run in it before
+    the new one is complete: the earlier run is set aside (a hidden sibling, `.X.earlier`), removed only when
+    the stage returns, and put back whole, the failed attempt's files removed, when it raises. A run killed in
+    between leaves the sibling, which the next call settles (`recover_set_aside`)."""
+    out = Path(out)
+    aside = _set_aside_name(out)
+    recover_set_aside(out, marker)
+    if not out.exists():
+        yield
+        return
+    out.rename(aside)
+    try:
+        yield
+    except BaseException:
+        recover_set_aside(out, marker)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def sha256(path: str | Path) -> str:
     """The file's sha256 as hex, read in chunks (model files run to gigabytes)."""
     digest = hashlib.sha256()

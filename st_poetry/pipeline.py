@@ -8,20 +8,22 @@ would hold, so `just train --help` documents [train]. A stage is skipped when th
 marker) is newer than every file of its inputs (the input files and folders its config names; a Hub id has no
 time), so a rerun after an interruption, or after new raw data, runs what is out of date and nothing else.
 Times are compared, not settings: after editing a section, run that stage with `--force --stages NAME`; the
-stages after it then see a newer input and follow.
+stages after it then see a newer input and follow. A rerun of train replaces the earlier run in its `out` only once
+the new model is complete (files.replaced_when_complete).
 """
 
 from __future__ import annotations
 
 import importlib
-import shutil
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import PipelineConfig, run_cli
+from st_poetry.config import PipelineConfig, input_paths, run_cli
+from st_poetry.files import recover_set_aside, replaced_when_complete
 
 
 @dataclass(frozen=True)
@@ -31,24 +33,19 @@ class Stage:
 
     module: str
     function: str
-    inputs: tuple[str, ...]  # config fields that name input files or folders
     marker: str  # the file in `out` that the stage writes last (tests check it against the stage's own constant)
 
     def run(self, config: Any) -> Any:
         return getattr(importlib.import_module(f"st_poetry.{self.module}"), self.function)(config)
 
 
+# A stage's inputs are its config's `input=True` fields (config.input_paths).
 STAGES = {
-    "prepare": Stage(
-        "prepare",
-        "prepare",
-        ("works", "ccpm", "ccpm_eval", "flagembedding", "flagembedding_eval", "poems"),
-        "stats.json",
-    ),
-    "mine": Stage("mine", "mine", ("data", "model"), "mine_stats.json"),
-    "train": Stage("train", "train", ("data", "model"), "modules.json"),
-    "evaluate": Stage("evaluate", "evaluate", ("data", "model", "ccpm"), "evaluation.json"),
-    "index": Stage("search", "build_index", ("corpus", "model"), "index.json"),
+    "prepare": Stage("prepare", "prepare", "stats.json"),
+    "mine": Stage("mine", "mine", "mine_stats.json"),
+    "train": Stage("train", "train", "modules.json"),
+    "evaluate": Stage("evaluate", "evaluate", "evaluation.json"),
+    "index": Stage("search", "build_index", "index.json"),
 }
 # A rerun of a training stage replaces the run whose checkpoints are in this folder of its `out` (train.CHECKPOINTS).
 TRAIN_CHECKPOINTS = "checkpoints"
@@ -71,31 +68,31 @@ def is_fresh(marker: Path, inputs: Iterable[str]) -> bool:
     return marker.is_file() and newest is not None and marker.stat().st_mtime > newest
 
 
-def _input_paths(config: Any, fields: tuple[str, ...]) -> list[str]:
-    paths = []
-    for name in fields:
-        value = getattr(config, name)
-        paths.extend(value if isinstance(value, list) else [value])
-    return paths
-
-
 def run_pipeline(config: PipelineConfig) -> dict[str, str]:
     """Run the chosen stages in order, skipping fresh ones unless forced; returns each stage's outcome."""
     outcomes: dict[str, str] = {}
     for name, stage_config in config.stage_configs().items():
         stage = STAGES[name]
-        marker = Path(stage_config.out) / stage.marker
-        if not config.force and is_fresh(marker, _input_paths(stage_config, stage.inputs)):
+        out = Path(stage_config.out)
+        replacing = name == "train" and not stage_config.resume
+        if replacing:
+            recover_set_aside(out, stage.marker)  # a pipeline killed while replacing a run
+        marker = out / stage.marker
+        if not config.force and is_fresh(marker, input_paths(stage_config)):
             print(f"== {name}: skipped, {marker} is newer than its inputs (--force runs it)")
             outcomes[name] = "skipped"
             continue
-        print(f"== {name} -> {stage_config.out}", flush=True)
-        out = Path(stage_config.out)
-        if name == "train" and not stage_config.resume and (out / TRAIN_CHECKPOINTS).is_dir():
-            print(f"note: replacing the earlier training run in {out} (set resume = true in [train] to continue it)")
-            shutil.rmtree(out)
+        print(f"== {name} -> {out}", flush=True)
+        # A new training run needs an empty `out`; the earlier run stays (set aside) until the new one is complete.
+        replace = replacing and (out / TRAIN_CHECKPOINTS).is_dir()
+        if replace:
+            print(
+                f"note: replacing the earlier training run in {out} once the new one is complete "
+                "(set resume = true in [train] to continue it instead)"
+            )
         start = time.perf_counter()
-        stage.run(stage_config)
+        with replaced_when_complete(out, stage.marker) if replace else nullcontext():
+            stage.run(stage_config)
         outcomes[name] = f"ran in {time.perf_counter() - start:.0f} s"
     print("\npipeline: " + "; ".join(f"{name} {outcome}" for name, outcome in outcomes.items()))
     return outcomes

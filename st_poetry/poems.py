@@ -9,10 +9,11 @@ A file is recognised by its shape, not its name:
   and 千家诗;
 - author lists (`name` with `desc` or `description`) and an intro (`title`, `desc`): no poems, counted and passed.
 
-Anything else is a one-line error naming the file. Title, author and lines are converted to simplified script
-with OpenCC (t2s), once, here, so the corpus is in the script of the queries and CCPM. Each paragraph is split
-into sentences ending in 。！？； (usually a couplet), the unit of the works pairs. The dynasty is the record's
-(`dynasty`, or an author written （唐）孟浩然), else its file's (COLLECTION), else unknown (counted).
+Anything else, or an empty list of poems or sections, is a one-line error naming the file. Title, author and
+lines are converted to simplified script with OpenCC (t2s), once, here, so the corpus is in the script of the
+queries and CCPM. Each paragraph is split into sentences ending in 。！？； (usually a couplet), the unit of the
+works pairs. The dynasty is the record's (`dynasty`, or an author written （唐）孟浩然), else its file's
+(COLLECTION), else unknown (counted).
 
 `Linker` ties the lines of the other inputs (works, CCPM, FlagEmbedding) to the poem they come from.
 """
@@ -95,7 +96,7 @@ def _is_author(value: Any) -> bool:
 
 
 def read_file(path: Path, notes: dict[str, int]) -> Iterator[tuple[int, Any]]:
-    """Yield (number, record) for each poem of a file, in file order; a file without poems counts in `notes`."""
+    """Yield (number, record) for each poem of a file, in file order; an author list or intro counts in `notes`."""
     data = _load(path)
     dynasty = file_dynasty(path)
     if isinstance(data, list) and (not data or any(map(_is_poem, data))):
@@ -112,6 +113,8 @@ def read_file(path: Path, notes: dict[str, int]) -> Iterator[tuple[int, Any]]:
             f"{path}: not a chinese-poetry file (expected a list of poems with paragraphs or content, "
             "a 蒙学 anthology of sections, an author list or an intro)"
         )
+    if not records:
+        raise UserError(f"{path}: no poems in it (an empty list of poems or sections): remove it or give another file")
     for number, record in enumerate(records):
         if dynasty and isinstance(record, dict):
             record.setdefault("dynasty", dynasty)

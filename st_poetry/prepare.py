@@ -85,7 +85,7 @@ class SourceStats:
 
 def clean_lines(text: str) -> list[str]:
     """Split on line breaks (\\r\\n or \\n) and clean; drop empty lines and section headers like 【其一】."""
-    lines = [line.strip() for line in text.replace("“", "").replace("”", "").splitlines()]
+    lines = map(clean, text.splitlines())
     return [line for line in lines if line and not (line[0] == "【" and _SECTION.fullmatch(line))]
 
 
@@ -214,17 +214,19 @@ class Input:
     name: str  # the file in its records' group ids (input_names)
 
 
-def _files(paths: list[str], pattern: str, flag: str) -> list[Path]:
-    """Files as given; a folder stands for its `pattern` files, sorted so the order never depends on the disk."""
+def _files(paths: list[str], pattern: str, flag: str) -> list[tuple[Path, str]]:
+    """(file, the path given for it): files as given; a folder stands for its `pattern` files, sorted so the
+    order never depends on the disk."""
     files = []
-    for path in map(Path, paths):
+    for given in paths:
+        path = Path(given)
         if path.is_dir():
             found = sorted(path.glob(pattern))
             if not found:
                 raise UserError(f"--{flag}: no {pattern} files in {path}")
-            files += found
+            files += [(file, given) for file in found]
         elif path.is_file():
-            files.append(path)
+            files.append((path, given))
         else:
             raise UserError(f"--{flag}: no such file or folder: {path}")
     return files
@@ -261,16 +263,30 @@ def resolve_inputs(config: PrepareConfig) -> list[Input]:
         ("flagembedding", config.flagembedding_eval, "*.jsonl", "flagembedding-eval", True),
     ]
     found = [
-        (source, path, eval_only)
+        (source, path, eval_only, f"--{flag} {given}")
         for source, paths, pattern, flag, eval_only in groups
-        for path in _files(paths, pattern, flag)
+        for path, given in _files(paths, pattern, flag)
     ]
     # the poems come last: the lines of the inputs above are linked to them as they are read
     found += [
-        ("poems", path, False) for path in sorted(_files(config.poems, "**/*.json", "poems"), key=poems.reading_order)
+        ("poems", path, False, f"--poems {given}")
+        for path, given in sorted(
+            _files(config.poems, "**/*.json", "poems"), key=lambda item: poems.reading_order(item[0])
+        )
     ]
-    names = input_names([path for _, path, _ in found])
-    return [Input(source, path, eval_only, name) for (source, path, eval_only), name in zip(found, names, strict=True)]
+    # A file read twice would count twice, and in two roles (train and eval-only) the first would silently win.
+    first: dict[Path, str] = {}
+    for _, path, _, given in found:
+        if (key := path.resolve()) in first:
+            raise UserError(
+                f"{path} is given twice, by {first[key]} and by {given}: each input file is read once, in one "
+                "role (train or eval-only); name it once"
+            )
+        first[key] = given
+    names = input_names([path for _, path, _, _ in found])
+    return [
+        Input(source, path, eval_only, name) for (source, path, eval_only, _), name in zip(found, names, strict=True)
+    ]
 
 
 def read_records(

@@ -7,6 +7,8 @@ Stdlib only, so `just prepare` stays light; `st_poetry.prepare` (works, CCPM, Fl
 
 from __future__ import annotations
 
+import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 
@@ -28,12 +30,26 @@ class Parsed:
     notes: tuple[str, ...] = ()  # what is worth counting about a kept record (e.g. converted to simplified)
 
 
+def _format_characters() -> re.Pattern[str]:
+    """Any invisible format character (Unicode category Cf: zero-width space, byte-order mark, soft hyphen...),
+    never part of a line. Written as ranges: a class of ranges matches several times faster than a list."""
+    codes = {code for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)) == "Cf"}
+    starts = sorted(code for code in codes if code - 1 not in codes)
+    ends = sorted(code for code in codes if code + 1 not in codes)
+    return re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in zip(starts, ends, strict=True)) + "]")
+
+
+_FORMAT = _format_characters()
+
+
 def clean(text: str) -> str:
-    """Drop quote marks (a quotation often opens on one line and closes on another) and outer whitespace."""
-    return text.replace("“", "").replace("”", "").strip()
+    """Drop quote marks (a quotation often opens on one line and closes on another), invisible format characters
+    and outer whitespace: a text of nothing else is empty, and is skipped like any empty one."""
+    return _FORMAT.sub("", text.replace("“", "").replace("”", "")).strip()
 
 
 def normalize(text: str) -> str:
-    """The text with punctuation and whitespace removed (after NFKC), to compare lines that differ only there."""
-    text = unicodedata.normalize("NFKC", text)
+    """The text with punctuation, whitespace and format characters removed (after NFKC), to compare lines that
+    differ only there."""
+    text = _FORMAT.sub("", unicodedata.normalize("NFKC", text))
     return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch)[0] not in "PZ")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +12,13 @@ import pytest
 
 from st_poetry.config import (
     DEFAULT_MODEL,
+    EvaluateConfig,
+    IndexConfig,
     MineConfig,
     PipelineConfig,
     PrepareConfig,
     QueryConfig,
+    RerankConfig,
     TrainConfig,
     UserError,
     build_parser,
@@ -177,6 +181,33 @@ def test_an_output_folder_must_be_able_to_be_one(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="is the current folder or one above it"):
             PrepareConfig(works=["w.json"], out=out)
     assert PrepareConfig(works=["w.json"], out="processed").out == "processed"
+
+
+@pytest.mark.parametrize(
+    ("cls", "fields", "message"),
+    [
+        (PrepareConfig, {"ccpm": ["c.jsonl", "out/raw.jsonl"]}, "--ccpm out/raw.jsonl is inside --out out"),
+        (PrepareConfig, {"poems": ["out"]}, "--poems out is --out out"),
+        (MineConfig, {"data": "out/../out"}, "--data out/../out is --out out"),
+        (
+            TrainConfig,
+            {"model": "out/checkpoints/checkpoint-2"},
+            "--model out/checkpoints/checkpoint-2 is inside --out out",
+        ),
+        (RerankConfig, {"data": "out/train.jsonl"}, "--data out/train.jsonl is inside --out out"),
+        (EvaluateConfig, {"model": ["m", "out/model"]}, "--model out/model is inside --out out"),
+        (EvaluateConfig, {"reranker": "out"}, "--reranker out is --out out"),
+        (IndexConfig, {"corpus": "out/corpus.jsonl"}, "--corpus out/corpus.jsonl is inside --out out"),
+    ],
+)
+def test_an_input_inside_the_output_folder_is_refused(tmp_path, monkeypatch, cls, fields, message):
+    """Each run replaces its output folder, which would take an input inside it along."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message) + ", which each run replaces"):
+        cls(**fields, out="out")
+    with pytest.raises(ValueError, match=f"--out {re.escape(str(tmp_path))}/out, which each run replaces"):
+        cls(**fields, out=str(tmp_path / "out"))  # the same folder, spelt another way
+    cls(**fields, out="ou")  # a name that merely starts like the folder's is outside it
 
 
 def test_a_literal_field_takes_its_choices_from_its_annotation(capsys):

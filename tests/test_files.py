@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from st_poetry.config import UserError
-from st_poetry.files import atomic_output_dir, decode_text, read_jsonl
+from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, recover_set_aside, replaced_when_complete
 
 
 def _write(out: Path, marker: str, text: str) -> None:
@@ -79,6 +80,51 @@ def test_a_kill_between_the_two_renames_is_undone(tmp_path, capsys):
     (tmp_path / ".out.old").mkdir()
     _write(out, "stats.json", "newer")
     assert _siblings(tmp_path) == ["out"] and (out / "data.txt").read_text() == "newer"
+
+
+def _run_folder(out: Path, label: str, *, complete: bool = True) -> dict[str, bytes]:
+    """A training run's folder: checkpoints, and the final model when `complete`; returns its files' bytes."""
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(f"{label} weights".encode())
+    if complete:
+        (out / "model.safetensors").write_bytes(f"{label} final".encode())
+        (out / "modules.json").write_text("[]")
+    return _tree(out)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_an_earlier_run_is_replaced_only_by_a_complete_one(tmp_path, capsys):
+    out = tmp_path / "model"
+    earlier = _run_folder(out, "earlier")
+    with pytest.raises(RuntimeError), replaced_when_complete(out, "modules.json"):
+        assert not out.exists()  # the stage finds `out` empty
+        _run_folder(out, "failed", complete=False)
+        raise RuntimeError("the new run fails")
+    assert _tree(out) == earlier and _siblings(tmp_path) == ["model"]  # back whole; the failed run's files gone
+    assert "put the earlier run back" in capsys.readouterr().out
+
+    with replaced_when_complete(out, "modules.json"):
+        assert (tmp_path / ".model.earlier").is_dir() and _tree(tmp_path / ".model.earlier") == earlier
+        newer = _run_folder(out, "newer")
+    assert _tree(out) == newer and _siblings(tmp_path) == ["model"]
+
+
+def test_a_run_killed_while_replacing_an_earlier_one_is_settled_on_the_next_call(tmp_path):
+    out, aside = tmp_path / "model", tmp_path / ".model.earlier"
+    earlier = _run_folder(aside, "earlier")
+    _run_folder(out, "killed", complete=False)  # what a kill during training leaves
+    recover_set_aside(out, "modules.json")
+    assert _tree(out) == earlier and _siblings(tmp_path) == ["model"]
+
+    # killed after the new run completed (or the run was resumed by hand and completed): the new run stays
+    shutil.rmtree(out)
+    newer = _run_folder(out, "newer")
+    _run_folder(aside, "earlier")
+    recover_set_aside(out, "modules.json")
+    assert _tree(out) == newer and _siblings(tmp_path) == ["model"]
 
 
 def test_output_folders_follow_the_umask(tmp_path):

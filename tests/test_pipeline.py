@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
-from st_poetry.config import PipelineConfig, parse_config
+from st_poetry.config import PipelineConfig, UserError, parse_config
 from st_poetry.pipeline import is_fresh, newest_input, run_pipeline
 
 ROOT = Path(__file__).parents[1]
@@ -96,6 +96,7 @@ def test_the_whole_pipeline_runs_once_then_only_what_is_out_of_date(tiny_st_mode
     outcomes = run()
     assert [name for name, outcome in outcomes.items() if outcome == "skipped"] == ["prepare", "mine"]
     assert "replacing the earlier training run" in capsys.readouterr().out
+    assert not (tmp_path / ".model.earlier").exists()  # the earlier run went once the new one was complete
     second = _mtimes(tmp_path)
     assert all(second[name] > first[name] for name in ("train", "evaluate", "index"))
 
@@ -140,6 +141,36 @@ def test_a_bad_section_is_a_one_line_error_naming_it(tmp_path, capsys, config, m
         parse_config(PipelineConfig, ["--config", str(path)])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and re.search(message, error)
+
+
+def test_a_forced_training_run_that_fails_keeps_the_earlier_run_byte_for_byte(tiny_st_model, tmp_path, capsys):
+    out = tmp_path / "model"
+    (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    for name, content in [
+        ("checkpoints/checkpoint-2/model.safetensors", b"checkpoint weights"),
+        ("checkpoints/checkpoint-2/trainer_state.json", b"{}"),
+        ("model.safetensors", b"final weights"),
+        ("modules.json", b"[]"),
+        ("train_log.jsonl", b'{"step": 2}\n'),
+    ]:
+        (out / name).write_bytes(content)
+    earlier = {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    (tmp_path / "empty").mkdir()  # the data is missing: the stage fails on its input
+    path = tmp_path / "pipeline.toml"
+    path.write_text(f'[train]\ndata = "{tmp_path}/empty"\nmodel = "{tiny_st_model}"\nout = "{out}"\n', encoding="utf-8")
+    with pytest.raises(UserError, match="empty"):
+        run_pipeline(parse_config(PipelineConfig, ["--config", str(path), "--stages", "train", "--force"]))
+    assert {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*") if path.is_file()} == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty", "model", "pipeline.toml"]
+    assert "put the earlier run back" in capsys.readouterr().out
+
+
+def test_every_section_is_checked_whatever_stages_run(tmp_path, capsys):
+    path = tmp_path / "pipeline.toml"
+    path.write_text('[prepare]\nworks = ["w.json"]\n[train]\nlr = -1\n', encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(PipelineConfig, ["--config", str(path), "--stages", "prepare"])
+    assert exit_info.value.code == 2 and "[train] lr must be > 0" in capsys.readouterr().err
 
 
 def test_only_the_chosen_stages_need_a_section(tmp_path):

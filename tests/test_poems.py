@@ -256,6 +256,32 @@ def test_a_file_of_another_shape_is_one_error_naming_it(tmp_path, name, value):
         run(tmp_path, poems=[str(path)])
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("empty.json", []), ("no-sections.json", {"content": []}), ("empty-section.json", {"content": [{"content": []}]})],
+)
+def test_a_file_without_poems_is_one_error_naming_it(tmp_path, name, value):
+    path = write(tmp_path / "chinese-poetry" / name, value)
+    with pytest.raises(UserError, match=f"{name}: no poems in it"):
+        run(tmp_path, poems=[str(path)])
+
+
+def test_a_paragraph_of_invisible_characters_is_empty(tmp_path):
+    poems = [
+        {"author": "無名", "title": "空", "paragraphs": ["\u200b\u3000 ", "\ufeff"]},  # nothing to read: skipped
+        {"author": "李白", "title": "靜夜思", "paragraphs": ["\u200b床前明月光，疑是地上霜。\u200b", "\u200b\u3000 "]},
+    ]
+    stats, files = run(
+        tmp_path,
+        poems=[str(write(tmp_path / "poet.tang.0.json", poems))],
+        ccpm=[str(ccpm(tmp_path / "ccpm.jsonl", CCPM_RECORDS))],
+    )
+    counts = stats["sources"]["poems"]
+    assert counts["records_read"] == 2 and counts["skipped"] == {"no text in paragraphs": 1}
+    texts = {row["text"] for row in files["corpus"] if row["group"].startswith("poet.tang.0.json")}
+    assert texts == {"床前明月光，疑是地上霜。"}
+
+
 def test_bad_paths_and_json_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such file or folder"):
         run(tmp_path, poems=[str(tmp_path / "nope")])

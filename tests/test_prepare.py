@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,8 @@ def test_cleaning_strips_quotes_whitespace_headers_and_blank_lines():
     ]
     assert clean_lines("【其一】\r\n白日依山尽\r\n【其二】\r\n黄河入海流") == ["白日依山尽", "黄河入海流"]
     assert clean_lines("【其一】白日依山尽") == ["【其一】白日依山尽"]  # only a line that is all header goes
+    # invisible format characters (zero-width space, byte-order mark) are no text: a line of them is empty
+    assert clean_lines("\u200b床前明\u200b月光\ufeff\r\n\u200b\u3000 \r\n\u00ad") == ["床前明月光"]
 
 
 def test_section_headers_do_not_break_alignment(tmp_path):
@@ -300,6 +303,35 @@ def test_eval_only_inputs_go_wholly_to_eval(tmp_path):
     assert [r["positive"] for r in evaluation if r["source"] == "flagembedding"] == ["答"]
     assert stats["sources"]["ccpm"]["eval_pairs_dropped_as_leak"] == 1
     assert {"甲0", "乙0", "丙0", "丁0", "答"} <= {r["text"] for r in corpus}
+
+
+@pytest.mark.parametrize("flags", [("ccpm", "ccpm_eval"), ("flagembedding", "flagembedding_eval"), ("ccpm", "ccpm")])
+def test_a_file_given_twice_is_one_error_naming_both(tmp_path, flags):
+    """Read twice, its pairs would be deduplicated and its eval-only role silently lost."""
+    rows = [{"translation": "译", "choices": ["甲", "乙"], "answer": 0, "query": "问", "pos": ["答"]}]
+    path = write_jsonl(tmp_path / "both.jsonl", rows)
+    first, second = (f"--{flag.replace('_', '-')}" for flag in flags)
+    for given in ([str(path), str(path)], [str(tmp_path), str(path)]):  # a folder reaches the file too
+        fields: dict[str, list[str]] = {}
+        for flag, value in zip(flags, given, strict=True):
+            fields.setdefault(flag, []).append(value)
+        message = f"{path} is given twice, by {first} {given[0]} and by {second} {given[1]}: "
+        with pytest.raises(UserError, match=re.escape(message)):
+            prepare(PrepareConfig(**fields, out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_inside_the_output_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["--works", str(write_json(tmp_path / "w.json", poem_works())), "--out", str(out)])
+    raw = write_json(out / "myraw.json", poem_works())  # kept in the folder of an earlier prepare
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--works", str(raw), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert f"--works {raw} is inside --out {out}, which each run replaces" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
 def test_folders_are_read_in_sorted_order(tmp_path):
