@@ -34,15 +34,15 @@ from pathlib import Path
 
 from benchlib import ROOT, run_measured
 
-from st_poetry.files import write_jsonl
-from st_poetry.schema import CORPUS, PAIR, read_split
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.schema import CORPUS, PAIR, read_split
 
 
 def mine_command(data: Path, out: Path, model: str, args: argparse.Namespace) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "st_poetry.mine",
+        "st_poetry.training.mine",
         "--data",
         str(data),
         "--out",
@@ -72,9 +72,9 @@ def bench_ranges(args: argparse.Namespace) -> dict:
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
-    from st_poetry.config import MineConfig
-    from st_poetry.mine import assemble, candidate_texts, groups_by_text, model_fingerprint, read_prepared
-    from st_poetry.modeling import load_model
+    from st_poetry.core.config import MineConfig
+    from st_poetry.core.modeling import load_model
+    from st_poetry.training.mine import assemble, candidate_texts, groups_by_text, model_fingerprint, read_prepared
 
     data = read_prepared(Path(args.data))
     rows = data["eval"]
@@ -202,7 +202,7 @@ def bench_ranges(args: argparse.Namespace) -> dict:
 
 
 def bench_flagembedding(args: argparse.Namespace) -> dict:
-    from st_poetry.modeling import load_model
+    from st_poetry.core.modeling import load_model
 
     data = Path(args.data)
     rng = random.Random(args.seed)

@@ -75,8 +75,8 @@ def synthetic_works(path: Path, records: int, seed: int) -> None:
 
 
 def run_prepare(args: list[str], log: Path) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds and peak RSS (GiB) of one `python -m st_poetry.prepare` child process."""
-    cost = run_measured([sys.executable, "-m", "st_poetry.prepare", *args], log)
+    """Wall seconds, CPU seconds and peak RSS (GiB) of one `st-poetry prepare` child process."""
+    cost = run_measured([sys.executable, "-m", "st_poetry", "prepare", *args], log)
     print(log.read_text(encoding="utf-8"))
     return cost["seconds"], cost["cpu_seconds"], cost["peak_rss_mib"] / 1024
 

@@ -82,8 +82,8 @@ def kept_activations(args: argparse.Namespace, batches: int = 200) -> dict[str, 
     sampled from --data, as `just train --no-cached-loss` would build them (prompts, token limit 64)."""
     from sentence_transformers import SentenceTransformer
 
-    from st_poetry.config import TrainConfig
-    from st_poetry.train import column_prompts, load_training_data
+    from st_poetry.core.config import TrainConfig
+    from st_poetry.training.train import column_prompts, load_training_data
 
     config = TrainConfig(data=args.data, model=args.model, num_negatives=args.negatives, eval_max_rows=1)
     rows = load_training_data(config).train
@@ -160,7 +160,7 @@ def main() -> None:
         label, flags, malloc = RUNS[name]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **malloc}
         shutil.rmtree(work / name, ignore_errors=True)
-        command = ["st_poetry.train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
+        command = ["st_poetry.training.train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
         command += ["--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
         command += ["--eval-max-rows", "32", "--eval-max-corpus", "256", *flags]
         timed = run_timed(sys.executable, command, work, name, env, check=False)  # an out-of-memory kill is a result

@@ -68,7 +68,7 @@ def main() -> None:
         steps = args.samples // int(settings["--batch-size"])
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
-        command = ["st_poetry.train", "--data", args.data, "--model", args.model, "--out", str(out)]
+        command = ["st_poetry.training.train", "--data", args.data, "--model", args.model, "--out", str(out)]
         command += [item for pair in settings.items() for item in pair] + ["--no-cached-loss"]
         command += ["--max-steps", str(steps), "--eval-steps", str(steps), "--logging-steps", "5"]
         command += ["--eval-max-rows", str(args.eval_max_rows), "--eval-max-corpus", str(args.eval_max_corpus)]

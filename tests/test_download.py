@@ -14,8 +14,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from st_poetry.config import DownloadConfig, UserError
-from st_poetry.download import download, load_manifest
+from st_poetry.core.config import DownloadConfig
+from st_poetry.core.errors import UserError
+from st_poetry.data.download import download, load_manifest
 
 FILES = {
     "data/works唐.json": "[" + ",".join(json.dumps({"Id": i, "Content": "床前明月光"}) for i in range(2000)) + "]",

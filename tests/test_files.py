@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from st_poetry.config import UserError
-from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, recover_set_aside, replaced_when_complete
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import atomic_output_dir, decode_text, read_jsonl, recover_set_aside, replaced_when_complete
 
 
 def _write(out: Path, marker: str, text: str) -> None:
@@ -33,7 +33,7 @@ def _killed_while_writing(out: Path, kill_at: str) -> None:
     code = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from st_poetry.files import atomic_output_dir\n"
+        "from st_poetry.core.files import atomic_output_dir\n"
         "out, kill_at = Path(sys.argv[1]), sys.argv[2]\n"
         "rename = Path.rename\n"
         "def rename_then_die(self, target):\n"

@@ -6,9 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from st_poetry.config import FusionOptions, QueryConfig
-from st_poetry.hybrid import Candidates, candidates, fuse, fused_choice_scores, ranking
-from st_poetry.lexical import bm25_scores, build_bm25, single_chars
+from st_poetry.core.config import FusionOptions, QueryConfig
+from st_poetry.retrieval.hybrid import Candidates, candidates, fuse, fused_choice_scores, ranking
+from st_poetry.retrieval.lexical import bm25_scores, build_bm25, single_chars
 
 # One query, four candidates (ids 0-3), and a second query with two candidates and two padding columns.
 FOUND = Candidates(

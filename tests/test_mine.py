@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from st_poetry.config import MineConfig, UserError
-from st_poetry.files import write_jsonl
-from st_poetry.mine import candidate_texts, main, mine, model_fingerprint, normalize, read_prepared
-from st_poetry.modeling import load_model
-from st_poetry.schema import CORPUS, MINED, RowType, read_split
+from st_poetry.cli import main as cli_main
+from st_poetry.core.config import MineConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.modeling import load_model
+from st_poetry.core.schema import CORPUS, MINED, RowType, read_split
+from st_poetry.training.mine import candidate_texts, mine, model_fingerprint, normalize, read_prepared
 
 EVAL_TEXTS = ("空山新雨后", "锄禾日当午")  # eval positives (groups p7, p8) in the conftest poems
 
@@ -196,7 +198,7 @@ def test_missing_input_file_is_a_clear_error(prepared_dir, tiny_st_model, name):
 
 def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "mined")])
+        cli_main(["mine", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "mined")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         f"error: data folder not found: {tmp_path / 'nowhere'}: --data must be a folder written by `just prepare`"

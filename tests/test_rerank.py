@@ -14,14 +14,17 @@ from sentence_transformers import CrossEncoder
 from test_train import _Interrupt, _InterruptAfterSave
 from transformers import BertForSequenceClassification
 
-from st_poetry.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, UserError, parse_config
-from st_poetry.evaluate import evaluate
-from st_poetry.metrics import CCPMRecord
-from st_poetry.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
-from st_poetry.rerank import ccpm_accuracy, rerank, train
-from st_poetry.schema import PAIR
-from st_poetry.search import build_index, query
-from st_poetry.train import CHECKPOINTS, SUMMARY, TRAIN_LOG
+from st_poetry.core.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, parse_config
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
+from st_poetry.core.schema import PAIR
+from st_poetry.evaluation.evaluate import evaluate
+from st_poetry.evaluation.metrics import CCPMRecord
+from st_poetry.evaluation.metrics import reranker_ccpm_accuracy as ccpm_accuracy
+from st_poetry.retrieval.rerank import rerank
+from st_poetry.retrieval.search import build_index, query
+from st_poetry.training.reranker import train
+from st_poetry.training.train import CHECKPOINTS, SUMMARY, TRAIN_LOG
 
 NDCG = "eval_poetry-rerank_ndcg@10"
 

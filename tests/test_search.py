@@ -8,10 +8,12 @@ import faiss
 import numpy as np
 import pytest
 
-from st_poetry import search
-from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_config
-from st_poetry.modeling import load_model
-from st_poetry.search import INDEX_INFO, PoetryIndex, build_index, main, query, read_corpus
+from st_poetry.cli import main
+from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_config
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import load_model
+from st_poetry.retrieval import search
+from st_poetry.retrieval.search import INDEX_INFO, PoetryIndex, build_index, query, read_corpus
 
 
 @pytest.fixture
@@ -184,23 +186,16 @@ def test_hnsw_index_builds_and_finds_the_same_lines(capsys, tmp_path, tiny_hf_mo
     assert [result["results"][0]["text"] for result in results] == ["举头望明月", "大漠孤烟直"]
 
 
-def test_command_line_subcommands(capsys, tmp_path, tiny_hf_model, prepared_dir):
+def test_index_and_search_from_the_command_line(capsys, tmp_path, tiny_hf_model, prepared_dir):
     out = tmp_path / "cli-index"
-    main(["build", "--model", tiny_hf_model, "--corpus", str(prepared_dir / "corpus.jsonl"), "--out", str(out)])
+    main(["index", "--model", tiny_hf_model, "--corpus", str(prepared_dir / "corpus.jsonl"), "--out", str(out)])
     assert "indexed 38 lines" in capsys.readouterr().out
-    main(["query", "--index", str(out), "--top-k", "1", "--json", "疑是地上霜"])
+    main(["search", "--index", str(out), "--top-k", "1", "--json", "疑是地上霜"])
     assert json.loads(capsys.readouterr().out)["results"][0]["title"] == "静夜思"
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["query", "--index", str(tmp_path / "nowhere"), "秋天"])
+        main(["search", "--index", str(tmp_path / "nowhere"), "秋天"])
     assert exit_info.value.code == 2 and "error: no index at" in capsys.readouterr().err
-
-    main(["--help"])
-    assert "build" in (usage := capsys.readouterr().out) and "query" in usage
-    for argv in ([], ["serve"]):
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2 and "choose one of build, query" in capsys.readouterr().err
 
 
 def test_config_validation_without_a_model():
@@ -255,7 +250,7 @@ def test_a_punctuation_only_query_is_one_line(capsys, tmp_path, index_dir):
     lines.write_text("秋天\n“”\n", encoding="utf-8")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["query", "--index", str(index_dir), "--file", str(lines)])
+        main(["search", "--index", str(index_dir), "--file", str(lines)])
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and error.startswith("error: query '“”' is punctuation only") and "\n" not in error
 

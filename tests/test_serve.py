@@ -17,11 +17,12 @@ import pytest
 from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
 from fastapi.testclient import TestClient
 
-from st_poetry.config import IndexConfig, QueryConfig, ServeConfig, parse_config
-from st_poetry.modeling import load_reranker
-from st_poetry.schema import CORPUS
-from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
-from st_poetry.serve import EXAMPLES, create_app, highlight, main
+from st_poetry.cli import main as cli_main
+from st_poetry.core.config import IndexConfig, QueryConfig, ServeConfig, parse_config
+from st_poetry.core.modeling import load_reranker
+from st_poetry.core.schema import CORPUS
+from st_poetry.retrieval.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
+from st_poetry.serve.app import EXAMPLES, create_app, highlight
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
 JSON = {"Content-Type": "application/json"}
@@ -247,7 +248,7 @@ def test_serve_config_limits_and_a_missing_index(capsys, tmp_path):
         assert message in capsys.readouterr().err
     assert parse_config(ServeConfig, []).host == "127.0.0.1"
     with pytest.raises(SystemExit) as exit_info:
-        main(["--index", str(tmp_path / "nothing")])
+        cli_main(["serve", "--index", str(tmp_path / "nothing")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith(f"error: no index at {tmp_path / 'nothing'}")
 

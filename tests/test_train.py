@@ -17,11 +17,12 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from transformers import TrainerCallback
 
-from st_poetry.config import BGE_QUERY_INSTRUCTION, TrainConfig, UserError, parse_config
-from st_poetry.files import write_jsonl
-from st_poetry.prepare import is_eval_group
-from st_poetry.schema import CORPUS, MINED, PAIR, mined_row
-from st_poetry.train import (
+from st_poetry.core.config import BGE_QUERY_INSTRUCTION, TrainConfig, parse_config
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.schema import CORPUS, MINED, PAIR, mined_row
+from st_poetry.data.prepare import is_eval_group
+from st_poetry.training.train import (
     CHECKPOINTS,
     CURVES,
     SUMMARY,
@@ -413,8 +414,8 @@ def save_or_die(self, path):
         os.kill(os.getpid(), signal.SIGKILL)
     save(self, path)
 TrainerState.save_to_json = save_or_die
-from st_poetry.train import main
-main(sys.argv[1:])
+from st_poetry.cli import main
+main(["train", *sys.argv[1:]])
 """
 
 
@@ -430,7 +431,7 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tiny
     assert not (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").exists()
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "st_poetry.train", *flags, "--resume"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "st_poetry", "train", *flags, "--resume"], capture_output=True, text=True, env=env
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "checkpoint-4 is incomplete" in resumed.stdout and "resuming from" in resumed.stdout
@@ -441,7 +442,7 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tiny
 @pytest.mark.slow
 def test_two_process_gloo_run(tiny_st_model, mined_dir, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "st_poetry.train"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "st_poetry", "train"]
     command += ["--data", str(mined_dir), "--model", tiny_st_model, "--out", str(out)]
     command += "--max-steps 2 --eval-steps 2 --batch-size 4 --mini-batch-size 2 --num-negatives 1".split()  # noqa: SIM905
     result = subprocess.run(

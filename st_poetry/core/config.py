@@ -2,14 +2,13 @@
 
 Every field's default and help live here, so `--help` of every stage and a config file share a single
 source of truth. Precedence: dataclass default < `--config FILE` (JSON or TOML) < command-line flag.
-This module is stdlib-only: `python -m st_poetry.prepare` must stay light.
+This module is stdlib-only: `st-poetry prepare` must stay light.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import sys
 import types
@@ -17,7 +16,9 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
+
+from st_poetry.core.errors import INTERRUPTED_EXIT, MACHINE_ERRNOS, UserError, describe_os_error
 
 DEFAULT_MODEL = "BAAI/bge-base-zh-v1.5"
 DEFAULT_RERANKER = "BAAI/bge-reranker-base"
@@ -38,27 +39,6 @@ BACKEND_HELP = (
     "how to encode: torch, or a file `just export` wrote: onnx, onnx-int8, openvino, openvino-int8; "
     "onnx:FILE / openvino:FILE name another exported file in the model folder"
 )
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad path, bad input, bad value): reported in one line, no traceback."""
-
-
-# OSErrors that say something about the machine (full disk, permissions), not about the code: one line, no traceback.
-MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
-INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
-
-
-def describe_os_error(error: OSError) -> str:
-    """'No space left on device: path', the one line a machine error is reported in."""
-    if not error.strerror:
-        return str(error)
-    return error.strerror + (f": {error.filename}" if error.filename else "")
-
-
-def warn(message: str) -> None:
-    """A problem that does not stop the stage but will bite later: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -186,6 +166,8 @@ def stage_config(cls: type[C]) -> type[C]:
 class PrepareConfig:
     """Turn raw poetry data into (query, positive) pairs, a grouped train/eval split and a candidate corpus."""
 
+    MARKER: ClassVar[str] = "stats.json"  # the file the stage writes last: a complete output folder has it
+
     works: list[str] = option((), "chinese-poetry-and-prose works*.json files or folders", input=True)
     ccpm: list[str] = option((), "CCPM-format .jsonl files or folders (translation, choices, answer)", input=True)
     ccpm_eval: list[str] = option(
@@ -244,6 +226,8 @@ class DownloadConfig:
 class MineConfig:
     """Add hard negatives to prepared pairs with sentence-transformers' mine_hard_negatives (faiss)."""
 
+    MARKER: ClassVar[str] = "mine_stats.json"
+
     data: str = option("data/processed", "folder written by `just prepare`", input=True)
     out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json", output=True)
     model: str = option(DEFAULT_MODEL, "model that scores candidates: Hub id or local path", input=True)
@@ -291,6 +275,9 @@ class FitConfig:
 
     Not a stage itself: TrainConfig and RerankConfig extend it, and their `__post_init__` runs these checks first.
     """
+
+    MARKER: ClassVar[str] = "modules.json"  # the final model's: without it a folder does not load as a model
+    CHECKPOINTS: ClassVar[str] = "checkpoints"  # the trainer's checkpoints, in `out`
 
     data: str = option(
         "data/mined",
@@ -348,7 +335,7 @@ class FitConfig:
 
 @dataclass
 class FusionOptions:
-    """Hybrid retrieval settings shared by `just evaluate` and `just search` (st_poetry.hybrid documents them)."""
+    """Hybrid retrieval settings shared by `just evaluate` and `just search` (retrieval.hybrid documents them)."""
 
     hybrid: bool = option(
         False, "fuse the model's ranking with BM25 over characters (evaluate: a hybrid row per model and the sweep)"
@@ -432,6 +419,8 @@ class RerankConfig(FitConfig):
 class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
+    MARKER: ClassVar[str] = "evaluation.json"
+
     data: str = option(
         "data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)", input=True
     )
@@ -471,6 +460,8 @@ class EvaluateConfig(FusionOptions):
 @stage_config
 class IndexConfig:
     """Encode a corpus once and save a faiss index with its metadata."""
+
+    MARKER: ClassVar[str] = "index.json"
 
     model: str = option(DEFAULT_MODEL, "model that encodes the corpus: Hub id or local path", input=True)
     corpus: str = option(

@@ -27,8 +27,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from st_poetry.config import DownloadConfig, UserError, run_cli
-from st_poetry.files import sha256
+from st_poetry.core.config import DownloadConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import sha256
 
 CHUNK = 1 << 16
 GITHUB_RAW = "https://raw.githubusercontent.com"
@@ -217,11 +218,3 @@ def copy_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) ->
             f"pinned checksums, {counts['not_pinned_or_other_version']} are not pinned or another version)"
         )
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(DownloadConfig, download, argv, prog="just download")
-
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import MACHINE_ERRNOS, UserError, describe_os_error
+from st_poetry.core.errors import MACHINE_ERRNOS, UserError, describe_os_error
 
 PARTIAL = ".partial-"
 

@@ -1,6 +1,6 @@
 """The search page and JSON API: the model and index are loaded once, then every request is one encode and a scan.
 
-    python -m st_poetry.serve --index indexes/poetry --port 8000
+    st-poetry serve --index indexes/poetry --port 8000
 
 - `GET /api/search?q=...&k=10` and `POST /api/search` with `{"queries": [...], "k": 10}`: the objects
   `just search --json` prints, each hit with its whole poem (`poem`) when the corpus holds the hit's group;
@@ -34,9 +34,10 @@ from markupsafe import Markup, escape
 from pydantic import Field, create_model
 from sentence_transformers import CrossEncoder
 
-from st_poetry.config import FusionOptions, ServeConfig, UserError, run_cli
-from st_poetry.modeling import load_reranker
-from st_poetry.search import PoetryIndex, reranked
+from st_poetry.core.config import FusionOptions, ServeConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import load_reranker
+from st_poetry.retrieval.search import PoetryIndex, reranked
 
 WEB = Path(__file__).parent / "web"
 # What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but
@@ -247,11 +248,3 @@ def serve(config: ServeConfig) -> None:
     app = create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
     print(f"serving {index.info['size']:,} lines of {config.index} at http://{config.host}:{config.port}/")
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    run_cli(ServeConfig, serve, argv, prog="python -m st_poetry.serve")
-
-
-if __name__ == "__main__":
-    main()

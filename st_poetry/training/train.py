@@ -1,7 +1,7 @@
 """`just train`: fine-tune a sentence-embedding model so a modern-Chinese description retrieves its poetry line.
 
-    python -m st_poetry.train --data data/mined --model ../shared/models/e5-small-zh --out models/e5-small-zh-poetry
-    torchrun --nproc_per_node 2 -m st_poetry.train ...   # several GPUs: same flags, negatives gathered across them
+    st-poetry train --data data/mined --model ../shared/models/e5-small-zh --out models/e5-small-zh-poetry
+    torchrun --nproc_per_node 2 -m st_poetry train ...   # several GPUs: same flags, negatives gathered across them
 
 The steps follow sentence-transformers' training examples: 1. load the base model (with its prompts), 2. load
 the data, 3. the training arguments, 4. the loss, 5. evaluate the base model, 6. train, 7. evaluate again and
@@ -45,19 +45,20 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from st_poetry.config import FitConfig, TrainConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, write_json, write_jsonl
-from st_poetry.metrics import build_ir_evaluator, metric_key
-from st_poetry.modeling import document_prompt, load_model, query_prompt
-from st_poetry.plots import plot_training_curves
-from st_poetry.prepare import Input, SourceStats, is_eval_group, read_records
-from st_poetry.schema import CORPUS, mined_row, read_split, require_files
+from st_poetry.core.config import FitConfig, TrainConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import atomic_output_dir, write_json, write_jsonl
+from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.schema import CORPUS, mined_row, read_split, require_files
+from st_poetry.data.prepare import Input, SourceStats, is_eval_group, read_records
+from st_poetry.evaluation.metrics import build_ir_evaluator, metric_key
+from st_poetry.evaluation.plots import plot_training_curves
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = FitConfig.CHECKPOINTS
 TRAIN_LOG = "train_log.jsonl"
 CURVES = "training_curves.png"
 SUMMARY = "train_summary.json"
-FINAL_MARKER = "modules.json"  # the final model's file written last: without it a folder does not load as a model
+FINAL_MARKER = FitConfig.MARKER
 BEST_METRIC = "ndcg@10"
 HEADLINE = {"Recall@1": "recall@1", "Recall@10": "recall@10", "MRR@10": "mrr@10", "NDCG@10": "ndcg@10"}
 # The final model is re-evaluated after training; it must score what its checkpoint scored when it was best.
@@ -564,11 +565,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {name:<10} " + " ".join(f"{value:>9.4f}" for value in summary[name].values()))
     lines.append(f"  written: model files, {CHECKPOINTS}/, {TRAIN_LOG}, {CURVES}, {SUMMARY}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(TrainConfig, train, argv, prog="python -m st_poetry.train")
-
-
-if __name__ == "__main__":
-    main()

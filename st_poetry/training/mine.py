@@ -1,4 +1,4 @@
-"""Add hard negatives to the prepared (anchor, positive) pairs: `just mine` (python -m st_poetry.mine).
+"""Add hard negatives to the prepared (anchor, positive) pairs: `just mine` (st-poetry mine).
 
 1. Read the prepared train/eval/corpus files and load the model with its query/document prompts.
 2. For train and eval separately, ask sentence-transformers' `mine_hard_negatives` (faiss, whole corpus as
@@ -36,14 +36,15 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
-from st_poetry.config import MineConfig, UserError, run_cli, warn
-from st_poetry.files import atomic_output_dir, write_json
-from st_poetry.metrics import sample_pool
-from st_poetry.modeling import document_prompt, load_model, query_prompt
-from st_poetry.records import normalize
-from st_poetry.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
+from st_poetry.core.config import MineConfig
+from st_poetry.core.errors import UserError, warn
+from st_poetry.core.files import atomic_output_dir, write_json
+from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
+from st_poetry.data.records import normalize
+from st_poetry.evaluation.metrics import sample_pool
 
-MARKER = "mine_stats.json"
+MARKER = MineConfig.MARKER
 # Above this share of rows short of num_negatives, the summary suggests widening the range.
 SHORT_ROWS_WARNING = 0.1
 # A candidate that contains the positive (its couplet) or is contained in it counts as the same text, down to
@@ -355,11 +356,3 @@ def print_summary(stats: dict[str, Any], config: MineConfig) -> None:
                 f"warning: {s['short_fraction']:.0%} of {split} rows have fewer than {config.num_negatives} negatives"
                 " (null-padded); widen the range (--range-max) or lower --relative-margin for more candidates"
             )
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(MineConfig, mine, argv, prog="just mine")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Find the classical poetry lines a modern-Chinese description describes: build a faiss index once, then query it.
 
-    python -m st_poetry.search build --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
-    python -m st_poetry.search query --index indexes/poetry "山中下雨后傍晚的秋天"
-    python -m st_poetry.search query --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
+    st-poetry index --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
+    st-poetry search --index indexes/poetry "山中下雨后傍晚的秋天"
+    st-poetry search --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
 
 An index folder holds
 - `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default or an
@@ -10,7 +10,7 @@ An index folder holds
 - `lines/`: the corpus metadata (id, text, title, author, dynasty, group) as a memory-mapped `datasets` table whose
   row i is faiss id i, so opening a large index does not parse the whole corpus;
 - `bm25/`: a bm25s index of the lines' single characters (document i = faiss id i), memory-mapped when opened,
-  for `--hybrid` search (st_poetry.hybrid);
+  for `--hybrid` search (st_poetry.retrieval.hybrid);
 - `index.json`, written last: the model and the `--backend` that encoded it, the exact prompt strings, the
   embedding size and the embedding of a fixed probe line. A query uses that backend unless told otherwise, checks
   its model against that record and refuses one that encodes differently, because scores between two models'
@@ -37,15 +37,16 @@ from datasets import Dataset, load_from_disk
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from tqdm import tqdm
 
-from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_backend, run_cli
-from st_poetry.files import atomic_output_dir, decode_text, write_json
-from st_poetry.hybrid import candidates, fuse, ranking
-from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25, single_chars
-from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
-from st_poetry.rerank import rerank
-from st_poetry.schema import CORPUS
+from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_backend
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import atomic_output_dir, decode_text, write_json
+from st_poetry.core.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.core.schema import CORPUS
+from st_poetry.retrieval.hybrid import candidates, fuse, ranking
+from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25, single_chars
+from st_poetry.retrieval.rerank import rerank
 
-INDEX_INFO = "index.json"
+INDEX_INFO = IndexConfig.MARKER
 FAISS_FILE = "index.faiss"
 LINES_DIR = "lines"
 BM25_DIR = "bm25"
@@ -434,34 +435,3 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
     reranking = f" (reranking the top {k})" if reranker else ""
     print(f"{len(queries)} queries, per query: {timing}{reranking}", file=sys.stderr)
     return results
-
-
-# ---------------------------------------------------------------------------------------------------------
-# command line: `build` and `query` subcommands, each parsed from its own config dataclass
-
-COMMANDS = {"build": (IndexConfig, build_index), "query": (QueryConfig, query)}
-PROG = "python -m st_poetry.search"
-
-
-def usage() -> str:
-    lines = [f"usage: {PROG} {{{','.join(COMMANDS)}}} [options]", "", "commands:"]
-    lines += [f"  {name:<7}{(cls.__doc__ or '').strip()}" for name, (cls, _) in COMMANDS.items()]
-    lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["-h"], ["--help"]):
-        print(usage())
-        return
-    if not argv or argv[0] not in COMMANDS:
-        given = f"unknown command {argv[0]!r}" if argv else "missing command"
-        print(f"{usage()}\n\nerror: {given}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
-        raise SystemExit(2)
-    cls, stage = COMMANDS[argv[0]]
-    run_cli(cls, stage, argv[1:], prog=f"{PROG} {argv[0]}")
-
-
-if __name__ == "__main__":
-    main()

@@ -25,8 +25,8 @@ import bm25s
 import faiss
 import numpy as np
 
-from st_poetry.config import FusionOptions
-from st_poetry.lexical import bm25_scores
+from st_poetry.core.config import FusionOptions
+from st_poetry.retrieval.lexical import bm25_scores
 
 
 @dataclass
