@@ -38,7 +38,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from tqdm import tqdm
 
 from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_backend, run_cli
-from st_poetry.files import atomic_output_dir, decode_text, write_json
+from st_poetry.files import atomic_output_dir, check_output_dir, decode_text, write_json
 from st_poetry.hybrid import fused_ranking
 from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
 from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
@@ -126,7 +126,8 @@ def add_encoded(
 
 def build_index(config: IndexConfig) -> dict[str, Any]:
     """Encode every corpus line, index the embeddings and write the index folder; returns what index.json records."""
-    rows = read_corpus(config.corpus)  # bad input fails before the slow model load
+    rows = read_corpus(config.corpus)  # bad input, or an --out this stage may not replace, fails before encoding
+    check_output_dir(config.out, INDEX_INFO)
     model = load_model(
         config.model,
         max_seq_length=config.max_seq_length,

@@ -181,6 +181,22 @@ def test_corpus_row_without_text_names_file_and_line(tmp_path, tiny_st_model):
     assert not (tmp_path / "index").exists()
 
 
+def test_a_foreign_out_folder_is_refused_before_the_model_is_loaded(monkeypatch, tmp_path, prepared_dir):
+    """The refusal atomic_output_dir would give after the whole corpus is encoded comes before any encoding."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not an index")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(search, "load_model", no_model)
+    config = IndexConfig(model="unused", corpus=str(prepared_dir / "corpus.jsonl"), out=str(out))
+    with pytest.raises(UserError, match=rf"refusing to overwrite {out}: it is not empty and has no {INDEX_INFO}"):
+        build_index(config)
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
+
+
 def test_a_corpus_is_encoded_in_chunks_into_the_same_index(monkeypatch, tmp_path, tiny_hf_model, prepared_dir):
     """The chunked build (ENCODE_CHUNK lines per encode call, added as they come) stores the vectors, in corpus
     order, that one call over the whole corpus gives."""
