@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 
 import faiss
@@ -91,6 +92,27 @@ def test_top_k_larger_than_the_corpus_returns_every_line(capsys, index_dir):
     assert len(results[0]["results"]) == 38
 
 
+def test_a_hybrid_search_returns_top_k_lines_whatever_its_depth(capsys, index_dir):
+    index = PoetryIndex(index_dir)
+    # depth 3 gathers at most 6 candidates; top_k asks for more, the index has 38
+    for top_k, lines in ((20, 20), (1000, 38), (2, 2)):
+        (hits,) = index.search(["明月"], top_k=top_k, hybrid=True, fusion=FusionOptions(depth=3))
+        assert len(hits) == lines and [hit["rank"] for hit in hits] == list(range(1, lines + 1))
+    # the fusion still ranks: the line itself first
+    (hits,) = index.search(["孤舟蓑笠翁"], top_k=20, hybrid=True, fusion=FusionOptions(depth=3, fusion="rrf"))
+    assert hits[0]["text"] == "孤舟蓑笠翁" and len({hit["id"] for hit in hits}) == 20
+    results, _ = _query(capsys, index_dir, "明月", top_k=100, depth=3)
+    assert len(results[0]["results"]) == 38
+
+
+def test_top_k_over_the_index_size_says_so(capsys, index_dir):
+    capsys.readouterr()
+    query(QueryConfig(queries=["明月"], index=str(index_dir), top_k=1000))
+    assert "note: --top-k 1000 is more than the index's 38 lines: all of them" in capsys.readouterr().err
+    query(QueryConfig(queries=["明月"], index=str(index_dir), top_k=38))
+    assert "note" not in capsys.readouterr().err
+
+
 def test_queries_from_a_file_and_from_stdin(capsys, monkeypatch, tmp_path, index_dir):
     queries = tmp_path / "queries.txt"
     queries.write_text("春眠不觉晓\n\n  锄禾日当午  \n", encoding="utf-8")
@@ -159,6 +181,22 @@ def test_corpus_row_without_text_names_file_and_line(tmp_path, tiny_st_model):
     with pytest.raises(UserError, match=r"corpus.jsonl:2: 'text' is missing: expected an object with non-empty text"):
         build_index(IndexConfig(model=tiny_st_model, corpus=str(corpus), out=str(tmp_path / "index")))
     assert not (tmp_path / "index").exists()
+
+
+def test_a_foreign_out_folder_is_refused_before_the_model_is_loaded(monkeypatch, tmp_path, prepared_dir):
+    """The refusal atomic_output_dir would give after the whole corpus is encoded comes before any encoding."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not an index")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(search, "load_model", no_model)
+    config = IndexConfig(model="unused", corpus=str(prepared_dir / "corpus.jsonl"), out=str(out))
+    with pytest.raises(UserError, match=rf"refusing to overwrite {out}: it is not empty and has no {INDEX_INFO}"):
+        build_index(config)
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
 
 
 def test_a_corpus_is_encoded_in_chunks_into_the_same_index(monkeypatch, tmp_path, tiny_hf_model, prepared_dir):
@@ -253,6 +291,25 @@ def test_a_punctuation_only_query_is_one_line(capsys, tmp_path, index_dir):
         main(["search", "--index", str(index_dir), "--file", str(lines)])
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and error.startswith("error: query '“”' is punctuation only") and "\n" not in error
+
+
+def test_a_query_of_symbols_is_searched_for_and_one_of_invisible_characters_is_refused(capsys, index_dir):
+    # an emoji is text a description may be made of: searched for (by the dense side alone in a hybrid search)
+    for hybrid in (True, False):
+        results, _ = _query(capsys, index_dir, "🌙", "🍂🍁", top_k=3, hybrid=hybrid)
+        assert [len(result["results"]) for result in results] == [3, 3]
+    for text, message in (
+        ("\u200b\u200b", "query '\\u200b\\u200b' has no visible character"),
+        ("\ufeff \u2060", "has no visible character"),
+        ("\u0301", "has no visible character"),
+        ("  \t", "empty query"),
+        ("《》", "is punctuation only"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
+            query(QueryConfig(queries=[text], index=str(index_dir)))
+        with pytest.raises(UserError, match=re.escape(message)):
+            PoetryIndex(index_dir).search([text], hybrid=False)
+    assert search.query_problem("⛰️ + 🌧") is None and search.query_problem("１２") is None
 
 
 def _truncate(path, size=None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -266,6 +267,21 @@ def test_a_few_steps_give_a_loadable_model(tiny_st_model, mined_dir, tmp_path):
     assert summary["after"]["NDCG@10"] == pytest.approx(max(r[NDCG] for r in log[1:] if NDCG in r), abs=1e-3)
     assert json.loads((out / SUMMARY).read_text())["after"] == summary["after"]
     assert summary["eval_runtime_s"] > 0 and summary["train_samples_per_second"] > 0
+
+
+def test_model_and_checkpoint_files_follow_the_umask(tiny_st_model, mined_dir, tmp_path):
+    """A server running as another user must be able to load the model: safetensors writes its weights 0600."""
+    out = tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        train(_config(mined_dir, tiny_st_model, out))
+    finally:
+        os.umask(previous)
+    checkpoint = out / CHECKPOINTS / "checkpoint-2"
+    assert (out / "model.safetensors").is_file() and (checkpoint / "model.safetensors").is_file()
+    modes = {str(path.relative_to(out)): oct(stat.S_IMODE(path.stat().st_mode)) for path in out.rglob("*")}
+    assert {path: mode for path, mode in modes.items() if Path(out / path).is_file() and mode != "0o644"} == {}
+    assert {path: mode for path, mode in modes.items() if Path(out / path).is_dir() and mode != "0o755"} == {}
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
+import re
 import sys
 import types
 import typing
@@ -333,6 +335,11 @@ class FitConfig:
         )
 
 
+# Beyond it 1 / (k + rank) is all but flat over any candidate list (ranks stay within a few depths), so no fusion
+# is left; and a k past int64 broke the rank arithmetic with an OverflowError.
+MAX_RRF_K = 1_000_000
+
+
 @dataclass
 class FusionOptions:
     """Hybrid retrieval settings shared by `just evaluate` and `just search` (retrieval.hybrid documents them)."""
@@ -352,7 +359,7 @@ class FusionOptions:
     def __post_init__(self) -> None:
         _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
         _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
-        _check(self.rrf_k >= 0, f"rrf_k must be >= 0, got {self.rrf_k}")
+        _check(0 <= self.rrf_k <= MAX_RRF_K, f"rrf_k must be in [0, {MAX_RRF_K:,}], got {self.rrf_k}")
         if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
             more_checks()
 
@@ -555,6 +562,15 @@ class ExportConfig:
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
 
 
+def _host_pattern(host: str) -> bool:
+    """A Host header name to accept: '*', a name ('*.name' for its subdomains) or an IP address ([::1] or ::1)."""
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        return True
+    except ValueError:
+        return host == "*" or re.fullmatch(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", host) is not None
+
+
 @stage_config
 class ServeConfig(FusionOptions, RerankOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
@@ -573,6 +589,16 @@ class ServeConfig(FusionOptions, RerankOptions):
     max_k: int = option(100, "the largest k a request may ask for")
     max_query_chars: int = option(200, "the longest description accepted (the model reads 64 tokens anyway)")
     max_queries: int = option(32, "the most descriptions in one POST request")
+    max_depth: int = option(1000, "the largest hybrid `depth` a request may ask for (each one costs a deeper scan)")
+    max_body_bytes: int = option(
+        131072, "the largest request body accepted (413 beyond): --max-queries of --max-query-chars, JSON-escaped"
+    )
+    allowed_hosts: list[str] = option(
+        (),
+        "Host header names answered besides --host (and localhost, 127.0.0.1, [::1] when --host is one of them or "
+        "0.0.0.0), e.g. the name a proxy or the LAN reaches it by; '*.example.org' for subdomains, '*' for any; "
+        "others get a 400",
+    )
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
 
     def __post_init__(self) -> None:
@@ -581,6 +607,15 @@ class ServeConfig(FusionOptions, RerankOptions):
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
         _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
+        _check(
+            1 <= self.depth <= self.max_depth, f"need 1 <= depth <= max_depth, got {self.depth} and {self.max_depth}"
+        )
+        _check(self.max_body_bytes >= 1024, f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        for host in self.allowed_hosts:
+            _check(
+                _host_pattern(host),
+                f"allowed_hosts: {host!r} is not a host name or address (no port or scheme), '*.domain' or '*'",
+            )
         if self.backend is not None:
             parse_backend(self.backend)
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
