@@ -632,9 +632,10 @@ PIPELINE_STAGES: dict[str, type] = {
 
 @stage_config
 class PipelineConfig:
-    """Run prepare -> mine -> train -> evaluate -> index from one config file (--config, TOML or JSON) that holds a
-    [section] per stage with that stage's own fields (as its --config file would). A stage whose output is newer
-    than its inputs is skipped unless --force.
+    """Run prepare -> mine -> train -> evaluate -> index from one TOML or JSON file of a [section] per stage.
+
+    Each section holds that stage's own fields (as its --config file would). A stage whose output is newer than its
+    inputs is skipped unless --force.
     """
 
     stages: list[str] = option(
