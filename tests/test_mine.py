@@ -331,6 +331,6 @@ def test_a_truncated_cache_file_is_a_cache_miss(prepared_dir, tiny_st_model, cap
     for path in cached:  # what a run killed while np.save wrote the cache leaves
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     second = mine(config)
-    assert second["train"]["encoded_texts"] > 0 and "unreadable" in capsys.readouterr().out
+    assert second["train"]["encoded_texts"] > 0 and "unreadable" in capsys.readouterr().err
     assert _read(Path(config.out) / "train.jsonl") == first
     assert all(np.load(path).ndim == 2 for path in cached)  # written again, whole

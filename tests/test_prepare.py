@@ -469,7 +469,7 @@ def test_a_foreign_folder_is_never_overwritten(tmp_path):
 def test_cli_prints_a_summary_and_reports_user_errors_in_one_line(tmp_path, capsys):
     path = write_json(tmp_path / "w.json", poem_works())
     cli_main(["prepare", "--works", str(path), "--out", str(tmp_path / "out")])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "works" in printed and "32" in printed and "corpus 32 unique lines" in printed
 
     with pytest.raises(SystemExit) as exit_info:

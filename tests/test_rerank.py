@@ -170,7 +170,7 @@ def test_training_gives_a_reranker_with_its_log_curves_card_and_best_checkpoint(
     assert summary["best_step"] == best["step"]
     assert summary["after"]["NDCG@10"] == pytest.approx(best[NDCG], abs=1e-3)  # the saved model is the best one
     assert "reranker for classical Chinese poetry" in (out / "README.md").read_text(encoding="utf-8")
-    assert "MRR@10" in capsys.readouterr().out
+    assert "MRR@10" in capsys.readouterr().err
 
     reloaded = load_reranker(str(out))
     assert reloaded.predict([("明亮的月光", "床前明月光")]).shape == (1,)

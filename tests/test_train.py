@@ -373,7 +373,7 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving_and_reports_the_whole_ru
     capsys.readouterr()
     resumed = train(_config(mined_dir, tiny_st_model, out, resume=True, **steps))
 
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "checkpoint-4 is incomplete" in printed and "checkpoint-3 is incomplete" in printed
     assert f"resuming from {out / CHECKPOINTS / 'checkpoint-2'}" in printed
     assert resumed["global_step"] == 4 and (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").is_file()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from st_poetry.core import config as configs
+from st_poetry.core.log import apply_cli_verbosity
 
 # command -> (its config class, "module:function" that runs it)
 COMMANDS: dict[str, tuple[type, str]] = {
@@ -34,7 +35,7 @@ PROG = "st-poetry"
 def usage() -> str:
     lines = [f"usage: {PROG} COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<16}{(cls.__doc__ or '').strip().splitlines()[0]}" for name, (cls, _) in COMMANDS.items()]
-    lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
+    lines += ["", f"`{PROG} COMMAND --help` lists a command's options; -v/-q (repeatable) for more or less output."]
     return "\n".join(lines)
 
 
@@ -45,7 +46,7 @@ def run_command(name: str, config: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = apply_cli_verbosity(sys.argv[1:] if argv is None else argv)  # -v/-q, anywhere, for every command
     if argv[:1] in (["-h"], ["--help"]):
         print(usage())
         return

@@ -38,10 +38,13 @@ from tqdm import tqdm
 from st_poetry.core.config import PrepareConfig
 from st_poetry.core.errors import UserError, warn
 from st_poetry.core.files import atomic_output_dir, decode_text, read_jsonl, write_json
+from st_poetry.core.log import get_logger, progress_off
 from st_poetry.core.schema import CORPUS, PAIR
+from st_poetry.core.tables import format_table
 from st_poetry.data import poems
 from st_poetry.data.records import Parsed, Skip, clean
 
+logger = get_logger(__name__)
 MARKER = PrepareConfig.MARKER
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
 _SECTION = re.compile(r"【[^】]*】")  # a whole line like 【其一】 heads a poem in a series; it is no verse
@@ -300,8 +303,9 @@ def read_records(
         "flagembedding": parse_flagembedding,
         "poems": poems.parse_poem,
     }
-    with tqdm(desc="reading", unit=" records", unit_scale=True) as bar:
+    with tqdm(desc="reading", unit=" records", unit_scale=True, disable=progress_off()) as bar:
         for item in inputs:
+            logger.debug(f"reading {item.path} as {item.source}" + " (eval only)" * item.eval_only)
             counts = stats.setdefault(item.source, SourceStats())
             counts.files += 1
             bar.set_postfix_str(item.path.name)
@@ -458,7 +462,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as handle:
                 handle.writelines(lines)
         write_json(tmp / MARKER, result)
-    print(summary(result, config.out, time.perf_counter() - start))
+    logger.info(summary(result, config.out, time.perf_counter() - start))
     for message in warnings:
         warn(message)
     return result
@@ -493,17 +497,9 @@ def summary(result: dict[str, Any], out: str, seconds: float) -> str:
     columns = ["records_read", "records_kept", "pairs_made", "duplicate_pairs_removed"]
     columns += ["eval_pairs_dropped_as_leak", "train_pairs", "eval_pairs"]
     headers = ["read", "kept", "pairs", "duplicates", "eval leaks", "train", "eval"]
-    table = [["source", *headers]]
-    table += [[name, *(f"{counts[c]:,}" for c in columns)] for name, counts in result["sources"].items()]
+    table = [[name, *(f"{counts[c]:,}" for c in columns)] for name, counts in result["sources"].items()]
     table.append(["total", *(f"{result['total'][c]:,}" for c in columns)])
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = [f"prepared {out} in {seconds:.1f} s"]
-    lines += [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in table
-    ]
+    lines = [f"prepared {out} in {seconds:.1f} s", format_table(["source", *headers], table, align="lr")]
     for name, counts in result["sources"].items():
         for reason, count in sorted(counts["skipped"].items(), key=lambda kv: -kv[1]):
             lines.append(f"skipped    {name}: {reason}: {count:,} (e.g. {counts['first_skipped'][reason]})")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -41,11 +42,14 @@ from sentence_transformers.util import mine_hard_negatives
 from st_poetry.core.config import MineConfig
 from st_poetry.core.errors import UserError, warn
 from st_poetry.core.files import atomic_output_dir, check_output_dir, sha256, write_json
+from st_poetry.core.log import get_logger, get_verbosity
 from st_poetry.core.modeling import document_prompt, load_model, query_prompt
 from st_poetry.core.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
+from st_poetry.core.tables import format_table
 from st_poetry.data.records import normalize
 from st_poetry.evaluation.metrics import sample_pool
 
+logger = get_logger(__name__)
 MARKER = MineConfig.MARKER
 CHECKSUM = ".sha256"  # beside each cached .npy: the sha256 of the file as the library wrote it
 # Above this share of rows short of num_negatives, the summary suggests widening the range.
@@ -157,6 +161,7 @@ def mine_candidates(
             batch_size=config.batch_size,
             use_faiss=True,
             cache_folder=cache_folder,
+            verbose=get_verbosity() <= logging.INFO,  # its own statistics, printed; -q hides them
         )
     total = time.perf_counter() - start
     if cache_folder:
@@ -315,12 +320,13 @@ def check_cache(folder: Path) -> None:
             np.load(path, mmap_mode="r")
             recorded = sidecar.read_text(encoding="utf-8").strip() if sidecar.exists() else None
         except (ValueError, OSError, EOFError):
-            print(f"note: {path} is unreadable (an interrupted run?): removed, its embeddings are computed again")
+            logger.info(f"note: {path} is unreadable (an interrupted run?): removed, its embeddings are computed again")
         else:
             if recorded == sha256(path):
+                logger.debug(f"{path}: cached embeddings, checksum ok")
                 continue
             if recorded is None:
-                print(
+                logger.info(
                     f"note: {path} has no {CHECKSUM} checksum beside it (cut off before it was written, or cached by "
                     "an older st_poetry), so it cannot be checked: removed, its embeddings are computed again"
                 )
@@ -365,32 +371,45 @@ def mine(config: MineConfig) -> dict[str, Any]:
     where = f"{len(pool):,} candidates ({len(data['corpus']):,} corpus lines)"
     with atomic_output_dir(config.out, MARKER) as tmp:
         for split in SPLITS:
-            print(f"Mining {split} ({len(data[split]):,} rows) against {where}")
+            logger.info(f"Mining {split} ({len(data[split]):,} rows) against {where}")
             rows, stats[split] = mine_split(split, data, pool, model, config, cache_folder)
             MINED.write(tmp / f"{split}.jsonl", rows)
         shutil.copyfile(data_dir / "corpus.jsonl", tmp / "corpus.jsonl")
         stats["config"] = dataclasses.asdict(config)
         write_json(tmp / MARKER, stats)
-    print_summary(stats, config)
+    logger.info(summary(stats, config))
+    for split in SPLITS:
+        if stats[split]["short_fraction"] > SHORT_ROWS_WARNING:
+            warn(
+                f"{stats[split]['short_fraction']:.0%} of {split} rows have fewer than {config.num_negatives} "
+                "negatives (null-padded); widen the range (--range-max) or lower --relative-margin for more candidates"
+            )
     return stats
 
 
-def print_summary(stats: dict[str, Any], config: MineConfig) -> None:
-    print(f"\nMined into {config.out} (ranks {config.range_min}-{config.range_max}, {config.sampling_strategy})")
+def summary(stats: dict[str, Any], config: MineConfig) -> str:
+    """The counts per split, each followed by what was dropped and why."""
     columns = ("rows in", "rows out", "given", "mined", "short", "encode s", "search s")
-    print(f"{'split':<6}" + "".join(f"{c:>10}" for c in columns))
-    for split in SPLITS:
+    rows = [
+        [
+            split,
+            *(f"{stats[split][key]:,}" for key in ("rows_in", "rows_out", "negatives_given", "negatives_mined")),
+            f"{stats[split]['short_rows']:,}",
+            f"{stats[split]['encode_seconds']:.1f}",
+            f"{stats[split]['search_seconds']:.1f}",
+        ]
+        for split in SPLITS
+    ]
+    header, *lines = format_table(["split", *columns], rows, align="lr").splitlines()
+    out = [
+        f"\nMined into {config.out} (ranks {config.range_min}-{config.range_max}, {config.sampling_strategy})",
+        header,
+    ]
+    for split, line in zip(SPLITS, lines, strict=True):
         s = stats[split]
-        print(
-            f"{split:<6}{s['rows_in']:>10,}{s['rows_out']:>10,}{s['negatives_given']:>10,}{s['negatives_mined']:>10,}"
-            f"{s['short_rows']:>10,}{s['encode_seconds']:>10.1f}{s['search_seconds']:>10.1f}"
-        )
         dropped = {**s["rows_dropped"], **{f"mined {k}": v for k, v in s["dropped_mined"].items()}}
         dropped |= {f"given {k}": v for k, v in s["dropped_given"].items()}
+        out.append(line)
         if dropped:
-            print("      dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
-        if s["short_fraction"] > SHORT_ROWS_WARNING:
-            print(
-                f"warning: {s['short_fraction']:.0%} of {split} rows have fewer than {config.num_negatives} negatives"
-                " (null-padded); widen the range (--range-max) or lower --relative-margin for more candidates"
-            )
+            out.append("      dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
+    return "\n".join(out)

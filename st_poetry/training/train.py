@@ -17,6 +17,7 @@ loss needs every row to have the same columns.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -41,19 +42,22 @@ from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
 )
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_poetry.core.config import FitConfig, TrainConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import apply_umask, atomic_output_dir, write_json, write_jsonl
+from st_poetry.core.log import get_logger, get_verbosity
 from st_poetry.core.modeling import BI_ENCODER, CROSS_ENCODER, document_prompt, load_model, model_kind, query_prompt
 from st_poetry.core.schema import CORPUS, mined_row, read_split, require_files
+from st_poetry.core.tables import format_table
 from st_poetry.data.prepare import Input, SourceStats, is_eval_group, read_records
 from st_poetry.evaluation.metrics import build_ir_evaluator, metric_key
 from st_poetry.evaluation.plots import plot_training_curves
 
+logger = get_logger(__name__)
 CHECKPOINTS = FitConfig.CHECKPOINTS
 TRAIN_LOG = "train_log.jsonl"
 CURVES = "training_curves.png"
@@ -323,9 +327,9 @@ def _resume_checkpoint(out: Path, resume: bool, is_main: bool, kind: str) -> str
             )
         if is_main:
             for path in found[found.index(complete[-1]) + 1 :]:
-                print(f"note: {path} is incomplete (no {TRAINER_STATE_NAME}: cut off while saving); removed it")
+                logger.info(f"note: {path} is incomplete (no {TRAINER_STATE_NAME}: cut off while saving); removed it")
                 shutil.rmtree(path)
-            print(f"resuming from {complete[-1]}")
+            logger.info(f"resuming from {complete[-1]}")
         return str(complete[-1])
     if is_main and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue its last checkpoint, or choose another --out")
@@ -481,6 +485,10 @@ def fit(
             f"training runs {total_steps} steps, fewer than --eval-steps {config.eval_steps}: no evaluation would run"
         )
     loss = recipe.loss(args)
+    logger.debug(
+        f"{total_steps} steps of {config.batch_size} rows x {args.world_size} processes on {args.device}, "
+        f"{type(loss).__name__}, resuming from {resume_from or 'nothing'}"
+    )
 
     # 5. Evaluate the base model. This is the "before" score, and it proves that the evaluator reports the key
     #    metric_for_best_model names (a missing key is what broke the FlagEmbedding seed run).
@@ -510,6 +518,8 @@ def fit(
             *callbacks,
         ],
     )
+    if get_verbosity() > logging.INFO:  # -q hid the progress bar: not the per-step lines that replace it either
+        trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume_from)
     if not trainer.is_world_process_zero():
         return {}
@@ -559,7 +569,7 @@ def fit(
     }
     write_json(out / SUMMARY, summary)
     publish_model(model, out)
-    print(format_summary(summary))
+    logger.info(format_summary(summary))
     return summary
 
 
@@ -585,8 +595,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  speed: {summary['train_samples_per_second']:.2f} samples/s (the {summary['eval_runtime_s']:.0f} s "
             f"of evaluations excluded); wall {summary['wall_s']:.0f} s"
         )
-    lines.append(f"  {'eval split':<10} " + " ".join(f"{label:>9}" for label in summary["before"]))
-    for name in ("before", "after"):
-        lines.append(f"  {name:<10} " + " ".join(f"{value:>9.4f}" for value in summary[name].values()))
+    scores = [[name, *(f"{value:.4f}" for value in summary[name].values())] for name in ("before", "after")]
+    lines.append(format_table(["eval split", *summary["before"]], scores, align="lr", indent="  "))
     lines.append(f"  written: model files, {CHECKPOINTS}/, {TRAIN_LOG}, {CURVES}, {SUMMARY}")
     return "\n".join(lines)
