@@ -486,3 +486,23 @@ def test_training_speed_leaves_out_evaluations_and_the_part_before_a_resume():
     resumed = _training_speed(log, 2, samples_per_step=8)  # the run resumed at checkpoint-2: steps 3-4 only
     assert resumed["eval_runtime_s"] == 0.5 and resumed["train_samples_per_second"] == 2 * 8 / 9.5
     assert _training_speed(log[:3], None, samples_per_step=8)["train_samples_per_second"] is None
+
+
+def test_a_quiet_run_shows_no_progress_bars_per_step_lines_or_summary(tiny_st_model, mined_dir, tmp_path, capsys):
+    """-q: the trainer's progress bar goes, and so do the per-step log lines it would print in its place."""
+    from st_poetry.cli import main
+    from st_poetry.core import log
+
+    flags = ["--max-steps", "2", "--eval-steps", "2", "--logging-steps", "1", "--batch-size", "4"]
+    capsys.readouterr()
+    try:
+        main(["-q", "train", "--data", str(mined_dir), "--model", tiny_st_model, "--out", str(tmp_path / "q"), *flags])
+    finally:
+        log.set_verbosity(log.DEFAULT_LEVEL)
+    out, err = capsys.readouterr()
+    # all that is left: sentence-transformers' model-card bar, which has no switch and erases itself (leave=False)
+    assert out == "" and [part for part in err.split("\r") if part.strip() and "widget examples" not in part] == []
+    assert (tmp_path / "q" / SUMMARY).is_file()
+    main(["train", "--data", str(mined_dir), "--model", tiny_st_model, "--out", str(tmp_path / "loud"), *flags])
+    printed = capsys.readouterr()
+    assert "'loss'" in printed.out + printed.err and "trained " in printed.err
