@@ -310,7 +310,7 @@ def test_a_cache_file_replaced_by_another_valid_array_is_computed_again(prepared
 
 
 def test_a_foreign_out_folder_is_refused_before_the_model_is_loaded(prepared_dir, monkeypatch):
-    from st_poetry import mine as mine_module
+    from st_poetry.training import mine as mine_module
 
     out = prepared_dir.parent / "mined"
     out.mkdir()
