@@ -1,4 +1,5 @@
-# st_poetry: every command a user runs. Extra arguments pass through to the module (`just train --help`).
+# st_poetry: every command a user runs, each an alias of `st-poetry COMMAND`; extra arguments pass through
+# (`just train --help` lists every training option).
 
 set positional-arguments
 
@@ -13,52 +14,52 @@ raw := env("RAW_DATA", "data/raw")
 default:
     @just --list
 
-# the public raw data at pinned versions -> data/raw (or `just download --from DIR` to copy a local folder)
+# the public raw data at pinned versions -> data/raw, the CPU preset's base model -> models/e5-small-zh (`--from DIR`: offline)
 download *args:
-    {{python}} -m st_poetry.download "$@"
+    {{python}} -m st_poetry download "$@"
 
 # raw poetry data -> data/processed (train/eval pairs, corpus, stats)
 # (no arguments: the works files, CCPM train and the chinese-poetry collection under RAW_DATA)
 prepare *args:
     if [ "$#" -eq 0 ]; then set -- --works "{{raw}}/chinese-poetry-and-prose" --ccpm "{{raw}}/ccpm/train.jsonl" \
         --poems "{{raw}}/chinese-poetry"; fi; \
-    {{python}} -m st_poetry.prepare "$@"
+    {{python}} -m st_poetry prepare "$@"
 
 # data/processed -> data/mined (hard negatives)
 mine *args:
-    {{python}} -m st_poetry.mine "$@"
+    {{python}} -m st_poetry mine "$@"
 
 # data/mined -> models/st-poetry (fine-tuned model, checkpoints, curves)
 train *args:
-    {{python}} -m st_poetry.train "$@"
+    {{python}} -m st_poetry train "$@"
 
 # a model folder -> onnx/ and openvino/ files in it, fp32 and int8, for `--backend` in every stage
 export *args:
-    {{python}} -m st_poetry.export "$@"
+    {{python}} -m st_poetry export "$@"
 
 # data/mined -> models/st-poetry-reranker (a cross-encoder that reranks retrieved lines)
 train-reranker *args:
-    {{python}} -m st_poetry.rerank "$@"
+    {{python}} -m st_poetry train-reranker "$@"
 
 # models side by side on the eval split, CCPM and BM25
 evaluate *args:
-    {{python}} -m st_poetry.evaluate "$@"
+    {{python}} -m st_poetry evaluate "$@"
 
 # encode the corpus into a searchable faiss index
 index *args:
-    {{python}} -m st_poetry.search build "$@"
+    {{python}} -m st_poetry index "$@"
 
 # find the poem lines for a description
 search *args:
-    {{python}} -m st_poetry.search query "$@"
+    {{python}} -m st_poetry search "$@"
 
 # the search page and JSON API at http://127.0.0.1:8000 (--index DIR --host --port)
 serve *args:
-    {{python}} -m st_poetry.serve "$@"
+    {{python}} -m st_poetry serve "$@"
 
 # prepare -> mine -> train -> evaluate -> index from one TOML file (--config configs/cpu-e5-small.toml)
 pipeline *args:
-    {{python}} -m st_poetry.pipeline "$@"
+    {{python}} -m st_poetry pipeline "$@"
 
 # the default (fast) test suite
 test *args:
@@ -89,7 +90,8 @@ docs *args:
 docs-build *args:
     mkdocs build --strict "$@"
 
-# ruff lint and format check
+# ruff lint and format check, and the layer contracts (pyproject.toml's [tool.importlinter])
 lint:
     ruff check .
     ruff format --check .
+    lint-imports

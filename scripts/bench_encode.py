@@ -14,9 +14,9 @@
   backends interleaved query by query; p50/p95 over `--queries` eval descriptions;
 - the probe cosine of each backend to torch (what `just search`'s probe check sees across backends), and, with
   `--other-model`, of that model to this one (what it sees for another model);
-`--part cold`: cold start, `python -m st_poetry.search query` as a child process, from start to exit with the first
+`--part cold`: cold start, `st-poetry search` as a child process, from start to exit with the first
 result, against a small index (`--cold-index-lines` lines) built by the same backend; median of `--cold-runs`.
-`--part quality`: st_poetry.evaluate with every backend as rows (retrieval on the eval split against a corpus capped
+`--part quality`: `just evaluate` with every backend as rows (retrieval on the eval split against a corpus capped
 at `--max-corpus`, CCPM accuracy on the eval split), no BM25.
 
 Results: .bench/encode/{speed,quality}.json (and the evaluation folder), summarised on stdout.
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from benchlib import ROOT, run_measured
 
-from st_poetry.config import EvaluateConfig, IndexConfig
-from st_poetry.evaluate import evaluate
-from st_poetry.modeling import load_model
-from st_poetry.schema import CORPUS, read_split
-from st_poetry.search import build_index, model_record
+from st_poetry.core.config import EvaluateConfig, IndexConfig
+from st_poetry.core.modeling import load_model
+from st_poetry.core.schema import CORPUS, read_split
+from st_poetry.evaluation.evaluate import evaluate
+from st_poetry.retrieval.search import build_index, model_record
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
@@ -127,7 +127,14 @@ def cold_start(args: argparse.Namespace, backends: list[str], work: Path) -> dic
     runs: dict[str, list[dict]] = {name: [] for name in backends}
     for number in range(args.cold_runs):
         for name in backends[number % len(backends) :] + backends[: number % len(backends)]:
-            command = [sys.executable, "-m", "st_poetry.search", "query", "--index", str(work / f"index-{name}")]
+            command = [
+                sys.executable,
+                "-m",
+                "st_poetry.retrieval.search",
+                "query",
+                "--index",
+                str(work / f"index-{name}"),
+            ]
             runs[name].append(
                 run_measured([*command, "--top-k", "1", "山中下雨后傍晚的秋天"], work / f"cold-{name}.log")
             )

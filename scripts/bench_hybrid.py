@@ -2,7 +2,7 @@
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_hybrid.py --data data/processed
 
-The BM25 side is real: the character index `just index` stores (`st_poetry.lexical.build_bm25`) over every line
+The BM25 side is real: the character index `just index` stores (`retrieval.lexical.build_bm25`) over every line
 of `corpus.jsonl`, queried with the eval split's descriptions. The dense side is a flat faiss index of random
 unit vectors of the model's size (384 = e5-small): what hybrid search adds (BM25 scores of the whole corpus, the
 candidates' vectors, the fusion) costs the same whatever the vectors hold, and no model has to encode 133k lines
@@ -26,11 +26,11 @@ import bm25s
 import faiss
 import numpy as np
 
-from st_poetry.config import FusionOptions
-from st_poetry.hybrid import candidates, fuse, ranking
-from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
-from st_poetry.schema import read_split
-from st_poetry.search import read_corpus
+from st_poetry.core.config import FusionOptions
+from st_poetry.core.schema import read_split
+from st_poetry.retrieval.hybrid import candidates, fuse, ranking
+from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
+from st_poetry.retrieval.search import read_corpus
 
 
 def percentiles(times: list[float]) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Time and peak memory of `prepare` on a synthetic works file of a million records, and on the real data.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py                    # 1,000,000 records
-    python scripts/bench_prepare.py --records 100000 --sample ../shared/data           # smaller, plus the sample
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py --records 0 --full ../shared/data --opencc
+    python scripts/bench_prepare.py --records 100000 --sample data/raw           # smaller, plus the sample
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py --records 0 --full data/raw --opencc
                                 # works + CCPM + all of chinese-poetry, and OpenCC's throughput on its text
 
 The synthetic file is shaped like chinese-poetry-and-prose `works*.json` (all twelve fields, pretty-printed like
@@ -75,8 +75,8 @@ def synthetic_works(path: Path, records: int, seed: int) -> None:
 
 
 def run_prepare(args: list[str], log: Path) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds and peak RSS (GiB) of one `python -m st_poetry.prepare` child process."""
-    cost = run_measured([sys.executable, "-m", "st_poetry.prepare", *args], log)
+    """Wall seconds, CPU seconds and peak RSS (GiB) of one `st-poetry prepare` child process."""
+    cost = run_measured([sys.executable, "-m", "st_poetry", "prepare", *args], log)
     print(log.read_text(encoding="utf-8"))
     return cost["seconds"], cost["cpu_seconds"], cost["peak_rss_mib"] / 1024
 

@@ -19,13 +19,12 @@ from pathlib import Path
 from benchlib import finish_plot
 from matplotlib.figure import Figure
 
-from st_poetry.files import read_jsonl
-from st_poetry.metrics import ccpm_accuracy, ccpm_records_from_eval
-from st_poetry.modeling import load_model, load_reranker
-from st_poetry.rerank import EVALUATOR_NAME
-from st_poetry.rerank import ccpm_accuracy as reranker_ccpm_accuracy
-from st_poetry.schema import PAIR
-from st_poetry.train import TRAIN_LOG, checkpoint_step, saved_checkpoints
+from st_poetry.core.files import read_jsonl
+from st_poetry.core.modeling import load_model, load_reranker
+from st_poetry.core.schema import PAIR
+from st_poetry.evaluation.metrics import ccpm_accuracy, ccpm_records_from_eval, reranker_ccpm_accuracy
+from st_poetry.training.reranker import EVALUATOR_NAME
+from st_poetry.training.train import TRAIN_LOG, checkpoint_step, saved_checkpoints
 
 TARGET = 0.87
 

@@ -14,8 +14,8 @@ import json
 import random
 import timeit
 
-from st_poetry.prepare import corpus_row, corpus_row_end, pair_row, pair_row_end
-from st_poetry.schema import CORPUS, PAIR
+from st_poetry.core.schema import CORPUS, PAIR
+from st_poetry.data.prepare import corpus_row, corpus_row_end, pair_row, pair_row_end
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ not corpus points. No model is involved: this measures the faiss index, which is
 two index types (query encoding costs the same either way). With `--vectors DIR` the vectors of a flat index
 built by `just index` are used instead, and a held-out sample of them serves as queries.
 
-Both indexes are made by `st_poetry.search.new_faiss_index` with `IndexConfig`'s defaults, i.e. what
+Both indexes are made by `st_poetry.retrieval.search.new_faiss_index` with `IndexConfig`'s defaults, i.e. what
 `just index --index-type hnsw` builds. Reported: recall@k of HNSW against the exact top k (per efSearch), build
 time, latency p50/p95 for one query and for batches, resident memory added by each index and its size on disk.
 """
@@ -30,8 +30,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from st_poetry.config import IndexConfig
-from st_poetry.search import FAISS_FILE, new_faiss_index
+from st_poetry.core.config import IndexConfig
+from st_poetry.retrieval.search import FAISS_FILE, new_faiss_index
 
 
 def rss_mb() -> float:

@@ -7,7 +7,7 @@
    `--data`/corpus.jsonl, or from a sample of it (`--sample N` lines, 0 = all): the groups of the page's example
    descriptions' lines, then of other eval lines (so load queries can find their line), then the rest, in a
    seeded order; always whole groups.
-2. Server: `python -m st_poetry.serve` in a child process on 127.0.0.1 and a free port; waits for /health.
+2. Server: `st-poetry serve` in a child process on 127.0.0.1 and a free port; waits for /health.
 3. Load: `--clients` threads, each on its own keep-alive connection, send `--requests` GET /api/search?q=...&k=10
    in total, the queries being the eval descriptions of `--data`/eval.jsonl whose line is in the index, in a
    seeded order. Reported: latency
@@ -41,9 +41,9 @@ import numpy as np
 from benchlib import ROOT
 from datasets import load_from_disk
 
-from st_poetry.schema import CORPUS, read_split
-from st_poetry.search import INDEX_INFO, LINES_DIR
-from st_poetry.serve import EXAMPLES
+from st_poetry.core.schema import CORPUS, read_split
+from st_poetry.retrieval.search import INDEX_INFO, LINES_DIR
+from st_poetry.serve.app import EXAMPLES
 
 
 def sample_corpus(data: Path, sample: int, seed: int, out: Path) -> int:
@@ -236,7 +236,7 @@ def main() -> None:
         if args.sample:
             corpus = work / "serve_corpus.jsonl"
             print(f"sampled {sample_corpus(args.data, args.sample, args.seed, corpus):,} lines into {corpus}")
-        command = [sys.executable, "-m", "st_poetry.search", "build", "--model", args.model]
+        command = [sys.executable, "-m", "st_poetry", "index", "--model", args.model]
         subprocess.run([*command, "--corpus", str(corpus), "--out", str(args.index)], cwd=ROOT, check=True)
     info = json.loads((args.index / INDEX_INFO).read_text(encoding="utf-8"))
 
@@ -246,7 +246,7 @@ def main() -> None:
     print(f"{len(queries):,} eval descriptions whose line is in the index")
     port, log = free_port(), work / "serve.log"
     with open(log, "w", encoding="utf-8") as handle:
-        command = [sys.executable, "-m", "st_poetry.serve", "--index", str(args.index), "--port", str(port)]
+        command = [sys.executable, "-m", "st_poetry", "serve", "--index", str(args.index), "--port", str(port)]
         server = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     try:
         tick = time.perf_counter()

@@ -1,7 +1,7 @@
-"""Training speed: `st_poetry.train` against FlagEmbedding's own fine-tuning, measured alike, in one run.
+"""Training speed: `st_poetry.training.train` against FlagEmbedding's own fine-tuning, measured alike, in one run.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_train.py \
-        --model ../shared/models/e5-small-zh --fe-python .bench/fe4-venv/bin/python
+        --model models/e5-small-zh --fe-python .bench/fe4-venv/bin/python
 
 All trainers fine-tune the same base on the same FlagEmbedding-format file (rows of `data/processed/train.jsonl`
 with at least --num-negatives given negatives) with the same batch size, group size (1 positive + n negatives),
@@ -39,9 +39,9 @@ from pathlib import Path
 from benchlib import run_timed
 from sentence_transformers import SentenceTransformer
 
-from st_poetry.files import write_jsonl
-from st_poetry.modeling import document_prompt, load_model, query_prompt
-from st_poetry.schema import PAIR
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.schema import PAIR
 
 
 def write_bench_data(prepared: Path, path: Path, rows: int, negatives: int, seed: int) -> int:
@@ -58,7 +58,7 @@ def write_bench_data(prepared: Path, path: Path, rows: int, negatives: int, seed
 
 def st_poetry_command(args: argparse.Namespace, data: Path, out: Path, seed: int, cached: bool) -> list[str]:
     """`just train` (module and arguments) on the benchmark file; it evaluates once, at the last step."""
-    command = ["st_poetry.train", "--data", str(data), "--model", args.model]
+    command = ["st_poetry.training.train", "--data", str(data), "--model", args.model]
     command += ["--cached-loss" if cached else "--no-cached-loss"]
     command += ["--out", str(out), "--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
     command += ["--batch-size", str(args.batch_size), "--mini-batch-size", str(args.mini_batch_size)]
@@ -108,7 +108,7 @@ def measure(name: str, python: str, module_args: list[str], work: Path, env: dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="../shared/models/e5-small-zh")
+    parser.add_argument("--model", default="models/e5-small-zh")
     parser.add_argument("--prepared", default="data/processed", help="folder written by `just prepare`")
     parser.add_argument("--fe-python", default=".bench/fe4-venv/bin/python", help="python with FlagEmbedding 1.x")
     parser.add_argument("--steps", type=int, default=20)

@@ -20,7 +20,7 @@ block of 1 MiB or more on its own (`GLIBC_TUNABLES`), which hands freed activati
 if resident memory were fragmentation, that run would stay flat. `--plot` draws resident memory and the padded
 tokens of each step, which tells growth from fragmentation apart from growth with the batches' lengths.
 
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_train_memory.py --model ../shared/models/e5-small-zh \
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_train_memory.py --model models/e5-small-zh \
         --data data/processed --work .bench/bench_train_memory_e5 --steps 12 \
         --runs no_cache_n3 no_cache_n3_mmap preset --plot docs/train_memory_e5_small.png
 """
@@ -82,8 +82,8 @@ def kept_activations(args: argparse.Namespace, batches: int = 200) -> dict[str, 
     sampled from --data, as `just train --no-cached-loss` would build them (prompts, token limit 64)."""
     from sentence_transformers import SentenceTransformer
 
-    from st_poetry.config import TrainConfig
-    from st_poetry.train import column_prompts, load_training_data
+    from st_poetry.core.config import TrainConfig
+    from st_poetry.training.train import column_prompts, load_training_data
 
     config = TrainConfig(data=args.data, model=args.model, num_negatives=args.negatives, eval_max_rows=1)
     rows = load_training_data(config).train
@@ -123,7 +123,7 @@ def kept_activations(args: argparse.Namespace, batches: int = 200) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/mined", help="a `just mine` (or `just prepare`) folder")
-    parser.add_argument("--tokenizer-from", default="../shared/models/e5-small-zh")
+    parser.add_argument("--tokenizer-from", default="models/e5-small-zh")
     parser.add_argument("--model", help="train this model instead of a random-init BERT of bge-base's shape")
     parser.add_argument("--plot", help="draw resident memory and padded tokens per step of the runs to this PNG")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is not timed")
@@ -160,7 +160,7 @@ def main() -> None:
         label, flags, malloc = RUNS[name]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **malloc}
         shutil.rmtree(work / name, ignore_errors=True)
-        command = ["st_poetry.train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
+        command = ["st_poetry.training.train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
         command += ["--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
         command += ["--eval-max-rows", "32", "--eval-max-corpus", "256", *flags]
         timed = run_timed(sys.executable, command, work, name, env, check=False)  # an out-of-memory kill is a result

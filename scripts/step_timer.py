@@ -1,7 +1,7 @@
 """Run a transformers-based training module and time its optimizer steps, the same way for any trainer.
 
     python scripts/step_timer.py TIMES.json MODULE [ARGS ...]
-    python scripts/step_timer.py times.json st_poetry.train --data ... --max-steps 30
+    python scripts/step_timer.py times.json st_poetry.training.train --data ... --max-steps 30
 
 `bench_train.py` runs both st_poetry and FlagEmbedding through this file, each in its own virtual
 environment, so both are measured by one instrument: the time between the ends of consecutive optimizer

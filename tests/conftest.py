@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from st_poetry.schema import CORPUS, PAIR
+from st_poetry.core.schema import CORPUS, PAIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -12,21 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from st_poetry.backends import RuntimeModel
-from st_poetry.config import BACKENDS, EvaluateConfig, ExportConfig, IndexConfig, UserError, parse_config
-from st_poetry.evaluate import evaluate
-from st_poetry.export import export
-from st_poetry.mine import model_fingerprint
-from st_poetry.modeling import load_model
-from st_poetry.schema import CORPUS, PAIR
-from st_poetry.search import (
+from st_poetry.cli import main
+from st_poetry.core.backends import RuntimeModel
+from st_poetry.core.config import BACKENDS, EvaluateConfig, ExportConfig, IndexConfig, parse_config
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import load_model
+from st_poetry.core.schema import CORPUS, PAIR
+from st_poetry.evaluation.evaluate import evaluate
+from st_poetry.retrieval.export import export
+from st_poetry.retrieval.search import (
     INDEX_INFO,
     PROBE_MIN_COSINE,
     PROBE_MIN_COSINE_ACROSS_BACKENDS,
     PoetryIndex,
     build_index,
-    main,
 )
+from st_poetry.training.mine import model_fingerprint
 from tests.conftest import prepared_rows
 
 pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
@@ -103,7 +104,7 @@ def test_a_corrupt_onnx_file_is_one_line_without_traceback(capsys, tmp_path, exp
     shutil.copytree(exported_model, folder)
     (folder / "onnx" / "model.onnx").write_bytes(b"not an onnx graph")
     with pytest.raises(SystemExit) as exit_info:
-        main(["build", "--model", str(folder), "--backend", "onnx", "--corpus", str(prepared_dir / "corpus.jsonl")])
+        main(["index", "--model", str(folder), "--backend", "onnx", "--corpus", str(prepared_dir / "corpus.jsonl")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a loadable ONNX model" in err and "just export" in err

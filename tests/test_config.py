@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from st_poetry.config import (
+from st_poetry.core.config import (
     DEFAULT_MODEL,
     EvaluateConfig,
     IndexConfig,
@@ -112,7 +112,7 @@ def test_ctrl_c_is_one_line_and_exit_code_130():
     # A real SIGINT to a running stage, as a terminal's Ctrl-C sends it.
     code = (
         "import time\n"
-        "from st_poetry.config import QueryConfig, run_cli\n"
+        "from st_poetry.core.config import QueryConfig, run_cli\n"
         "def stage(config):\n"
         "    print('running', flush=True)\n"
         "    time.sleep(60)\n"

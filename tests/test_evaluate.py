@@ -14,11 +14,14 @@ import pytest
 from conftest import save_bag_of_chars_model
 from sentence_transformers import SentenceTransformer
 
-from st_poetry.config import EvaluateConfig, UserError
-from st_poetry.evaluate import _short_names, evaluate, main
-from st_poetry.files import write_jsonl
-from st_poetry.lexical import bm25_ccpm_accuracy, bm25_retrieval_metrics, single_chars
-from st_poetry.metrics import (
+from st_poetry.cli import main as cli_main
+from st_poetry.core.config import EvaluateConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.schema import PAIR
+from st_poetry.evaluation.baselines import bm25_ccpm_accuracy, bm25_retrieval_metrics
+from st_poetry.evaluation.evaluate import _short_names, evaluate
+from st_poetry.evaluation.metrics import (
     CCPMRecord,
     build_ir_evaluator,
     ccpm_accuracy,
@@ -26,7 +29,7 @@ from st_poetry.metrics import (
     read_ccpm,
     retrieval_metrics,
 )
-from st_poetry.schema import PAIR
+from st_poetry.retrieval.lexical import single_chars
 
 # Cosine of character counts, query against each line (c0..c4), worked out by hand:
 #   "甲乙丙丁丁" (positive c1): c0 5/(√7·2)=.945, c1 3/(√7·2)=.567, c2 .378, c3 .189   -> c1 at rank 2
@@ -127,7 +130,7 @@ def test_evaluate_writes_side_by_side_report(tmp_path, prepared_dir, tiny_st_mod
     ccpm = ccpm_file(tmp_path / "ccpm.jsonl", CCPM)
     out = tmp_path / "evaluation"
     models = ["--model", tiny_st_model, "--model", bag_of_chars_model]
-    main(["--data", str(prepared_dir), *models, "--ccpm", str(ccpm), "--out", str(out)])
+    cli_main(["evaluate", "--data", str(prepared_dir), *models, "--ccpm", str(ccpm), "--out", str(out)])
 
     report = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert [row["name"] for row in report["rows"]] == ["bm25-jieba", "bm25-chars", "tiny-st", "bag-of-chars"]
@@ -182,7 +185,7 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
     ]
     for flags, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            main(["--data", str(prepared_dir), "--out", str(out), "--no-bm25", *flags])
+            cli_main(["evaluate", "--data", str(prepared_dir), "--out", str(out), "--no-bm25", *flags])
         assert exit_info.value.code == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("error: ") and message in error and "\n" not in error

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from st_poetry.config import UserError
-from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, recover_set_aside, replaced_when_complete
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import atomic_output_dir, decode_text, read_jsonl, recover_set_aside, replaced_when_complete
 
 
 def _write(out: Path, marker: str, text: str) -> None:
@@ -33,7 +33,7 @@ def _killed_while_writing(out: Path, kill_at: str) -> None:
     code = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from st_poetry.files import atomic_output_dir\n"
+        "from st_poetry.core.files import atomic_output_dir\n"
         "out, kill_at = Path(sys.argv[1]), sys.argv[2]\n"
         "rename = Path.rename\n"
         "def rename_then_die(self, target):\n"
@@ -134,6 +134,28 @@ def test_output_folders_follow_the_umask(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # mkdtemp made it 0o700
+
+
+def test_output_files_follow_the_umask_whatever_mode_their_writer_gave(tmp_path):
+    """safetensors writes through a 0600 temporary file: what the stage publishes gets the umask all the same."""
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not ours")
+    outside.chmod(0o600)
+    previous = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out", "stats.json") as tmp:
+            (tmp / "sub").mkdir(mode=0o700)
+            for name, mode in (("weights", 0o600), ("sub/weights", 0o600), ("run.sh", 0o700), ("stats.json", 0o644)):
+                (tmp / name).write_text("x")
+                (tmp / name).chmod(mode)
+            (tmp / "link").symlink_to(outside)
+    finally:
+        os.umask(previous)
+    modes = {name: stat.S_IMODE((tmp_path / "out" / name).lstat().st_mode) for name in ("weights", "sub/weights")}
+    assert modes == {"weights": 0o644, "sub/weights": 0o644}
+    assert stat.S_IMODE((tmp_path / "out" / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "run.sh").stat().st_mode) == 0o755  # still executable
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600  # a link's target is not ours to change
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_old_output(tmp_path):

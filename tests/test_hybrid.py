@@ -6,9 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from st_poetry.config import FusionOptions, QueryConfig
-from st_poetry.hybrid import Candidates, candidates, fuse, fused_choice_scores, ranking
-from st_poetry.lexical import bm25_scores, build_bm25, single_chars
+from st_poetry.core.config import FusionOptions, QueryConfig
+from st_poetry.retrieval.hybrid import Candidates, candidates, fuse, fused_choice_scores, fused_ranking, ranking
+from st_poetry.retrieval.lexical import bm25_scores, build_bm25, single_chars
 
 # One query, four candidates (ids 0-3), and a second query with two candidates and two padding columns.
 FOUND = Candidates(
@@ -65,6 +65,28 @@ def test_candidates_are_the_union_of_both_top_lists_with_exact_scores_for_both_s
     assert candidates(index, vectors[:1], bm25, [[]], depth=2).ids.tolist() == [dense_top]
 
 
+def test_a_search_gathers_at_least_as_deep_as_the_lines_it_returns():
+    texts = ["甲乙丙", "丁戊己", "庚辛壬", "子丑寅", "卯辰巳", "午未申"]
+    vectors = np.random.default_rng(1).normal(size=(len(texts), 8)).astype(np.float32)
+    faiss.normalize_L2(vectors)
+    index = faiss.IndexFlatIP(8)
+    index.add(vectors)
+    bm25 = build_bm25(texts, single_chars)
+    tokens = [single_chars("午未申")]
+    for fusion in ("interpolate", "rrf"):
+        options = FusionOptions(fusion=fusion, depth=1)
+        # depth 1: two candidates at most, whatever top_k asks
+        shallow = ranking(found := candidates(index, vectors[:1], bm25, tokens, 1), fuse(found, options), top_k=4)
+        assert len(shallow[0]) == 2
+        (hits,) = fused_ranking(index, vectors[:1], bm25, tokens, options, top_k=4)
+        assert len(hits) == 4 and len({hit[0] for hit in hits}) == 4
+        assert len(fused_ranking(index, vectors[:1], bm25, tokens, options, top_k=100)[0]) == len(texts)
+        # at top_k <= depth the search is the plain fusion of that depth
+        options = FusionOptions(fusion=fusion, depth=3)
+        deep = ranking(found := candidates(index, vectors[:1], bm25, tokens, 3), fuse(found, options), top_k=2)
+        assert fused_ranking(index, vectors[:1], bm25, tokens, options, top_k=2) == deep
+
+
 def test_ccpm_choices_are_fused_over_each_records_choices():
     dense = [np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.1])]
     lexical = [np.array([0.0, 5.0, 0.0, 0.0]), np.array([4.0, 0.0, 1.0])]
@@ -77,7 +99,7 @@ def test_ccpm_choices_are_fused_over_each_records_choices():
 
 
 def test_fusion_options_are_checked_also_beside_a_configs_other_options():
-    for bad in ({"alpha": 1.5}, {"depth": 0}, {"rrf_k": -1}):
+    for bad in ({"alpha": 1.5}, {"depth": 0}, {"rrf_k": -1}, {"rrf_k": 10**30}):
         with pytest.raises(ValueError):
             FusionOptions(**bad)
     with pytest.raises(ValueError, match="alpha"):

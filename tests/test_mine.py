@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from st_poetry.config import MineConfig, UserError
-from st_poetry.files import write_jsonl
-from st_poetry.mine import candidate_texts, main, mine, model_fingerprint, normalize, read_prepared
-from st_poetry.modeling import load_model
-from st_poetry.schema import CORPUS, MINED, RowType, read_split
+from st_poetry.cli import main as cli_main
+from st_poetry.core.config import MineConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.modeling import load_model
+from st_poetry.core.schema import CORPUS, MINED, RowType, read_split
+from st_poetry.training.mine import candidate_texts, mine, model_fingerprint, normalize, read_prepared
 
 EVAL_TEXTS = ("空山新雨后", "锄禾日当午")  # eval positives (groups p7, p8) in the conftest poems
 
@@ -196,7 +198,7 @@ def test_missing_input_file_is_a_clear_error(prepared_dir, tiny_st_model, name):
 
 def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "mined")])
+        cli_main(["mine", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "mined")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         f"error: data folder not found: {tmp_path / 'nowhere'}: --data must be a folder written by `just prepare`"
@@ -286,6 +288,40 @@ def test_an_empty_eval_split_is_reported(prepared_dir, tiny_st_model, capsys):
     stats = mine(_config(prepared_dir, tiny_st_model, range_max=10))
     assert stats["eval"]["rows_out"] == 0
     assert "warning: " in (err := capsys.readouterr().err) and "eval.jsonl has no rows" in err
+
+
+def test_a_cache_file_replaced_by_another_valid_array_is_computed_again(prepared_dir, tiny_st_model, capsys):
+    config = _config(prepared_dir, tiny_st_model, range_max=10)
+    first = _read(Path(mine(config)["config"]["out"]) / "train.jsonl")
+    (corpus_cache,) = (prepared_dir.parent / "cache").rglob("corpus_embeddings_*.npy")
+    written = np.load(corpus_cache)
+    # a valid .npy of the same shape and dtype, in place: its header loads, only the vectors differ
+    np.save(corpus_cache, written[::-1].copy())
+    capsys.readouterr()
+    second = mine(config)
+    err = capsys.readouterr().err
+    assert f"warning: {corpus_cache} changed after it was cached" in err
+    assert second["train"]["encoded_texts"] > 0
+    assert _read(Path(config.out) / "train.jsonl") == first
+    np.testing.assert_array_equal(np.load(corpus_cache), written)  # computed again, not the replaced array
+    capsys.readouterr()
+    third = mine(config)  # the recomputed file has its checksum again: served from the cache, no warning
+    assert third["train"]["encoded_texts"] == 0 and "warning" not in capsys.readouterr().err
+
+
+def test_a_foreign_out_folder_is_refused_before_the_model_is_loaded(prepared_dir, monkeypatch):
+    from st_poetry import mine as mine_module
+
+    out = prepared_dir.parent / "mined"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(mine_module, "load_model", no_model)
+    with pytest.raises(UserError, match=f"refusing to overwrite {out}: it is not empty and has no mine_stats.json"):
+        mine(_config(prepared_dir, "unused"))
 
 
 def test_a_truncated_cache_file_is_a_cache_miss(prepared_dir, tiny_st_model, capsys):

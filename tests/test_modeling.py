@@ -5,13 +5,12 @@ import shutil
 import pytest
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
-from st_poetry import modeling
-from st_poetry.config import TrainConfig, UserError
-from st_poetry.evaluate import main as evaluate_main
-from st_poetry.mine import main as mine_main
-from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
-from st_poetry.search import main as search_main
-from st_poetry.train import load_base_model
+from st_poetry.cli import main as cli_main
+from st_poetry.core import modeling
+from st_poetry.core.config import TrainConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.training.train import load_base_model
 
 
 def test_plain_checkpoint_gets_cls_pooling_and_normalize(tiny_hf_model):
@@ -65,14 +64,13 @@ def test_an_instruction_that_contradicts_the_recorded_prompt_is_refused(tiny_st_
 def test_encoding_stages_refuse_a_contradicting_instruction(stage, tiny_st_model, prepared_dir, tmp_path, capsys):
     out = tmp_path / "out"
     common = ["--model", tiny_st_model, "--out", str(out), "--query-instruction", INSTRUCTION]
-    commands = {
-        "mine": (mine_main, ["--data", str(prepared_dir), *common]),
-        "evaluate": (evaluate_main, ["--data", str(prepared_dir), *common]),
-        "index": (search_main, ["build", "--corpus", str(prepared_dir / "corpus.jsonl"), *common]),
+    inputs = {
+        "mine": ["--data", str(prepared_dir)],
+        "evaluate": ["--data", str(prepared_dir)],
+        "index": ["--corpus", str(prepared_dir / "corpus.jsonl")],
     }
-    main, argv = commands[stage]
     with pytest.raises(SystemExit) as exit_info:
-        main(argv)
+        cli_main([stage, *inputs[stage], *common])
     assert exit_info.value.code == 2
     assert "contradicts the query prompt 'query: '" in capsys.readouterr().err
     assert not out.exists()

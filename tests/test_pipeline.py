@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
-from st_poetry.config import PipelineConfig, UserError, parse_config
-from st_poetry.pipeline import is_fresh, newest_input, run_pipeline
+from st_poetry.cli.pipeline import is_fresh, newest_input, run_pipeline
+from st_poetry.core.config import PipelineConfig, parse_config
+from st_poetry.core.errors import UserError
 
 ROOT = Path(__file__).parents[1]
 MARKERS = {
@@ -190,20 +191,7 @@ def test_the_shipped_presets_are_valid(preset):
     assert configs["train"].out in configs["evaluate"].model
 
 
-def test_stage_markers_and_checkpoints_folder_are_the_stages_own():
-    from st_poetry import evaluate, mine, prepare, search, train
-    from st_poetry.pipeline import STAGES, TRAIN_CHECKPOINTS
-
-    owners = {"prepare": prepare.MARKER, "mine": mine.MARKER, "train": train.FINAL_MARKER}
-    owners |= {"evaluate": evaluate.MARKER, "index": search.INDEX_INFO}
-    assert {name: stage.marker for name, stage in STAGES.items()} == owners
-    assert TRAIN_CHECKPOINTS == train.CHECKPOINTS
-    assert all(
-        callable(getattr(__import__(f"st_poetry.{s.module}", fromlist=["x"]), s.function)) for s in STAGES.values()
-    )
-
-
 def test_pipeline_does_not_import_torch_until_a_stage_needs_it():
-    code = "import sys, st_poetry.pipeline; print('torch' in sys.modules, 'sentence_transformers' in sys.modules)"
+    code = "import sys, st_poetry.cli.pipeline; print('torch' in sys.modules, 'sentence_transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]

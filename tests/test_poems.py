@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from st_poetry.config import MineConfig, PrepareConfig, UserError
-from st_poetry.mine import mine
-from st_poetry.poems import sentences
-from st_poetry.prepare import prepare
+from st_poetry.core.config import MineConfig, PrepareConfig
+from st_poetry.core.errors import UserError
+from st_poetry.data.poems import sentences
+from st_poetry.data.prepare import prepare
+from st_poetry.training.mine import mine
 
 # Fixtures in traditional characters, shaped like the files of the npm package chinese-poetry 2.0.1.
 TANG = [

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
-from st_poetry import files
-from st_poetry import prepare as prepare_stage
-from st_poetry.config import PrepareConfig, UserError
-from st_poetry.prepare import clean_lines, is_eval_group, main, prepare
-from st_poetry.schema import CORPUS, PAIR
+from st_poetry.cli import main as cli_main
+from st_poetry.core import files
+from st_poetry.core.config import PrepareConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.schema import CORPUS, PAIR
+from st_poetry.data import prepare as prepare_stage
+from st_poetry.data.prepare import clean_lines, is_eval_group, prepare
 
 FILES = ("train.jsonl", "eval.jsonl", "corpus.jsonl", "stats.json")
 
@@ -323,12 +325,12 @@ def test_a_file_given_twice_is_one_error_naming_both(tmp_path, flags):
 
 def test_an_input_inside_the_output_folder_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "out"
-    main(["--works", str(write_json(tmp_path / "w.json", poem_works())), "--out", str(out)])
+    cli_main(["prepare", "--works", str(write_json(tmp_path / "w.json", poem_works())), "--out", str(out)])
     raw = write_json(out / "myraw.json", poem_works())  # kept in the folder of an earlier prepare
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["--works", str(raw), "--out", str(out)])
+        cli_main(["prepare", "--works", str(raw), "--out", str(out)])
     assert exit_info.value.code == 2
     assert f"--works {raw} is inside --out {out}, which each run replaces" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
@@ -466,19 +468,19 @@ def test_a_foreign_folder_is_never_overwritten(tmp_path):
 
 def test_cli_prints_a_summary_and_reports_user_errors_in_one_line(tmp_path, capsys):
     path = write_json(tmp_path / "w.json", poem_works())
-    main(["--works", str(path), "--out", str(tmp_path / "out")])
+    cli_main(["prepare", "--works", str(path), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "works" in printed and "32" in printed and "corpus 32 unique lines" in printed
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--works", str(tmp_path / "nope.json")])
+        cli_main(["prepare", "--works", str(tmp_path / "nope.json")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: --works: no such file or folder: {tmp_path / 'nope.json'}"
 
 
 def test_prepare_does_not_import_torch():
     code = (
-        "import sys, st_poetry.prepare; "
+        "import sys, st_poetry.data.prepare; "
         "print(sorted(m for m in ('torch', 'sentence_transformers') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -548,7 +550,7 @@ def test_an_output_path_that_cannot_be_a_folder_is_one_line(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     write_json(tmp_path / "w.json", poem_works())
     with pytest.raises(SystemExit) as exit_info:
-        main(["--works", "w.json", "--out", out])
+        cli_main(["prepare", "--works", "w.json", "--out", out])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]
@@ -561,7 +563,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(prepare_stage, "write_json", full)
     path = write_json(tmp_path / "w.json", poem_works())
     with pytest.raises(SystemExit) as exit_info:
-        main(["--works", str(path), "--out", str(tmp_path / "out")])
+        cli_main(["prepare", "--works", str(path), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err  # the reading progress bar, then one line
     assert err.splitlines()[-1].startswith("error: could not write") and "No space left on device" in err

@@ -5,23 +5,29 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import prepared_rows
-from sentence_transformers import CrossEncoder
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from test_train import _Interrupt, _InterruptAfterSave
-from transformers import BertForSequenceClassification
+from transformers import BertForSequenceClassification, TrainerCallback, TrainerState
 
-from st_poetry.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, UserError, parse_config
-from st_poetry.evaluate import evaluate
-from st_poetry.metrics import CCPMRecord
-from st_poetry.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
-from st_poetry.rerank import ccpm_accuracy, rerank, train
-from st_poetry.schema import PAIR
-from st_poetry.search import build_index, query
-from st_poetry.train import CHECKPOINTS, SUMMARY, TRAIN_LOG
+from st_poetry.core.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, TrainConfig, parse_config
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
+from st_poetry.core.schema import PAIR
+from st_poetry.evaluation.evaluate import evaluate
+from st_poetry.evaluation.metrics import CCPMRecord
+from st_poetry.evaluation.metrics import reranker_ccpm_accuracy as ccpm_accuracy
+from st_poetry.retrieval.rerank import rerank
+from st_poetry.retrieval.search import build_index, query
+from st_poetry.training.reranker import train
+from st_poetry.training.train import CHECKPOINTS, SUMMARY, TRAIN_LOG
+from st_poetry.training.train import train as train_bi_encoder
 
 NDCG = "eval_poetry-rerank_ndcg@10"
 
@@ -199,6 +205,49 @@ def test_resume_ends_where_an_uninterrupted_run_would(tiny_hf_model, hard_negati
     resumed = train(_config(hard_negatives_dir, tiny_hf_model, out, resume=True))
     assert resumed["global_step"] == 4
     assert resumed["after"] == pytest.approx(whole["after"], abs=1e-4)
+
+
+def _save_training_state(checkpoint: Path, step: int) -> None:
+    """What the trainer saves beside a checkpoint's model: its state, and an optimizer and scheduler over the
+    checkpoint's own parameters (the optimizer state that fails to load into a model of the other kind)."""
+    model = (
+        CrossEncoder(str(checkpoint))
+        if model_kind(str(checkpoint)) == CROSS_ENCODER
+        else SentenceTransformer(str(checkpoint))
+    )
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.save(optimizer.state_dict(), checkpoint / "optimizer.pt")
+    torch.save(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0).state_dict(), checkpoint / "scheduler.pt")
+    state = TrainerState(global_step=step, max_steps=RUN["max_steps"], train_batch_size=RUN["batch_size"])
+    state.save_to_json(str(checkpoint / "trainer_state.json"))
+
+
+class _NoTraining(TrainerCallback):
+    def on_train_begin(self, args, state, control, **kwargs):
+        raise AssertionError("training started")
+
+
+@pytest.mark.parametrize("folder_of", ["just train", "just train-reranker"])
+def test_resume_refuses_a_checkpoint_of_the_other_kind_before_training(
+    folder_of, tiny_st_model, tiny_hf_model, tiny_reranker, hard_negatives_dir, tmp_path
+):
+    """`just train-reranker --resume` on a `just train` folder, or the reverse, is one line saying which run the
+    folder holds, not the optimizer's ValueError once training starts."""
+    out = tmp_path / "out"
+    checkpoint = out / CHECKPOINTS / "checkpoint-2"
+    if folder_of == "just train":  # a bi-encoder's checkpoint, resumed by the reranker's training
+        SentenceTransformer(tiny_st_model).save(str(checkpoint))
+        stage, config = train, _config(hard_negatives_dir, tiny_hf_model, out, resume=True)
+    else:
+        shutil.copytree(tiny_reranker, checkpoint)
+        run = {key: value for key, value in RUN.items() if key != "in_batch_negatives"}
+        stage = train_bi_encoder
+        config = TrainConfig(data=str(hard_negatives_dir), model=tiny_st_model, out=str(out), resume=True, **run)
+    _save_training_state(checkpoint, step=2)
+    message = rf"^--resume: {out} holds a `{folder_of}` run: .*; continue it with `{folder_of} --resume`"
+    with pytest.raises(UserError, match=message):
+        stage(config, [_NoTraining()])
+    assert sorted(path.name for path in out.iterdir()) == [CHECKPOINTS]  # nothing trained, nothing written
 
 
 # ---------------------------------------------------------------------------------------------------------

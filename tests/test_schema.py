@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from st_poetry.config import UserError
-from st_poetry.files import write_jsonl
-from st_poetry.prepare import corpus_row, corpus_row_end, pair_row, pair_row_end
-from st_poetry.schema import CORPUS, MINED, PAIR, mined_row, read_split
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.schema import CORPUS, MINED, PAIR, mined_row, read_split
+from st_poetry.data.prepare import corpus_row, corpus_row_end, pair_row, pair_row_end
 
 # JSON's awkward characters: quotes, backslashes, control characters, a line separator, non-BMP text
 AWKWARD = ['他说"好"', "a\\b", "line\nbreak\ttab", "\u2028sep", "𠀀字", "“明月”"]

@@ -2,16 +2,19 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 
 import faiss
 import numpy as np
 import pytest
 
-from st_poetry import search
-from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_config
-from st_poetry.modeling import load_model
-from st_poetry.search import INDEX_INFO, PoetryIndex, build_index, main, query, read_corpus
+from st_poetry.cli import main
+from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_config
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import load_model
+from st_poetry.retrieval import search
+from st_poetry.retrieval.search import INDEX_INFO, PoetryIndex, build_index, query, read_corpus
 
 
 @pytest.fixture
@@ -89,6 +92,27 @@ def test_top_k_larger_than_the_corpus_returns_every_line(capsys, index_dir):
     assert len(results[0]["results"]) == 38
 
 
+def test_a_hybrid_search_returns_top_k_lines_whatever_its_depth(capsys, index_dir):
+    index = PoetryIndex(index_dir)
+    # depth 3 gathers at most 6 candidates; top_k asks for more, the index has 38
+    for top_k, lines in ((20, 20), (1000, 38), (2, 2)):
+        (hits,) = index.search(["明月"], top_k=top_k, hybrid=True, fusion=FusionOptions(depth=3))
+        assert len(hits) == lines and [hit["rank"] for hit in hits] == list(range(1, lines + 1))
+    # the fusion still ranks: the line itself first
+    (hits,) = index.search(["孤舟蓑笠翁"], top_k=20, hybrid=True, fusion=FusionOptions(depth=3, fusion="rrf"))
+    assert hits[0]["text"] == "孤舟蓑笠翁" and len({hit["id"] for hit in hits}) == 20
+    results, _ = _query(capsys, index_dir, "明月", top_k=100, depth=3)
+    assert len(results[0]["results"]) == 38
+
+
+def test_top_k_over_the_index_size_says_so(capsys, index_dir):
+    capsys.readouterr()
+    query(QueryConfig(queries=["明月"], index=str(index_dir), top_k=1000))
+    assert "note: --top-k 1000 is more than the index's 38 lines: all of them" in capsys.readouterr().err
+    query(QueryConfig(queries=["明月"], index=str(index_dir), top_k=38))
+    assert "note" not in capsys.readouterr().err
+
+
 def test_queries_from_a_file_and_from_stdin(capsys, monkeypatch, tmp_path, index_dir):
     queries = tmp_path / "queries.txt"
     queries.write_text("春眠不觉晓\n\n  锄禾日当午  \n", encoding="utf-8")
@@ -159,6 +183,22 @@ def test_corpus_row_without_text_names_file_and_line(tmp_path, tiny_st_model):
     assert not (tmp_path / "index").exists()
 
 
+def test_a_foreign_out_folder_is_refused_before_the_model_is_loaded(monkeypatch, tmp_path, prepared_dir):
+    """The refusal atomic_output_dir would give after the whole corpus is encoded comes before any encoding."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not an index")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(search, "load_model", no_model)
+    config = IndexConfig(model="unused", corpus=str(prepared_dir / "corpus.jsonl"), out=str(out))
+    with pytest.raises(UserError, match=rf"refusing to overwrite {out}: it is not empty and has no {INDEX_INFO}"):
+        build_index(config)
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
+
+
 def test_a_corpus_is_encoded_in_chunks_into_the_same_index(monkeypatch, tmp_path, tiny_hf_model, prepared_dir):
     """The chunked build (ENCODE_CHUNK lines per encode call, added as they come) stores the vectors, in corpus
     order, that one call over the whole corpus gives."""
@@ -184,23 +224,16 @@ def test_hnsw_index_builds_and_finds_the_same_lines(capsys, tmp_path, tiny_hf_mo
     assert [result["results"][0]["text"] for result in results] == ["举头望明月", "大漠孤烟直"]
 
 
-def test_command_line_subcommands(capsys, tmp_path, tiny_hf_model, prepared_dir):
+def test_index_and_search_from_the_command_line(capsys, tmp_path, tiny_hf_model, prepared_dir):
     out = tmp_path / "cli-index"
-    main(["build", "--model", tiny_hf_model, "--corpus", str(prepared_dir / "corpus.jsonl"), "--out", str(out)])
+    main(["index", "--model", tiny_hf_model, "--corpus", str(prepared_dir / "corpus.jsonl"), "--out", str(out)])
     assert "indexed 38 lines" in capsys.readouterr().out
-    main(["query", "--index", str(out), "--top-k", "1", "--json", "疑是地上霜"])
+    main(["search", "--index", str(out), "--top-k", "1", "--json", "疑是地上霜"])
     assert json.loads(capsys.readouterr().out)["results"][0]["title"] == "静夜思"
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["query", "--index", str(tmp_path / "nowhere"), "秋天"])
+        main(["search", "--index", str(tmp_path / "nowhere"), "秋天"])
     assert exit_info.value.code == 2 and "error: no index at" in capsys.readouterr().err
-
-    main(["--help"])
-    assert "build" in (usage := capsys.readouterr().out) and "query" in usage
-    for argv in ([], ["serve"]):
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2 and "choose one of build, query" in capsys.readouterr().err
 
 
 def test_config_validation_without_a_model():
@@ -255,9 +288,28 @@ def test_a_punctuation_only_query_is_one_line(capsys, tmp_path, index_dir):
     lines.write_text("秋天\n“”\n", encoding="utf-8")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["query", "--index", str(index_dir), "--file", str(lines)])
+        main(["search", "--index", str(index_dir), "--file", str(lines)])
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and error.startswith("error: query '“”' is punctuation only") and "\n" not in error
+
+
+def test_a_query_of_symbols_is_searched_for_and_one_of_invisible_characters_is_refused(capsys, index_dir):
+    # an emoji is text a description may be made of: searched for (by the dense side alone in a hybrid search)
+    for hybrid in (True, False):
+        results, _ = _query(capsys, index_dir, "🌙", "🍂🍁", top_k=3, hybrid=hybrid)
+        assert [len(result["results"]) for result in results] == [3, 3]
+    for text, message in (
+        ("\u200b\u200b", "query '\\u200b\\u200b' has no visible character"),
+        ("\ufeff \u2060", "has no visible character"),
+        ("\u0301", "has no visible character"),
+        ("  \t", "empty query"),
+        ("《》", "is punctuation only"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
+            query(QueryConfig(queries=[text], index=str(index_dir)))
+        with pytest.raises(UserError, match=re.escape(message)):
+            PoetryIndex(index_dir).search([text], hybrid=False)
+    assert search.query_problem("⛰️ + 🌧") is None and search.query_problem("１２") is None
 
 
 def _truncate(path, size=None):

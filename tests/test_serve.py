@@ -6,22 +6,25 @@ and the expected results can be read off the text.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
 from fastapi.testclient import TestClient
 
-from st_poetry.config import IndexConfig, QueryConfig, ServeConfig, parse_config
-from st_poetry.modeling import load_reranker
-from st_poetry.schema import CORPUS
-from st_poetry.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
-from st_poetry.serve import EXAMPLES, create_app, highlight, main
+from st_poetry.cli import main as cli_main
+from st_poetry.core.config import IndexConfig, QueryConfig, ServeConfig, parse_config
+from st_poetry.core.modeling import load_reranker
+from st_poetry.core.schema import CORPUS
+from st_poetry.retrieval.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
+from st_poetry.serve.app import EXAMPLES, create_app, highlight, public_name, trusted_hosts, uvicorn_options
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
 JSON = {"Content-Type": "application/json"}
@@ -46,9 +49,14 @@ def index(index_dir):
     return PoetryIndex(index_dir)
 
 
+def config(index, **fields) -> ServeConfig:
+    """The server's settings, answering TestClient's Host header (testserver) besides its own."""
+    return ServeConfig(index=str(index.folder), allowed_hosts=["testserver"], **fields)
+
+
 @pytest.fixture(scope="module")
 def client(index):
-    with TestClient(create_app(index, ServeConfig(index=str(index.folder), max_k=20, hybrid=False))) as client:
+    with TestClient(create_app(index, config(index, max_k=20, hybrid=False))) as client:
         yield client
 
 
@@ -100,8 +108,8 @@ def test_post_answers_several_queries_in_order_and_k_defaults_to_the_servers(cli
 
 
 def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, index, tiny_reranker):
-    config = ServeConfig(index=str(index.folder), reranker=tiny_reranker, rerank_top_k=8, hybrid=False)
-    with TestClient(create_app(index, config, load_reranker(tiny_reranker))) as reranking:
+    settings = config(index, reranker=tiny_reranker, rerank_top_k=8, hybrid=False)
+    with TestClient(create_app(index, settings, load_reranker(tiny_reranker))) as reranking:
         hits = reranking.get("/api/search", params={"q": DESCRIPTION, "k": 3}).json()["results"]
         # what `just search --no-hybrid --reranker --json` prints (the page searches with the model alone), plus poems
         expected = query(
@@ -121,7 +129,9 @@ def test_with_a_reranker_requests_are_reranked_unless_they_say_not_to(capsys, in
         posted = reranking.post("/api/search", json={"queries": [DESCRIPTION], "k": 3}).json()["queries"][0]
         assert posted["results"] == hits
         page = reranking.get("/", params={"q": DESCRIPTION}).text
-        assert f"reranker <code>{tiny_reranker}</code> (top 8)" in page and "reranker score" in page
+        # the reranker by its folder's name: where the server keeps it is none of a client's business
+        assert f"reranker <code>{Path(tiny_reranker).name}</code> (top 8)" in page and "reranker score" in page
+        assert str(Path(tiny_reranker).parent) not in page
 
 
 def test_hybrid_search_options_carry_over_as_parameters(capsys, client, index):
@@ -149,7 +159,7 @@ def test_hybrid_search_options_carry_over_as_parameters(capsys, client, index):
 
 
 def test_the_servers_search_options_are_the_default_a_request_overrides(index):
-    with TestClient(create_app(index, ServeConfig(index=str(index.folder), hybrid=True, alpha=0.7))) as hybrid:
+    with TestClient(create_app(index, config(index, hybrid=True, alpha=0.7))) as hybrid:
         assert "dense_score" in hybrid.get("/api/search", params={"q": DESCRIPTION}).json()["results"][0]
         plain = hybrid.get("/api/search", params={"q": DESCRIPTION, "hybrid": "false"}).json()["results"][0]
         assert "dense_score" not in plain
@@ -160,6 +170,25 @@ def test_rerank_without_a_reranker_is_a_400(client):
     response = client.get("/api/search", params={"q": DESCRIPTION, "rerank": "true"})
     assert response.status_code == 400 and "no reranker" in response.json()["detail"]
     assert "rerank_score" not in client.get("/api/search", params={"q": DESCRIPTION}).json()["results"][0]
+
+
+def test_a_query_of_symbols_is_searched_for(client):
+    """An emoji is text a description may be made of: answered (by the dense side alone in a hybrid search, as
+    BM25 indexes letters), not refused as punctuation."""
+    for hybrid in ("true", "false"):
+        response = client.get("/api/search", params={"q": "🌙🍂", "k": 5, "hybrid": hybrid})
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == 5
+    assert client.get("/", params={"q": "🌙"}).status_code == 200
+
+
+def test_a_hybrid_search_returns_k_lines_whatever_its_depth(client):
+    # the candidates of depth 3 are at most 6 lines; k asks for more, the index has 39
+    for k in (20, 3):
+        hits = client.get("/api/search", params={"q": DESCRIPTION, "k": k, "hybrid": "true", "depth": 3}).json()
+        assert len(hits["results"]) == k
+    posted = client.post("/api/search", json={"queries": [DESCRIPTION], "k": 20, "hybrid": True, "depth": 3})
+    assert [len(result["results"]) for result in posted.json()["queries"]] == [20]
 
 
 @pytest.mark.parametrize(
@@ -183,6 +212,12 @@ def test_rerank_without_a_reranker_is_a_400(client):
         ("post", {"json": {"queries": ["雪", ""]}}, 400, "query 2 is empty"),
         ("post", {"json": {"queries": ["雪"] * 33}}, 400, "33 queries in one request; the limit is 32"),
         ("post", {"json": {"queries": ["雪"], "k": 21}}, 400, "k must be between 1 and 20"),
+        # each fused candidate costs a vector read: the depth is bounded like k
+        ("get", {"params": {"q": "雪", "hybrid": "true", "depth": 10**9}}, 400, "depth must be between 1 and 1000"),
+        ("post", {"json": {"queries": ["雪"], "hybrid": True, "depth": 1001}}, 400, "got 1001"),
+        ("get", {"params": {"q": "雪", "hybrid": "true", "fusion": "rrf", "rrf_k": 10**30}}, 400, "rrf_k must be in"),
+        ("get", {"params": {"q": "\u200b\u2060"}}, 400, "the query has no visible character"),
+        ("post", {"json": {"queries": ["雪", "。\u200b"]}}, 400, "query 2 is punctuation only"),
     ],
 )
 def test_bad_input_is_a_4xx_with_a_one_line_message_and_the_server_keeps_serving(
@@ -196,9 +231,23 @@ def test_bad_input_is_a_4xx_with_a_one_line_message_and_the_server_keeps_serving
     assert client.get("/api/search", params={"q": DESCRIPTION, "k": 1}).json()["results"][0]["text"] == "独钓寒江雪"
 
 
-def test_health_and_info(client, index_dir):
+def test_health_and_info_without_the_servers_paths(client, index_dir):
     assert client.get("/health").json() == {"status": "ok", "lines": 39}
-    assert client.get("/api/info").json() == json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
+    info = json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
+    assert Path(info["model"]).is_absolute() and Path(info["corpus"]).is_absolute()  # as `just index` recorded them
+    response = client.get("/api/info")
+    # index.json with the model and corpus by name
+    assert response.json() == info | {"model": "bag-of-chars", "corpus": "corpus.jsonl"}
+    assert str(index_dir.parent) not in response.text
+
+
+def test_public_names_keep_hub_ids_and_drop_local_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "st-poetry").mkdir(parents=True)
+    assert public_name("BAAI/bge-base-zh-v1.5") == "BAAI/bge-base-zh-v1.5"  # a Hub id, as given
+    assert public_name("models/st-poetry") == "st-poetry"  # a folder here
+    assert public_name(str(tmp_path / "models" / "st-poetry")) == "st-poetry"
+    assert public_name("./st-poetry") == public_name("/srv/a/b/st-poetry") == public_name("~/st-poetry") == "st-poetry"
 
 
 def test_the_page_renders_results_on_the_server(client, index):
@@ -212,8 +261,9 @@ def test_the_page_renders_results_on_the_server(client, index):
     assert all(line in html for line in ("千山鸟飞绝", "万径人踪灭", "孤舟蓑笠翁"))
     assert "《江雪》" in html and "柳宗元" in html and "〔唐〕" in html
     assert re.search(r'class="score"[^>]*>1\.000|class="score"[^>]*>0\.\d{3}', html)
-    # footer: the model and the index
-    assert index.info["model"] in html and str(index.folder) in html
+    # footer: the model and the index, by name
+    assert "model <code>bag-of-chars</code> · index <code>index</code>" in html
+    assert str(index.folder.parent) not in html
 
 
 def test_the_page_needs_nothing_from_outside(client):
@@ -234,6 +284,134 @@ def test_the_page_shows_bad_input_as_a_message(client):
     assert 'class="examples"' in home and 'class="hits"' not in home
 
 
+def test_every_response_carries_the_security_headers(client, index, monkeypatch):
+    def check(response):
+        headers = response.headers
+        policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+        assert policy["default-src"] == policy["script-src"] == policy["style-src"] == "'self'", headers
+        assert policy["frame-ancestors"] == policy["object-src"] == "'none'"
+        assert policy["base-uri"] == policy["form-action"] == "'self'"
+        assert "unsafe" not in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert "server" not in headers
+        return response.status_code
+
+    answers = [
+        client.get("/", params={"q": DESCRIPTION}),
+        client.get("/", params={"q": "雪" * 300}),
+        client.get("/api/search", params={"q": DESCRIPTION}),
+        client.post("/api/search", json={"queries": [DESCRIPTION]}),
+        client.get("/api/info"),
+        client.get("/health"),
+        client.get("/static/app.js"),
+        client.get("/static/style.css"),
+        client.get("/static/favicon.svg"),
+        client.get("/nothing"),
+        client.get("/api/search", params={"q": ""}),
+        client.get("/api/search", params={"q": "雪", "k": "ten"}),
+        client.post("/api/search", content=b"x" * 200_000, headers=JSON),
+        client.get("/health", headers={"host": "evil.example"}),
+    ]
+    assert [check(response) for response in answers] == [
+        200,
+        400,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        404,
+        400,
+        422,
+        413,
+        400,
+    ]
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(index, "search", crash)
+    with TestClient(create_app(index, config(index)), raise_server_exceptions=False) as crashing:
+        assert check(crashing.get("/api/search", params={"q": DESCRIPTION})) == 500
+
+
+def test_the_page_has_nothing_inline_that_the_policy_forbids(client):
+    for html in (client.get("/").text, client.get("/", params={"q": DESCRIPTION}).text):
+        assert "<style" not in html and " style=" not in html
+        assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/app.js" defer>']
+        assert "</script>" in html and not re.search(r"<script[^>]*>[^<]+</script>", html)
+        assert not re.search(r"\son[a-z]+=", html)  # no event handler attributes
+        assert "javascript:" not in html
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1", 200),
+        ("127.0.0.1:8000", 200),
+        ("localhost:8000", 200),
+        ("[::1]:8000", 200),
+        ("poetry.lan", 200),
+        ("evil.example", 400),
+        ("evil.example:8000", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("localhost.evil.example:8000", 400),
+        ("", 400),
+    ],
+)
+def test_only_the_hosts_the_server_is_known_by_are_answered(index, host, status):
+    """A DNS-rebinding page reaches 127.0.0.1 under its own name, which its requests carry as their Host."""
+    app = create_app(index, ServeConfig(index=str(index.folder), allowed_hosts=["poetry.lan"]))
+    with TestClient(app) as loopback:
+        assert loopback.get("/health", headers={"host": host}).status_code == status
+        assert loopback.post("/api/search", json={"queries": ["雪"]}, headers={"host": host}).status_code == status
+
+
+def test_the_hosts_answered_follow_host_and_allowed_hosts(capsys):
+    loopback = ["localhost", "127.0.0.1", "[::1]"]
+    for flags, hosts in (
+        ([], loopback),
+        (["--host", "::1"], ["[::1]", "localhost", "127.0.0.1"]),
+        (["--host", "localhost"], loopback),
+        (["--host", "0.0.0.0"], loopback),  # all interfaces: the names clients use must be given
+        (
+            ["--host", "0.0.0.0", "--allowed-hosts", "poetry.lan", "192.168.1.5", "fe80::1"],
+            [*loopback, "poetry.lan", "192.168.1.5", "[fe80::1]"],
+        ),
+        (["--host", "192.168.1.5"], ["192.168.1.5"]),
+        (["--host", "poetry.lan", "--allowed-hosts", "*.poetry.lan"], ["poetry.lan", "*.poetry.lan"]),
+    ):
+        assert sorted(trusted_hosts(parse_config(ServeConfig, flags))) == sorted(hosts), flags
+    for bad in ("poetry.lan:8000", "http://poetry.lan", "a*b", ""):
+        with pytest.raises(SystemExit):
+            parse_config(ServeConfig, ["--allowed-hosts", bad])
+        assert "allowed_hosts" in capsys.readouterr().err
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(index):
+    with TestClient(create_app(index, config(index, max_body_bytes=2048))) as small:
+        body = json.dumps({"queries": ["雪" * 100] * 8}).encode()  # 6.5 KB once \u-escaped
+        start = time.perf_counter()
+        big = small.post("/api/search", content=b" " * 5_000_000 + body, headers=JSON)
+        assert big.status_code == 413 and big.json() == {"detail": "the request body is over 2,048 bytes"}
+        assert time.perf_counter() - start < 5
+        # no Content-Length: counted as the chunks arrive
+        chunked = small.post("/api/search", content=iter([body[:1000], body[1000:]]), headers=JSON)
+        assert chunked.request.headers.get("transfer-encoding") == "chunked" and chunked.status_code == 413
+        # a body within the limit, whole or chunked, is answered
+        fits = json.dumps({"queries": [DESCRIPTION, "雪"]}).encode()
+        assert small.post("/api/search", content=fits, headers=JSON).status_code == 200
+        response = small.post("/api/search", content=iter([fits[:10], fits[10:]]), headers=JSON)
+        assert response.status_code == 200 and len(response.json()["queries"]) == 2
+    # the default limit takes the largest request the other limits allow, every character \u-escaped
+    default = ServeConfig()
+    largest = json.dumps({"queries": ["\U0001f319" * default.max_query_chars] * default.max_queries, "k": 100})
+    assert len(largest) < default.max_body_bytes
+
+
 def test_highlight_marks_shared_characters_and_escapes_html():
     assert highlight("独钓寒江雪。", "寒冷的江。") == "独钓<mark>寒江</mark>雪。"
     assert highlight("<b>&b", "b") == "&lt;<mark>b</mark>&gt;&amp;<mark>b</mark>"
@@ -247,7 +425,7 @@ def test_serve_config_limits_and_a_missing_index(capsys, tmp_path):
         assert message in capsys.readouterr().err
     assert parse_config(ServeConfig, []).host == "127.0.0.1"
     with pytest.raises(SystemExit) as exit_info:
-        main(["--index", str(tmp_path / "nothing")])
+        cli_main(["serve", "--index", str(tmp_path / "nothing")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith(f"error: no index at {tmp_path / 'nothing'}")
 
@@ -264,7 +442,8 @@ def live_url(index):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(index, ServeConfig()), host="127.0.0.1", port=port))
+    settings = ServeConfig(index=str(index.folder), port=port)
+    server = uvicorn.Server(uvicorn.Config(create_app(index, settings), **uvicorn_options(settings)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -273,6 +452,38 @@ def live_url(index):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+def test_the_live_server_names_no_software_and_answers_only_its_own_host(live_url):
+    """uvicorn itself, as `just serve` runs it: no `server` header, a foreign Host refused, a chunked body counted."""
+    port = int(live_url.rsplit(":", 1)[1])
+
+    def ask(host: str, method: str = "GET", path: str = "/health", body=None) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.putrequest(method, path, skip_host=True)
+        connection.putheader("Host", host)
+        if body is not None:
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        if body is not None:
+            for start in range(0, len(body), 4096):
+                chunk = body[start : start + 4096]
+                connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response
+
+    for host, status in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200), (f"evil.example:{port}", 400)):
+        response = ask(host)
+        assert response.status == status and response.getheader("server") is None, host
+        assert response.getheader("x-frame-options") == "DENY"
+    body = json.dumps({"queries": ["雪" * 200] * 200}).encode()  # over the default limit
+    assert ask(f"127.0.0.1:{port}", "POST", "/api/search", body).status == 413
+    small = json.dumps({"queries": [DESCRIPTION]}).encode()
+    assert ask(f"127.0.0.1:{port}", "POST", "/api/search", small).status == 200
 
 
 def chromium(javascript: bool = True, width: int = 1000, height: int = 1100):
@@ -286,15 +497,22 @@ def chromium(javascript: bool = True, width: int = 1000, height: int = 1100):
         options.add_argument(argument)
     if not javascript:
         options.add_argument("--blink-settings=scriptEnabled=false")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: Content-Security-Policy reports
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
-def search_in_browser(browser, url: str, description: str) -> list[str]:
-    """Open the page, type the description, submit, and return the result lines once they are shown."""
+def search_in_browser(browser, url: str, description: str, javascript: bool = False) -> list[str]:
+    """Open the page, type the description, submit, and return the result lines once they are shown.
+
+    With `javascript`, the page's document is marked before the search: the mark is still there afterwards only
+    if the script searched without a reload (and so was allowed to run).
+    """
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(url)
+    if javascript:
+        browser.execute_script("document.documentElement.dataset.before = 'search'")
     box = browser.find_element(By.NAME, "q")
     box.send_keys(description)
     browser.find_element(By.CSS_SELECTOR, "#search button").click()
@@ -309,9 +527,13 @@ def test_a_browser_finds_the_line_for_a_description(live_url, tmp_path, javascri
 
     browser = chromium(javascript)
     try:
-        lines = search_in_browser(browser, live_url, DESCRIPTION)
+        lines = search_in_browser(browser, live_url, DESCRIPTION, javascript)
         assert lines[0] == "独钓寒江雪" and len(lines) == 10
         assert "q=" in browser.current_url  # the script pushed the search into the history; the form loaded it
+        if javascript:  # the script ran under the Content-Security-Policy: the results came without a reload
+            assert browser.execute_script("return document.documentElement.dataset.before") == "search"
+        console = [entry["message"] for entry in browser.get_log("browser")]
+        assert not [message for message in console if "Content Security Policy" in message], console
         poems = browser.find_elements(By.CSS_SELECTOR, "#results details")
         assert poems[0].get_attribute("open") is not None and "千山鸟飞绝" in poems[0].text
         assert "千山鸟飞绝" not in poems[1].text or poems[1].get_attribute("open") is not None

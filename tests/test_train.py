@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,12 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from transformers import TrainerCallback
 
-from st_poetry.config import BGE_QUERY_INSTRUCTION, TrainConfig, UserError, parse_config
-from st_poetry.files import write_jsonl
-from st_poetry.prepare import is_eval_group
-from st_poetry.schema import CORPUS, MINED, PAIR, mined_row
-from st_poetry.train import (
+from st_poetry.core.config import BGE_QUERY_INSTRUCTION, TrainConfig, parse_config
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import write_jsonl
+from st_poetry.core.schema import CORPUS, MINED, PAIR, mined_row
+from st_poetry.data.prepare import is_eval_group
+from st_poetry.training.train import (
     CHECKPOINTS,
     CURVES,
     SUMMARY,
@@ -267,6 +269,21 @@ def test_a_few_steps_give_a_loadable_model(tiny_st_model, mined_dir, tmp_path):
     assert summary["eval_runtime_s"] > 0 and summary["train_samples_per_second"] > 0
 
 
+def test_model_and_checkpoint_files_follow_the_umask(tiny_st_model, mined_dir, tmp_path):
+    """A server running as another user must be able to load the model: safetensors writes its weights 0600."""
+    out = tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        train(_config(mined_dir, tiny_st_model, out))
+    finally:
+        os.umask(previous)
+    checkpoint = out / CHECKPOINTS / "checkpoint-2"
+    assert (out / "model.safetensors").is_file() and (checkpoint / "model.safetensors").is_file()
+    modes = {str(path.relative_to(out)): oct(stat.S_IMODE(path.stat().st_mode)) for path in out.rglob("*")}
+    assert {path: mode for path, mode in modes.items() if Path(out / path).is_file() and mode != "0o644"} == {}
+    assert {path: mode for path, mode in modes.items() if Path(out / path).is_dir() and mode != "0o755"} == {}
+
+
 @pytest.mark.slow
 def test_plain_checkpoint_gets_cls_pooling_and_the_query_instruction(tiny_hf_model, prepared_dir, tmp_path):
     out = tmp_path / "out"
@@ -413,8 +430,8 @@ def save_or_die(self, path):
         os.kill(os.getpid(), signal.SIGKILL)
     save(self, path)
 TrainerState.save_to_json = save_or_die
-from st_poetry.train import main
-main(sys.argv[1:])
+from st_poetry.cli import main
+main(["train", *sys.argv[1:]])
 """
 
 
@@ -430,7 +447,7 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tiny
     assert not (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").exists()
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "st_poetry.train", *flags, "--resume"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "st_poetry", "train", *flags, "--resume"], capture_output=True, text=True, env=env
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "checkpoint-4 is incomplete" in resumed.stdout and "resuming from" in resumed.stdout
@@ -441,7 +458,7 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tiny
 @pytest.mark.slow
 def test_two_process_gloo_run(tiny_st_model, mined_dir, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "st_poetry.train"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "st_poetry", "train"]
     command += ["--data", str(mined_dir), "--model", tiny_st_model, "--out", str(out)]
     command += "--max-steps 2 --eval-steps 2 --batch-size 4 --mini-batch-size 2 --num-negatives 1".split()  # noqa: SIM905
     result = subprocess.run(

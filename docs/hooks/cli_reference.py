@@ -1,12 +1,14 @@
 """MkDocs hook: the pages that are generated from the code at build time, so they cannot drift from it.
 
 - `<!-- generated: recipes -->` becomes a table of the Justfile's recipes with their comments;
-- `<!-- generated: commands -->` becomes every stage command's `--help`, from `commands()`;
-- `<!-- generated: row PAIR -->` (MINED, CORPUS) becomes the fields `st_poetry/schema.py` declares for that row.
+- `<!-- generated: commands -->` becomes every `st-poetry` command's `--help`, from `commands()`;
+- `<!-- generated: row PAIR -->` (MINED, CORPUS) becomes the fields `st_poetry/core/schema.py` declares for that row.
 
-`commands()` is the one function that knows how the command line is built: it yields (command, help text) pairs.
-A new CLI library changes that function and nothing else. The hook imports only `st_poetry.config` and
-`st_poetry.schema`, which are stdlib-only (no torch), so the site builds in a second.
+The commands are `st_poetry.cli.COMMANDS` (command -> its config class), so a new command is documented as soon as
+the dispatcher knows it. `commands()` is the one function that knows how a command's parser is built: a new CLI
+library changes that function and nothing else. The hook imports only `st_poetry.cli`, `st_poetry.core.config` and
+`st_poetry.core.schema`, which load no torch (import-linter's contract, checked again below), so the site builds
+in seconds.
 """
 
 from __future__ import annotations
@@ -22,59 +24,72 @@ from mkdocs.exceptions import PluginError
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's st_poetry, not a copy installed elsewhere
 
-from st_poetry import config, schema  # noqa: E402
+_TORCH_BEFORE = "torch" in sys.modules
+from st_poetry.cli import COMMANDS  # noqa: E402
+from st_poetry.core import config, schema  # noqa: E402
 
-# Each `just` recipe that runs a stage -> the config class its module's `run_cli` parses. A recipe that runs a
-# module and is missing here stops the build (see `recipes`), so a new command cannot go undocumented.
-STAGES: dict[str, type] = {
-    "download": config.DownloadConfig,
-    "prepare": config.PrepareConfig,
-    "mine": config.MineConfig,
-    "train": config.TrainConfig,
-    "train-reranker": config.RerankConfig,
-    "evaluate": config.EvaluateConfig,
-    "export": config.ExportConfig,
-    "index": config.IndexConfig,
-    "search": config.QueryConfig,
-    "serve": config.ServeConfig,
-    "pipeline": config.PipelineConfig,
-}
+if "torch" in sys.modules and not _TORCH_BEFORE:
+    raise PluginError("docs/hooks/cli_reference.py: importing st_poetry.cli or st_poetry.core loaded torch")
+
 ROWS = {"PAIR": schema.PAIR, "MINED": schema.MINED, "CORPUS": schema.CORPUS}
 MARKER = re.compile(r"<!-- generated: (recipes|commands|row (\w+)) -->")
+RUNS_COMMAND = re.compile(r"-m st_poetry (\S+)")  # a recipe line `{{python}} -m st_poetry COMMAND "$@"`
 HELP_WIDTH = 96
 
 
 def commands() -> Iterator[tuple[str, str]]:
-    """(command, its --help text) for every stage command, in pipeline order."""
-    for recipe, cls in STAGES.items():
-        parser = config.build_parser(cls, prog=f"just {recipe}")
+    """(command, its --help text) for every `st-poetry` command, in the dispatcher's order, each named by the
+    `just` recipe that runs it (`st-poetry NAME` when none does)."""
+    by_recipe = {command: recipe for recipe, command in _recipe_commands().items()}
+    for name, (cls, _runner) in COMMANDS.items():
+        prog = f"just {by_recipe[name]}" if name in by_recipe else f"st-poetry {name}"
+        parser = config.build_parser(cls, prog=prog)
         parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=HELP_WIDTH, max_help_position=30)
-        yield f"just {recipe}", parser.format_help()
+        yield prog, parser.format_help()
+
+
+def _justfile() -> Iterator[tuple[str, str, list[str]]]:
+    """(recipe, its comment, its body lines) for every Justfile recipe, in file order, `default` left out."""
+    comment: list[str] = []
+    recipe: tuple[str, str, list[str]] | None = None
+    for line in (ROOT / "Justfile").read_text(encoding="utf-8").splitlines():
+        if line.startswith(" ") and recipe:
+            recipe[2].append(line)
+            continue
+        if recipe:
+            yield recipe
+            recipe = None
+        if line.startswith("#"):
+            comment.append(line.lstrip("# ").strip())
+        elif match := re.match(r"([a-z][\w-]*)[^:=]*:(?!=)", line):
+            if match.group(1) != "default":
+                recipe = (match.group(1), " ".join(comment), [])
+            comment = []
+        else:
+            comment = []
+    if recipe:
+        yield recipe
+
+
+def _recipe_commands() -> dict[str, str]:
+    """recipe -> the `st-poetry` command its body runs; a command that `COMMANDS` lacks stops the build."""
+    found = {}
+    for recipe, _comment, body in _justfile():
+        for line in body:
+            if match := RUNS_COMMAND.search(line):
+                if match.group(1) not in COMMANDS:
+                    raise PluginError(
+                        f"Justfile: recipe {recipe} runs `st-poetry {match.group(1)}`, which st_poetry.cli.COMMANDS"
+                        f" lacks (known: {', '.join(COMMANDS)})"
+                    )
+                found[recipe] = match.group(1)
+    return found
 
 
 def recipes() -> list[tuple[str, str]]:
-    """(recipe, its comment) for every Justfile recipe, in file order, `default` left out; a recipe whose body runs
-    `-m st_poetry.MODULE` must have its config class in STAGES."""
-    found: list[tuple[str, str]] = []
-    comment: list[str] = []
-    runs_module: set[str] = set()
-    recipe = None
-    for line in (ROOT / "Justfile").read_text(encoding="utf-8").splitlines():
-        if line.startswith(" ") and recipe:
-            if "-m st_poetry." in line:
-                runs_module.add(recipe)
-        elif line.startswith("#"):
-            comment.append(line.lstrip("# ").strip())
-        elif match := re.match(r"([a-z][\w-]*)[^:=]*:(?!=)", line):
-            recipe = match.group(1)
-            if recipe != "default":
-                found.append((recipe, " ".join(comment)))
-            comment = []
-        else:
-            recipe, comment = None, []
-    if missing := sorted(runs_module - set(STAGES)):
-        raise PluginError(f"docs/hooks/cli_reference.py: STAGES lacks the Justfile recipe(s) {', '.join(missing)}")
-    return found
+    """(recipe, its comment) for every Justfile recipe, in file order, `default` left out."""
+    _recipe_commands()  # a recipe that runs an unknown command stops the build
+    return [(recipe, comment) for recipe, comment, _body in _justfile()]
 
 
 def _escape(text: str) -> str:
@@ -120,7 +135,7 @@ def _replace(match: re.Match[str]) -> str:
     if match.group(1) == "commands":
         return commands_reference()
     if match.group(2) not in ROWS:
-        raise PluginError(f"no row type {match.group(2)} in st_poetry/schema.py (known: {', '.join(ROWS)})")
+        raise PluginError(f"no row type {match.group(2)} in st_poetry/core/schema.py (known: {', '.join(ROWS)})")
     return row_table(ROWS[match.group(2)])
 
 

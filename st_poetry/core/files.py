@@ -11,12 +11,13 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import MACHINE_ERRNOS, UserError, describe_os_error
+from st_poetry.core.errors import MACHINE_ERRNOS, UserError, describe_os_error
 
 PARTIAL = ".partial-"
 
@@ -58,6 +59,47 @@ def recover_interrupted_write(out: Path) -> None:
         print(f"note: restored {out} from {old.name}, left by a run that was stopped while replacing it")
 
 
+def check_output_dir(out: str | Path, marker: str, *, merge: bool = False) -> Path:
+    """The check `atomic_output_dir` makes before writing `out`, for a stage to call before its slow work too:
+    a foreign non-empty folder is then refused at once, not after hours of encoding. Cleans up what a killed
+    writer left first (`recover_interrupted_write`), as that can put an output back in place."""
+    out = Path(out)
+    recover_interrupted_write(out)
+    if not merge and out.exists() and any(out.iterdir()) and not (out / marker).exists():
+        raise UserError(f"refusing to overwrite {out}: it is not empty and has no {marker} (not written by this stage)")
+    return out
+
+
+def apply_umask(folder: str | Path) -> None:
+    """Give `folder` and everything in it the modes the user's umask gives a new file or folder.
+
+    Some writers do not: safetensors writes through a 0600 temporary file, so a model saved by one user could not
+    be loaded by a server running as another. Executable files stay executable; links are left alone.
+    """
+    umask = current_umask()
+    for root, _, files in os.walk(folder):  # does not follow links into other folders
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                os.chmod(path, (0o777 if info.st_mode & stat.S_IXUSR else 0o666) & ~umask)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (setting it, even for a moment, would
+    apply to files other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success its content becomes `out`, on failure it is removed.
@@ -65,18 +107,15 @@ def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last
     An interrupted run therefore never leaves a half-written set that looks complete, and what a killed run left
     is cleaned up by the next (`recover_interrupted_write`). By default the new folder replaces `out` whole, and
     an existing `out` is replaced only if it holds `marker` (a file this stage writes last), so a folder of the
-    user's that st_poetry did not write is never deleted. The folder gets the user's umask, like any folder they
-    create. A full disk or a permission error is a UserError naming `out`.
+    user's that st_poetry did not write is never deleted. The folder and its files get the user's umask, like any
+    they create (`apply_umask`). A full disk or a permission error is a UserError naming `out`.
 
     `merge=True` is for a stage whose folder holds more than this one output (train: the final model beside
     its checkpoints and logs): the entries are moved into `out`, replacing same-named ones and leaving the
     others. `marker` (and the names in `last`, moved just before it) are taken out of `out` first and moved in
     at the end, so `out` never holds the marker while only part of the set is there.
     """
-    out = Path(out)
-    recover_interrupted_write(out)
-    if not merge and out.exists() and any(out.iterdir()) and not (out / marker).exists():
-        raise UserError(f"refusing to overwrite {out}: it is not empty and has no {marker} (not written by this stage)")
+    out = check_output_dir(out, marker, merge=merge)
     tmp = out.with_name(f".{out.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +124,7 @@ def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last
         raise UserError(f"cannot create {out}: {describe_os_error(error)}") from None
     try:
         yield tmp
+        apply_umask(tmp)
         if merge:
             _move_into(tmp, out, (*last, marker))
         elif out.exists():

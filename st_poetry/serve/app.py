@@ -1,19 +1,21 @@
 """The search page and JSON API: the model and index are loaded once, then every request is one encode and a scan.
 
-    python -m st_poetry.serve --index indexes/poetry --port 8000
+    st-poetry serve --index indexes/poetry --port 8000
 
 - `GET /api/search?q=...&k=10` and `POST /api/search` with `{"queries": [...], "k": 10}`: the objects
   `just search --json` prints, each hit with its whole poem (`poem`) when the corpus holds the hit's group;
 - `GET /?q=...`: the page. Results are rendered on the server, so it works with JavaScript off; the script only
   spares the reload, and a poem unfolds with a plain <details> element;
-- `GET /health`; `GET /api/info`: the index's index.json.
+- `GET /health`; `GET /api/info`: the index's index.json, models and files by name, without the server's paths.
 
 Bad input (empty, too long, non-UTF-8, k out of range) is a 4xx with a one-line `detail`; nothing a client sends
-stops the server.
+stops the server. Every response carries SECURITY_HEADERS; a Host header the server is not known by is a 400 (a
+DNS-rebinding page reaches 127.0.0.1 under its own name) and a body over --max-body-bytes a 413.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import typing
 from collections import defaultdict
@@ -33,20 +35,38 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from pydantic import Field, create_model
 from sentence_transformers import CrossEncoder
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from st_poetry.config import FusionOptions, ServeConfig, UserError, run_cli
-from st_poetry.modeling import load_reranker
-from st_poetry.search import PoetryIndex, reranked
+from st_poetry.core.config import FusionOptions, ServeConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.modeling import load_reranker
+from st_poetry.retrieval.search import EXAMPLE_QUERY, PoetryIndex, query_problem, reranked
 
 WEB = Path(__file__).parent / "web"
 # What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but
 # lines on autumn rain are); the others are held-out eval descriptions of lines in the shared corpus.
 EXAMPLES = (
-    "山中下雨后傍晚的秋天",
+    EXAMPLE_QUERY,
     "洛阳城显得多么的寂寞，昔日的宫室全都被烧焚。",
     "她在花间徘徊看那款款飞舞的蝴蝶，听取枝头黄莺的歌唱。",
     "早晨的雾色弥漫于山谷，战马在怒号的北风中嘶叫。",
 )
+
+# On every response, errors included. The page is one HTML file, a stylesheet and a script, all from this server:
+# nothing inline, nothing from elsewhere, never inside another site's frame.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _optional_fields(options: type) -> dict[str, Any]:
@@ -109,6 +129,8 @@ class Searcher:
             raise HTTPException(400, str(error)) from None
         if not 1 <= k <= limits.max_k:
             raise HTTPException(400, f"k must be between 1 and {limits.max_k}, got {k}")
+        if fusion.depth > limits.max_depth:
+            raise HTTPException(400, f"depth must be between 1 and {limits.max_depth}, got {fusion.depth}")
         if not queries:
             raise HTTPException(400, "no query: send at least one description")
         if len(queries) > limits.max_queries:
@@ -116,8 +138,8 @@ class Searcher:
         stripped = [query.strip() for query in queries]
         for number, query in enumerate(stripped, start=1):
             where = f"query {number}" if len(stripped) > 1 else "the query"
-            if not query:
-                raise HTTPException(400, f'{where} is empty: describe what you are looking for, e.g. "{EXAMPLES[0]}"')
+            if problem := query_problem(query):
+                raise HTTPException(400, f'{where} {problem}: describe what you are looking for, e.g. "{EXAMPLES[0]}"')
             if len(query) > limits.max_query_chars:
                 raise HTTPException(
                     400, f"{where} has {len(query):,} characters; the limit is {limits.max_query_chars:,}"
@@ -131,7 +153,7 @@ class Searcher:
         with self.lock:
             try:
                 found = self.index.search(queries, max(k, depth) if rerank else k, hybrid=fusion.hybrid, fusion=fusion)
-            except UserError as error:  # a hybrid search on an index without BM25, a query of punctuation only
+            except UserError as error:  # a hybrid search on an index without BM25
                 raise HTTPException(400, str(error)) from None
             if rerank:
                 found = reranked(self.reranker, queries, found, depth, k)
@@ -172,21 +194,116 @@ def _one_line(error: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def public_name(name: str) -> str:
+    """A model or file as a client sees it: a Hub id as given, a local path by its last part alone (where the
+    server keeps its files is nobody else's business)."""
+    path = Path(name).expanduser()
+    local = path.is_absolute() or path.exists() or name.startswith(".") or name.count("/") > 1 or "\\" in name
+    return path.name if local else name
+
+
+def public_info(info: dict[str, Any]) -> dict[str, Any]:
+    """index.json with its model and corpus by name (`public_name`)."""
+    names = {key: public_name(str(info[key])) for key in ("model", "corpus") if info.get(key)}
+    return info | names
+
+
+def trusted_hosts(config: ServeConfig) -> list[str]:
+    """The Host header names answered: --host, the loopback names when it is a loopback address, --allowed-hosts.
+
+    A host of all interfaces (0.0.0.0, ::) has no name of its own: the clients' names must be given.
+    """
+    host = config.host.removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        hosts, loopback = [host], host == "localhost"
+    else:
+        hosts = [] if address.is_unspecified else [f"[{address}]" if address.version == 6 else str(address)]
+        loopback = address.is_loopback or address.is_unspecified
+    extra = [f"[{name}]" if ":" in name and not name.startswith("[") else name for name in config.allowed_hosts]
+    return list(dict.fromkeys([*hosts, *(LOOPBACK_NAMES if loopback else ()), *extra]))
+
+
+class BodyLimit:
+    """A 413 for a body over `limit` bytes, said by its Content-Length or counted as it streams in (chunked), before
+    anything parses it; a body within the limit is passed on whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse({"detail": f"the request body is over {self.limit:,} bytes"}, status_code=413)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is None:
+                return await receive()
+            message, body = body, None
+            return message
+
+        await self.app(scope, replay, send)
+
+
+class SecureHeaders:
+    """SECURITY_HEADERS added to every response that does not set them itself."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message = {**message, "headers": headers + [h for h in self.headers if h[0] not in present]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+class App(FastAPI):
+    """FastAPI with SecureHeaders outside all of its middleware, so that a 500 carries them too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecureHeaders(super().build_middleware_stack())
+
+
 def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder | None = None) -> FastAPI:
     """The web application around an opened index; `serve` runs it with uvicorn, the tests with TestClient."""
     searcher = Searcher(index, config, reranker)
     templates = Jinja2Templates(directory=WEB)
     templates.env.filters["highlight"] = highlight
     # FastAPI's /docs and /redoc pages load their scripts from a CDN: off, so nothing here reaches outside.
-    app = FastAPI(
-        title="st_poetry", summary="poem lines for modern-Chinese descriptions", docs_url=None, redoc_url=None
-    )
+    app = App(title="st_poetry", summary="poem lines for modern-Chinese descriptions", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
+    shown_info = public_info(index.info)
     footer = {
-        "model": config.model or index.info["model"],
-        "index": str(index.folder),
-        "info": index.info,
-        "reranker": config.reranker if reranker else None,
+        "model": public_name(config.model or index.info["model"]),
+        "index": index.folder.name,
+        "info": shown_info,
+        "reranker": public_name(config.reranker) if reranker and config.reranker else None,
         "hybrid": f"{config.fusion}, alpha {config.alpha}" if config.hybrid else None,
         "rerank_top_k": config.rerank_top_k,
     }
@@ -202,6 +319,10 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
                 return JSONResponse({"detail": f"the {part} is not UTF-8 (byte {error.start})"}, status_code=400)
         return await call_next(request)
 
+    # added last, so outside utf8_only: the host is checked first, then the body's size, before anything reads it
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(config), www_redirect=False)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(error)}, status_code=422)
@@ -212,7 +333,7 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        return index.info
+        return shown_info
 
     @app.get("/api/search")
     def search_get(query: Annotated[Query, QueryParameters()]) -> dict[str, Any]:
@@ -239,19 +360,20 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
     return app
 
 
+def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
+    """uvicorn's settings; no `server: uvicorn` header, which would tell every client the software it runs."""
+    return {"host": config.host, "port": config.port, "log_level": "info", "server_header": False}
+
+
 def serve(config: ServeConfig) -> None:
     """Load the index and model, then serve until interrupted."""
     import uvicorn
 
     index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
     app = create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
-    print(f"serving {index.info['size']:,} lines of {config.index} at http://{config.host}:{config.port}/")
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    run_cli(ServeConfig, serve, argv, prog="python -m st_poetry.serve")
-
-
-if __name__ == "__main__":
-    main()
+    host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
+    print(
+        f"serving {index.info['size']:,} lines of {config.index} at http://{host}:{config.port}/ "
+        f"(Host names answered: {', '.join(trusted_hosts(config))}; more with --allowed-hosts)"
+    )
+    uvicorn.run(app, **uvicorn_options(config))

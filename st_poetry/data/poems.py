@@ -29,9 +29,9 @@ from typing import Any
 
 import opencc
 
-from st_poetry.config import UserError
-from st_poetry.files import decode_text
-from st_poetry.records import Parsed, Skip, clean, normalize
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import decode_text
+from st_poetry.data.records import Parsed, Skip, clean, normalize
 
 # (folder/file pattern, dynasty). Files are read in this order, the oldest collections first and the anthologies
 # (whose poems are already in the collections above them) last, so a line found in several poems belongs to the

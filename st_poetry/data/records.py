@@ -1,7 +1,7 @@
 """What every raw-input reader shares: the parsed-record type, the skip signal and the text rules.
 
-Stdlib only, so `just prepare` stays light; `st_poetry.prepare` (works, CCPM, FlagEmbedding) and
-`st_poetry.poems` (the chinese-poetry collection) both build on it, and `just mine` compares lines with
+Stdlib only, so `just prepare` stays light; `st_poetry.data.prepare` (works, CCPM, FlagEmbedding) and
+`st_poetry.data.poems` (the chinese-poetry collection) both build on it, and `just mine` compares lines with
 `normalize` too.
 """
 

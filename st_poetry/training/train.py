@@ -1,7 +1,7 @@
 """`just train`: fine-tune a sentence-embedding model so a modern-Chinese description retrieves its poetry line.
 
-    python -m st_poetry.train --data data/mined --model ../shared/models/e5-small-zh --out models/e5-small-zh-poetry
-    torchrun --nproc_per_node 2 -m st_poetry.train ...   # several GPUs: same flags, negatives gathered across them
+    st-poetry train --data data/mined --model models/e5-small-zh --out models/e5-small-zh-poetry
+    torchrun --nproc_per_node 2 -m st_poetry train ...   # several GPUs: same flags, negatives gathered across them
 
 The steps follow sentence-transformers' training examples: 1. load the base model (with its prompts), 2. load
 the data, 3. the training arguments, 4. the loss, 5. evaluate the base model, 6. train, 7. evaluate again and
@@ -45,23 +45,29 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from st_poetry.config import FitConfig, TrainConfig, UserError, run_cli
-from st_poetry.files import atomic_output_dir, write_json, write_jsonl
-from st_poetry.metrics import build_ir_evaluator, metric_key
-from st_poetry.modeling import document_prompt, load_model, query_prompt
-from st_poetry.plots import plot_training_curves
-from st_poetry.prepare import Input, SourceStats, is_eval_group, read_records
-from st_poetry.schema import CORPUS, mined_row, read_split, require_files
+from st_poetry.core.config import FitConfig, TrainConfig
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import apply_umask, atomic_output_dir, write_json, write_jsonl
+from st_poetry.core.modeling import BI_ENCODER, CROSS_ENCODER, document_prompt, load_model, model_kind, query_prompt
+from st_poetry.core.schema import CORPUS, mined_row, read_split, require_files
+from st_poetry.data.prepare import Input, SourceStats, is_eval_group, read_records
+from st_poetry.evaluation.metrics import build_ir_evaluator, metric_key
+from st_poetry.evaluation.plots import plot_training_curves
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = FitConfig.CHECKPOINTS
 TRAIN_LOG = "train_log.jsonl"
 CURVES = "training_curves.png"
 SUMMARY = "train_summary.json"
-FINAL_MARKER = "modules.json"  # the final model's file written last: without it a folder does not load as a model
+FINAL_MARKER = FitConfig.MARKER
 BEST_METRIC = "ndcg@10"
 HEADLINE = {"Recall@1": "recall@1", "Recall@10": "recall@10", "MRR@10": "mrr@10", "NDCG@10": "ndcg@10"}
 # The final model is re-evaluated after training; it must score what its checkpoint scored when it was best.
 BEST_TOLERANCE = 1e-3
+# The model kinds a training stage trains: what they are, and the command that trains them.
+KINDS = {
+    BI_ENCODER: ("an embedding model (bi-encoder)", "just train"),
+    CROSS_ENCODER: ("a reranker (cross-encoder)", "just train-reranker"),
+}
 FOLDER_WANTED = "a folder from `just mine` or `just prepare` (train/eval/corpus.jsonl), or a FlagEmbedding .jsonl file"
 
 
@@ -206,6 +212,16 @@ class SaveEachNewBest(TrainerCallback):
             control.should_save = True
 
 
+class CheckpointModes(TrainerCallback):
+    """Give each saved checkpoint's files the user's umask (files.apply_umask), as publish_model does the final
+    model's: the weights are written 0600, and a checkpoint is a model that another user may load."""
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            apply_umask(checkpoint)
+
+
 class JsonlLog(TrainerCallback):
     """Rewrite train_log.jsonl from the trainer's own log_history at every log (restored on resume, so it stays whole).
 
@@ -285,11 +301,12 @@ def saved_checkpoints(out: str | Path) -> list[Path]:
     return sorted((path for path in found if path.name.rsplit("-", 1)[-1].isdigit()), key=checkpoint_step)
 
 
-def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
+def _resume_checkpoint(out: Path, resume: bool, is_main: bool, kind: str) -> str | None:
     """The checkpoint to resume from; a fresh run refuses a non-empty --out rather than mixing two runs.
 
     Incomplete checkpoints (a run killed while saving) are skipped and removed, so that the resumed run can save
-    that step again; the last complete one is used.
+    that step again; the last complete one is used. A checkpoint of the other model `kind` (BI_ENCODER or
+    CROSS_ENCODER: `just train` vs `just train-reranker`) is refused, before its optimizer state fails to load.
     """
     if resume:
         folder = out / CHECKPOINTS
@@ -297,6 +314,13 @@ def _resume_checkpoint(out: Path, resume: bool, is_main: bool) -> str | None:
         complete = [path for path in found if _is_complete(path)]
         if not complete:
             raise UserError(f"--resume: no complete checkpoint in {folder}")
+        found_kind = model_kind(str(complete[-1]))
+        if found_kind in KINDS and found_kind != kind:
+            (theirs, command), (ours, this) = KINDS[found_kind], KINDS[kind]
+            raise UserError(
+                f"--resume: {out} holds a `{command}` run: its checkpoints are {theirs}, not {ours}; continue it "
+                f"with `{command} --resume`, or give `{this}` another --out"
+            )
         if is_main:
             for path in found[found.index(complete[-1]) + 1 :]:
                 print(f"note: {path} is incomplete (no {TRAINER_STATE_NAME}: cut off while saving); removed it")
@@ -448,7 +472,8 @@ def fit(
         run_name=out.name,
     )
     is_main = args.process_index == 0
-    resume_from = _resume_checkpoint(out, config.resume, is_main)
+    kind = CROSS_ENCODER if isinstance(model, CrossEncoder) else BI_ENCODER
+    resume_from = _resume_checkpoint(out, config.resume, is_main, kind)
     steps_per_epoch = math.ceil(len(data.train) / (config.batch_size * args.world_size))
     total_steps = config.max_steps if config.max_steps > 0 else math.floor(config.epochs * steps_per_epoch)
     if total_steps < config.eval_steps:
@@ -479,6 +504,7 @@ def fit(
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=config.patience),
             SaveEachNewBest(),
+            CheckpointModes(),
             WholeRunLoss(checkpoint_step(resume_from)),
             JsonlLog(out / TRAIN_LOG, [base_record]),
             *callbacks,
@@ -564,11 +590,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {name:<10} " + " ".join(f"{value:>9.4f}" for value in summary[name].values()))
     lines.append(f"  written: model files, {CHECKPOINTS}/, {TRAIN_LOG}, {CURVES}, {SUMMARY}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(TrainConfig, train, argv, prog="python -m st_poetry.train")
-
-
-if __name__ == "__main__":
-    main()

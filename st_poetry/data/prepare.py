@@ -1,7 +1,7 @@
 """Raw poetry data -> (query, positive) pairs, a grouped train/eval split and a candidate corpus.
 
     just prepare            # works, CCPM train and chinese-poetry under RAW_DATA (default data/raw)
-    python -m st_poetry.prepare --works raw/works/ --ccpm ccpm/train.jsonl --ccpm-eval ccpm/valid.jsonl
+    st-poetry prepare --works raw/works/ --ccpm ccpm/train.jsonl --ccpm-eval ccpm/valid.jsonl
 
 Four input formats, any mix, each given as files or folders:
 
@@ -9,7 +9,7 @@ Four input formats, any mix, each given as files or folders:
   aligned one to one, anchor = the modern-Chinese line, positive = the poem line;
 - CCPM `.jsonl` (translation, choices, answer): the correct choice is the positive, the others are given negatives;
 - FlagEmbedding `.jsonl` (query, pos, neg): one pair per positive, `neg` as given negatives;
-- the chinese-poetry collection (`--poems`, read by `st_poetry.poems`): corpus lines only, in simplified script;
+- the chinese-poetry collection (`--poems`, read by `st_poetry.data.poems`): corpus lines only, in simplified script;
   the other inputs' lines are linked to the poems they come from, and a linked pair takes its poem's group.
 
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
@@ -35,13 +35,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from st_poetry import poems
-from st_poetry.config import PrepareConfig, UserError, run_cli, warn
-from st_poetry.files import atomic_output_dir, decode_text, read_jsonl, write_json
-from st_poetry.records import Parsed, Skip, clean
-from st_poetry.schema import CORPUS, PAIR
+from st_poetry.core.config import PrepareConfig
+from st_poetry.core.errors import UserError, warn
+from st_poetry.core.files import atomic_output_dir, decode_text, read_jsonl, write_json
+from st_poetry.core.schema import CORPUS, PAIR
+from st_poetry.data import poems
+from st_poetry.data.records import Parsed, Skip, clean
 
-MARKER = "stats.json"
+MARKER = PrepareConfig.MARKER
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
 _SECTION = re.compile(r"【[^】]*】")  # a whole line like 【其一】 heads a poem in a series; it is no verse
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
@@ -525,11 +526,3 @@ def summary(result: dict[str, Any], out: str, seconds: float) -> str:
         f"corpus {result['corpus_size']:,} unique lines"
     )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(PrepareConfig, prepare, argv, prog="just prepare")
-
-
-if __name__ == "__main__":
-    main()

@@ -22,8 +22,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers.modeling_outputs import BaseModelOutput
 
-from st_poetry.config import UserError
-from st_poetry.files import sha256
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import sha256
 
 # the extra that installs each runtime's packages: `pip install -e ".[onnx]"`
 EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "onnxscript": "onnx", "openvino": "openvino", "nncf": "openvino"}

@@ -1,53 +1,15 @@
-"""Lexical retrieval: BM25 (bm25s) over jieba words or single characters, the baseline a user would reach for.
-
-Rankings go through the IR evaluator's own metric code (`st_poetry.metrics`), so a BM25 row of a report is
-computed exactly like a model's.
-"""
+"""BM25 as a row of the evaluation report: its rankings go through the IR evaluator's own metric code, so a BM25 row
+is computed exactly like a model's; its CCPM accuracy picks the choice with the highest BM25 score."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
-import bm25s
-import jieba
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from st_poetry.metrics import CCPMRecord, choice_accuracy, max_k, reported_metrics
-
-jieba.setLogLevel(logging.WARNING)  # not its "Building prefix dict" chatter on every run
-
-
-def jieba_words(text: str) -> list[str]:
-    """jieba word segmentation, punctuation and spaces dropped."""
-    return [word for word in jieba.lcut(text) if any(ch.isalnum() for ch in word)]
-
-
-def single_chars(text: str) -> list[str]:
-    """Every letter/character on its own: classical poetry has no reliable word boundaries."""
-    return [ch for ch in text if ch.isalnum()]
-
-
-BM25_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"bm25-jieba": jieba_words, "bm25-chars": single_chars}
-# The lexical side of hybrid search: single characters (R@1 0.61 on the eval split against jieba words' 0.24).
-HYBRID_LEXICAL = "bm25-chars"
-
-
-def build_bm25(
-    texts: Sequence[str], tokenize: Callable[[str], list[str]], *, show_progress: bool = False
-) -> bm25s.BM25:
-    """A bm25s index (Lucene BM25, k1=1.5, b=0.75) over `texts`; row i of the corpus is document i."""
-    retriever = bm25s.BM25()
-    retriever.index([tokenize(text) for text in texts], show_progress=show_progress)
-    return retriever
-
-
-def bm25_scores(retriever: bm25s.BM25, tokens: Sequence[str]) -> np.ndarray:
-    """Every document's BM25 score for one tokenized query (all 0 when no token is in the index)."""
-    if not tokens:
-        return np.zeros(retriever.scores["num_docs"], dtype=np.float32)
-    return retriever.get_scores(list(tokens))
+from st_poetry.evaluation.metrics import CCPMRecord, choice_accuracy, max_k, reported_metrics
+from st_poetry.retrieval.lexical import bm25_scores, build_bm25
 
 
 def bm25_retrieval_metrics(

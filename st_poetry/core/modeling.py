@@ -5,7 +5,7 @@
 - a Hub id that cannot be reached fails in one line that says what to pass instead;
 - a reranker (CrossEncoder) passed where an embedding model belongs, or the reverse, fails in one line naming
   the kind it is;
-- `backend` other than torch runs a file `just export` wrote into the folder (st_poetry.backends).
+- `backend` other than torch runs a file `just export` wrote into the folder (st_poetry.core.backends).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from safetensors import SafetensorError
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-from st_poetry.backends import exported_sentence_transformer, exported_transformer
-from st_poetry.config import UserError, parse_backend
+from st_poetry.core.backends import exported_sentence_transformer, exported_transformer
+from st_poetry.core.config import parse_backend
+from st_poetry.core.errors import UserError
 
 QUERY_PROMPT = "query"
 # Checkpoints may pad their embedding matrix (to a multiple of 64, say); a tokenizer under half of it is broken.

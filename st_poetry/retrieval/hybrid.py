@@ -11,7 +11,7 @@ both sides even for a line only one side found. Two fusions:
 
 alpha = 1 ranks by the dense score alone and alpha = 0 by BM25 alone, so the sweep's ends are the two sides.
 `just evaluate --hybrid` and `just search --hybrid` share `candidates` and `fuse`; the defaults were chosen on
-the eval split (docs/BENCHMARKS.md).
+the eval split (docs/BENCHMARKS.md). A search (`fused_ranking`) gathers at least as deep as the lines it returns.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import bm25s
 import faiss
 import numpy as np
 
-from st_poetry.config import FusionOptions
-from st_poetry.lexical import bm25_scores
+from st_poetry.core.config import FusionOptions
+from st_poetry.retrieval.lexical import bm25_scores
 
 
 @dataclass
@@ -110,6 +110,25 @@ def fuse(found: Candidates, options: FusionOptions) -> np.ndarray:
     else:
         fused = alpha * _min_max(found.dense, keep) + (1 - alpha) * _min_max(found.lexical, keep)
     return np.where(keep, fused, -np.inf)
+
+
+def fused_ranking(
+    index: faiss.Index,
+    query_embeddings: np.ndarray,
+    bm25: bm25s.BM25,
+    query_tokens: Sequence[Sequence[str]],
+    options: FusionOptions,
+    top_k: int,
+) -> list[list[tuple[int, float, float, float]]]:
+    """A search's fused top_k (`ranking`), gathered `candidates` of at least top_k per side.
+
+    The candidates of a depth below top_k hold fewer lines than asked for (at most twice the depth): the depth
+    is raised to top_k, so a search returns top_k lines, or every line of an index that has fewer.
+    """
+    chosen = {f.name: getattr(options, f.name) for f in dataclasses.fields(FusionOptions)}
+    options = FusionOptions(**chosen | {"depth": max(options.depth, top_k)})
+    found = candidates(index, query_embeddings, bm25, query_tokens, options.depth)
+    return ranking(found, fuse(found, options), top_k)
 
 
 def ranking(found: Candidates, fused: np.ndarray, top_k: int) -> list[list[tuple[int, float, float, float]]]:

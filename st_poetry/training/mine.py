@@ -1,4 +1,4 @@
-"""Add hard negatives to the prepared (anchor, positive) pairs: `just mine` (python -m st_poetry.mine).
+"""Add hard negatives to the prepared (anchor, positive) pairs: `just mine` (st-poetry mine).
 
 1. Read the prepared train/eval/corpus files and load the model with its query/document prompts.
 2. For train and eval separately, ask sentence-transformers' `mine_hard_negatives` (faiss, whole corpus as
@@ -13,7 +13,8 @@
    ("top": the hardest survivors, "random": a seeded sample of them). Short rows are kept with nulls.
 
 Corpus embeddings are cached under `cache_folder/<model fingerprint>`, so a rerun with other ranges (or the
-eval split, which shares the corpus) encodes nothing new.
+eval split, which shares the corpus) encodes nothing new. Each cached file has its checksum beside it: one that
+changed after it was written is computed again, with a warning, never used.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
@@ -36,14 +38,16 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
-from st_poetry.config import MineConfig, UserError, run_cli, warn
-from st_poetry.files import atomic_output_dir, write_json
-from st_poetry.metrics import sample_pool
-from st_poetry.modeling import document_prompt, load_model, query_prompt
-from st_poetry.records import normalize
-from st_poetry.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
+from st_poetry.core.config import MineConfig
+from st_poetry.core.errors import UserError, warn
+from st_poetry.core.files import atomic_output_dir, check_output_dir, sha256, write_json
+from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
+from st_poetry.data.records import normalize
+from st_poetry.evaluation.metrics import sample_pool
 
-MARKER = "mine_stats.json"
+MARKER = MineConfig.MARKER
+CHECKSUM = ".sha256"  # beside each cached .npy: the sha256 of the file as the library wrote it
 # Above this share of rows short of num_negatives, the summary suggests widening the range.
 SHORT_ROWS_WARNING = 0.1
 # A candidate that contains the positive (its couplet) or is contained in it counts as the same text, down to
@@ -155,6 +159,8 @@ def mine_candidates(
             cache_folder=cache_folder,
         )
     total = time.perf_counter() - start
+    if cache_folder:
+        seal_cache(Path(cache_folder))
     # labeled-list rows: (anchor, [positive, candidate, ...], labels); rows left with no candidate are absent.
     candidates = {(row["anchor"], row["positive"][0]): row["positive"][1:] for row in mined}
     stats = {
@@ -295,15 +301,47 @@ def check_inputs(data: dict[str, list[dict[str, Any]]], pool: list[str], data_di
             )
 
 
-def drop_unreadable_cache(folder: Path) -> None:
-    """The library saves its cache with np.save straight to the final name, so a run killed meanwhile leaves a
-    truncated .npy that would fail to load: treat such a file as a cache miss (removed here, written again)."""
+def check_cache(folder: Path) -> None:
+    """Remove every cached .npy that cannot be trusted, so that its embeddings are computed again: one that does
+    not load (the library np.saves straight to the final name, so a run killed meanwhile leaves it truncated),
+    one without the checksum `seal_cache` writes beside it, or one whose bytes no longer match that checksum (a
+    valid array put in its place would otherwise change every mined negative without a word)."""
+    for sidecar in sorted(folder.glob(f"*.npy{CHECKSUM}")):
+        if not sidecar.with_suffix("").exists():
+            sidecar.unlink()  # its .npy is gone: a new one will get a new checksum
     for path in sorted(folder.glob("*.npy")):
+        sidecar = path.with_name(path.name + CHECKSUM)
         try:
             np.load(path, mmap_mode="r")
+            recorded = sidecar.read_text(encoding="utf-8").strip() if sidecar.exists() else None
         except (ValueError, OSError, EOFError):
-            path.unlink()
             print(f"note: {path} is unreadable (an interrupted run?): removed, its embeddings are computed again")
+        else:
+            if recorded == sha256(path):
+                continue
+            if recorded is None:
+                print(
+                    f"note: {path} has no {CHECKSUM} checksum beside it (cut off before it was written, or cached by "
+                    "an older st_poetry), so it cannot be checked: removed, its embeddings are computed again"
+                )
+            else:
+                warn(
+                    f"{path} changed after it was cached (its sha256 no longer matches {sidecar.name}): removed, its "
+                    "embeddings are computed again"
+                )
+        path.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+
+
+def seal_cache(folder: Path) -> None:
+    """Write the checksum of each cached .npy that has none yet (the library just saved it); written to a
+    temporary name and renamed, so a checksum file is always whole."""
+    for path in sorted(folder.glob("*.npy")):
+        sidecar = path.with_name(path.name + CHECKSUM)
+        if not sidecar.exists():
+            partial = sidecar.with_name(f".{sidecar.name}.{os.getpid()}")
+            partial.write_text(sha256(path) + "\n", encoding="utf-8")
+            partial.replace(sidecar)
 
 
 def mine(config: MineConfig) -> dict[str, Any]:
@@ -312,6 +350,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
     data = read_prepared(data_dir)
     pool = candidate_texts(data, config.max_corpus, config.seed)
     check_inputs(data, pool, data_dir, config)
+    check_output_dir(config.out, MARKER)
     model = load_model(
         config.model,
         max_seq_length=config.max_seq_length,
@@ -320,7 +359,7 @@ def mine(config: MineConfig) -> dict[str, Any]:
     )
     cache_folder = str(Path(config.cache_folder) / model_fingerprint(model)) if config.cache_folder else None
     if cache_folder:
-        drop_unreadable_cache(Path(cache_folder))
+        check_cache(Path(cache_folder))
 
     stats: dict[str, Any] = {"corpus_size": len(data["corpus"]), "candidates": len(pool)}
     where = f"{len(pool):,} candidates ({len(data['corpus']):,} corpus lines)"
@@ -355,11 +394,3 @@ def print_summary(stats: dict[str, Any], config: MineConfig) -> None:
                 f"warning: {s['short_fraction']:.0%} of {split} rows have fewer than {config.num_negatives} negatives"
                 " (null-padded); widen the range (--range-max) or lower --relative-margin for more candidates"
             )
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_cli(MineConfig, mine, argv, prog="just mine")
-
-
-if __name__ == "__main__":
-    main()

@@ -21,8 +21,8 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from st_poetry.config import UserError
-from st_poetry.files import read_jsonl
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import read_jsonl
 
 SPLITS = ("train", "eval")
 

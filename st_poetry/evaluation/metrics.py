@@ -1,6 +1,6 @@
 """Retrieval metrics shared by training and `just evaluate`: one evaluator builder, so both score the same way.
 
-Also here: CCPM multiple-choice accuracy. The lexical (BM25) side lives in `st_poetry.lexical`, so training,
+Also here: CCPM multiple-choice accuracy. The lexical (BM25) side lives in `st_poetry.retrieval.lexical`, so training,
 which imports this module, does not pull in jieba and bm25s.
 """
 
@@ -13,14 +13,14 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import cos_sim
 
-from st_poetry.config import UserError
-from st_poetry.files import read_jsonl
-from st_poetry.prepare import EMPTY_TRANSLATION, parse_ccpm
-from st_poetry.records import Skip
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import read_jsonl
+from st_poetry.data.prepare import EMPTY_TRANSLATION, parse_ccpm
+from st_poetry.data.records import Skip
 
 EVALUATOR_NAME = "poetry-eval"
 SCORE_FUNCTION = "cosine"
@@ -228,3 +228,12 @@ def ccpm_accuracy(
     return choice_accuracy(
         records, ccpm_scores(model, records, batch_size=batch_size, show_progress_bar=show_progress_bar)
     )
+
+
+def reranker_ccpm_accuracy(
+    model: CrossEncoder, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
+) -> float:
+    """Share of CCPM records whose answer gets the reranker's highest score against the translation."""
+    pairs = [(record.translation, choice) for record in records for choice in record.choices]
+    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    return choice_accuracy(records, np.split(scores, np.cumsum([len(record.choices) for record in records])[:-1]))

@@ -1,8 +1,8 @@
 """Find the classical poetry lines a modern-Chinese description describes: build a faiss index once, then query it.
 
-    python -m st_poetry.search build --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
-    python -m st_poetry.search query --index indexes/poetry "山中下雨后傍晚的秋天"
-    python -m st_poetry.search query --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
+    st-poetry index --model models/st-poetry --corpus data/processed/corpus.jsonl --out indexes/poetry
+    st-poetry search --index indexes/poetry "山中下雨后傍晚的秋天"
+    st-poetry search --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
 
 An index folder holds
 - `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default or an
@@ -10,7 +10,7 @@ An index folder holds
 - `lines/`: the corpus metadata (id, text, title, author, dynasty, group) as a memory-mapped `datasets` table whose
   row i is faiss id i, so opening a large index does not parse the whole corpus;
 - `bm25/`: a bm25s index of the lines' single characters (document i = faiss id i), memory-mapped when opened,
-  for `--hybrid` search (st_poetry.hybrid);
+  for `--hybrid` search (st_poetry.retrieval.hybrid);
 - `index.json`, written last: the model and the `--backend` that encoded it, the exact prompt strings, the
   embedding size and the embedding of a fixed probe line. A query uses that backend unless told otherwise, checks
   its model against that record and refuses one that encodes differently, because scores between two models'
@@ -37,15 +37,16 @@ from datasets import Dataset, load_from_disk
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from tqdm import tqdm
 
-from st_poetry.config import FusionOptions, IndexConfig, QueryConfig, UserError, parse_backend, run_cli
-from st_poetry.files import atomic_output_dir, decode_text, write_json
-from st_poetry.hybrid import candidates, fuse, ranking
-from st_poetry.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25, single_chars
-from st_poetry.modeling import document_prompt, load_model, load_reranker, query_prompt
-from st_poetry.rerank import rerank
-from st_poetry.schema import CORPUS
+from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_backend
+from st_poetry.core.errors import UserError
+from st_poetry.core.files import atomic_output_dir, check_output_dir, decode_text, write_json
+from st_poetry.core.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.core.schema import CORPUS
+from st_poetry.retrieval.hybrid import fused_ranking
+from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
+from st_poetry.retrieval.rerank import rerank
 
-INDEX_INFO = "index.json"
+INDEX_INFO = IndexConfig.MARKER
 FAISS_FILE = "index.faiss"
 LINES_DIR = "lines"
 BM25_DIR = "bm25"
@@ -54,6 +55,7 @@ METADATA = CORPUS.names
 INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
 PROBE_TEXT = "空山新雨后，天气晚来秋。"
+EXAMPLE_QUERY = "山中下雨后傍晚的秋天"  # what a message about a bad query suggests
 # Lines encoded per call while building: the peak holds one chunk's embeddings besides the index (see add_encoded).
 ENCODE_CHUNK = 65_536
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
@@ -125,7 +127,8 @@ def add_encoded(
 
 def build_index(config: IndexConfig) -> dict[str, Any]:
     """Encode every corpus line, index the embeddings and write the index folder; returns what index.json records."""
-    rows = read_corpus(config.corpus)  # bad input fails before the slow model load
+    rows = read_corpus(config.corpus)  # bad input, or an --out this stage may not replace, fails before encoding
+    check_output_dir(config.out, INDEX_INFO)
     model = load_model(
         config.model,
         max_seq_length=config.max_seq_length,
@@ -297,23 +300,23 @@ class PoetryIndex:
     def search(
         self, queries: Sequence[str], top_k: int = 10, hybrid: bool = False, fusion: FusionOptions | None = None
     ) -> list[list[dict[str, Any]]]:
-        """For each query, its top_k lines best first: rank, score and the line's metadata.
+        """For each query, its top_k lines (all of them when the index has fewer) best first: rank, score and the
+        line's metadata. A query without a letter, number or symbol is an error (`check_query`).
 
         score is the cosine; with `hybrid` it is the fused score (`fusion`'s settings, FusionOptions' defaults
         when None) and each hit also carries its dense_score (cosine) and bm25_score.
         """
+        for text in queries:
+            check_query(text)
         if hybrid:
-            for text in queries:
-                check_query(text)  # BM25 has nothing to score a query without a character
             bm25 = self.bm25
         embeddings = encode(self.model.encode_query, queries)
         if hybrid:
-            fusion = fusion or FusionOptions()
             tokenize = BM25_TOKENIZERS[self.info["bm25"]["tokens"]]
-            found = candidates(self.index, embeddings, bm25, [tokenize(text) for text in queries], fusion.depth)
+            tokens = [tokenize(text) for text in queries]  # none for a query of symbols: the dense side alone
             hits = [
                 [(i, fused, {"dense_score": dense, "bm25_score": bm25}) for i, dense, bm25, fused in row]
-                for row in ranking(found, fuse(found, fusion), top_k)
+                for row in fused_ranking(self.index, embeddings, bm25, tokens, fusion or FusionOptions(), top_k)
             ]
         else:
             scores, ids = self.index.search(embeddings, min(top_k, self.index.ntotal))
@@ -331,11 +334,29 @@ class PoetryIndex:
         ]
 
 
+def query_problem(text: str) -> str | None:
+    """Why a query cannot be searched for ("is empty", ...), or None when it has a letter, number or symbol.
+
+    Symbols count (an emoji is text a description may be made of, and a tokenizer encodes it); what is left has
+    nothing to describe: whitespace, zero-width and other invisible characters, lone marks, punctuation.
+    """
+    stripped = text.strip()
+    kinds = {unicodedata.category(char)[0] for char in stripped}
+    if kinds & {"L", "N", "S"}:
+        return None
+    if not stripped:
+        return "is empty"
+    if "P" in kinds:
+        return "is punctuation only"
+    return "has no visible character (only invisible or combining ones)"
+
+
 def check_query(text: str) -> str:
-    """The query stripped; one with no letter or character to search for (empty, punctuation only) is an error."""
-    if not single_chars(text):
-        what = f"query {text.strip()!r} is punctuation only" if text.strip() else "empty query"
-        raise UserError(f'{what}: describe what you are looking for, e.g. "山中下雨后傍晚的秋天"')
+    """The query stripped; one without a letter, number or symbol (`query_problem`) is an error."""
+    problem = query_problem(text)
+    if problem:
+        what = "empty query" if not text.strip() else f"query {text.strip()!r} {problem}"
+        raise UserError(f'{what}: describe what you are looking for, e.g. "{EXAMPLE_QUERY}"')
     return text.strip()
 
 
@@ -409,6 +430,11 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
     queries = read_queries(config)  # before the slow model loads
     index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
     reranker = load_reranker(config.reranker) if config.reranker else None
+    if config.top_k > index.index.ntotal:
+        print(
+            f"note: --top-k {config.top_k} is more than the index's {index.index.ntotal:,} lines: all of them",
+            file=sys.stderr,
+        )
     k = min(config.rerank_top_k, index.index.ntotal)
     if reranker and k < config.rerank_top_k:
         print(
@@ -434,34 +460,3 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
     reranking = f" (reranking the top {k})" if reranker else ""
     print(f"{len(queries)} queries, per query: {timing}{reranking}", file=sys.stderr)
     return results
-
-
-# ---------------------------------------------------------------------------------------------------------
-# command line: `build` and `query` subcommands, each parsed from its own config dataclass
-
-COMMANDS = {"build": (IndexConfig, build_index), "query": (QueryConfig, query)}
-PROG = "python -m st_poetry.search"
-
-
-def usage() -> str:
-    lines = [f"usage: {PROG} {{{','.join(COMMANDS)}}} [options]", "", "commands:"]
-    lines += [f"  {name:<7}{(cls.__doc__ or '').strip()}" for name, (cls, _) in COMMANDS.items()]
-    lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["-h"], ["--help"]):
-        print(usage())
-        return
-    if not argv or argv[0] not in COMMANDS:
-        given = f"unknown command {argv[0]!r}" if argv else "missing command"
-        print(f"{usage()}\n\nerror: {given}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
-        raise SystemExit(2)
-    cls, stage = COMMANDS[argv[0]]
-    run_cli(cls, stage, argv[1:], prog=f"{PROG} {argv[0]}")
-
-
-if __name__ == "__main__":
-    main()

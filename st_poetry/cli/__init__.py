@@ -1,0 +1,57 @@
+"""`st-poetry COMMAND [options]`: every stage behind one entry point; the Justfile's recipes are its aliases.
+
+A command's module is imported only once its options are parsed, so `--help`, `prepare` and `download` never pay
+for torch. Options come from the stage's config dataclass (st_poetry.core.config): defaults < `--config FILE`
+< flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from st_poetry.core import config as configs
+
+# command -> (its config class, "module:function" that runs it)
+COMMANDS: dict[str, tuple[type, str]] = {
+    "download": (configs.DownloadConfig, "st_poetry.data.download:download"),
+    "prepare": (configs.PrepareConfig, "st_poetry.data.prepare:prepare"),
+    "mine": (configs.MineConfig, "st_poetry.training.mine:mine"),
+    "train": (configs.TrainConfig, "st_poetry.training.train:train"),
+    "train-reranker": (configs.RerankConfig, "st_poetry.training.reranker:train"),
+    "evaluate": (configs.EvaluateConfig, "st_poetry.evaluation.evaluate:evaluate"),
+    "export": (configs.ExportConfig, "st_poetry.retrieval.export:export"),
+    "index": (configs.IndexConfig, "st_poetry.retrieval.search:build_index"),
+    "search": (configs.QueryConfig, "st_poetry.retrieval.search:query"),
+    "serve": (configs.ServeConfig, "st_poetry.serve.app:serve"),
+    "pipeline": (configs.PipelineConfig, "st_poetry.cli.pipeline:run_pipeline"),
+}
+PROG = "st-poetry"
+
+
+def usage() -> str:
+    lines = [f"usage: {PROG} COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<16}{(cls.__doc__ or '').strip().splitlines()[0]}" for name, (cls, _) in COMMANDS.items()]
+    lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
+    return "\n".join(lines)
+
+
+def run_command(name: str, config: Any) -> Any:
+    """Run command `name` on its parsed config, importing its module now."""
+    module, function = COMMANDS[name][1].split(":")
+    return getattr(importlib.import_module(module), function)(config)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage())
+        return
+    if not argv or argv[0] not in COMMANDS:
+        given = f"unknown command {argv[0]!r}" if argv else "missing command"
+        print(f"{usage()}\n\nerror: {given}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
+    name = argv[0]
+    configs.run_cli(COMMANDS[name][0], lambda config: run_command(name, config), argv[1:], prog=f"{PROG} {name}")

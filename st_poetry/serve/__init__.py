@@ -1,0 +1,1 @@
+"""The search page and JSON API over a retrieval index."""

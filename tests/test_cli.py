@@ -1,0 +1,47 @@
+"""`st-poetry COMMAND`: one entry point for every stage, light until a command runs, and the layers it sits on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from st_poetry.cli import COMMANDS, main
+
+
+def test_help_lists_every_stage(capsys):
+    main(["--help"])
+    usage = capsys.readouterr().out
+    for command in ("download", "prepare", "mine", "train", "train-reranker", "evaluate", "export", "index"):
+        assert f"\n  {command} " in usage
+    assert set(COMMANDS) >= {"search", "serve", "pipeline"}
+
+
+@pytest.mark.parametrize("argv", [[], ["nope"]])
+def test_a_missing_or_unknown_command_is_exit_code_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "choose one of download, prepare" in capsys.readouterr().err
+
+
+def test_a_commands_help_comes_from_its_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mine", "--help"])
+    assert exit_info.value.code == 0 and "--num-negatives" in capsys.readouterr().out
+
+
+def _loaded(code: str) -> list[str]:
+    heavy = ["torch", "sentence_transformers", "st_poetry.training", "st_poetry.evaluation", "matplotlib", "opencc"]
+    probe = f"import sys; {code}; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_the_entry_point_and_the_data_layer_load_no_torch():
+    assert _loaded("import st_poetry.cli, st_poetry.cli.pipeline, st_poetry.data.download") == []
+    assert _loaded("import st_poetry.data.prepare") == ["opencc"]  # --poems converts to simplified script
+
+
+def test_the_query_path_loads_no_training_evaluation_plots_or_opencc():
+    """sentence-transformers' own __init__ imports transformers' Trainer; ours stays out of the query path."""
+    assert _loaded("import st_poetry.retrieval.search, st_poetry.serve.app") == ["torch", "sentence_transformers"]
