@@ -75,12 +75,20 @@ lock *args:
     set -euo pipefail
     override=$(mktemp); trap 'rm -f "$override"' EXIT
     echo "torch=={{torch}}+cpu" > "$override"   # resolve against the CPU build: no CUDA libraries in the lock
-    uv pip compile pyproject.toml --extra dev --extra onnx --extra openvino --python-version 3.11 --upgrade \
-        --find-links "{{torch_wheels}}" --override "$override" --custom-compile-command "just lock" \
-        --quiet -o requirements.lock "$@"
+    uv pip compile pyproject.toml --extra dev --extra onnx --extra openvino --extra docs \
+        --python-version 3.11 --upgrade --find-links "{{torch_wheels}}" --override "$override" \
+        --custom-compile-command "just lock" --quiet -o requirements.lock "$@"
     sed -i -e 's/^torch=={{torch}}+cpu$/torch=={{torch}}/' -e '/--override /d' requirements.lock  # either build satisfies the pin
     {{python}} -m pip install --quiet -r requirements.lock -e .
     just test
+
+# the documentation site at http://127.0.0.1:8001 (beside `just serve`'s 8000), rebuilt on every change
+docs *args:
+    mkdocs serve --dev-addr 127.0.0.1:8001 "$@"
+
+# build the documentation site once, every warning an error (as CI does) -> site/
+docs-build *args:
+    mkdocs build --strict "$@"
 
 # ruff lint and format check, and the layer contracts (pyproject.toml's [tool.importlinter])
 lint:
