@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import save_bag_of_chars_model
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from st_poetry.cli import main as cli_main
 from st_poetry.core.config import EvaluateConfig
@@ -246,3 +249,85 @@ def test_the_same_model_given_twice_is_one_row(tmp_path, prepared_dir, bag_of_ch
     report = evaluate(config)
     assert [(row["name"], row["model"]) for row in report["rows"]] == [("bag-of-chars", bag_of_chars_model)]
     assert capsys.readouterr().out.count("evaluated once") == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The whole report, pinned: every kind of row (BM25, dense, reranked, hybrid, hybrid reranked, tuned), the sweep,
+# the CCPM columns and the notes, as the report looked before it was split into row producers.
+
+GOLDEN = Path(__file__).parent / "golden"
+REGENERATE = "ST_POETRY_REGENERATE_GOLDEN"  # =1 rewrites the golden files: only for an intended change
+
+
+@pytest.fixture(scope="module")
+def seeded_reranker(tmp_path_factory, tiny_hf_model) -> str:
+    """The tiny BERT with a one-score head drawn from a fixed seed, whatever ran before (unlike tiny_reranker)."""
+    folder = tmp_path_factory.mktemp("models") / "seeded-reranker"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        CrossEncoder(tiny_hf_model, num_labels=1).save_pretrained(str(folder))
+    return str(folder)
+
+
+def _observable(value, paths: dict[str, str]):
+    """The report without what varies between runs: timings set to None, floats to 6 places, tmp paths named."""
+    if isinstance(value, dict):
+        return {
+            key: None if key in ("seconds", "pairs_per_second") else _observable(item, paths)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_observable(item, paths) for item in value]
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, str):
+        for name, path in paths.items():
+            value = value.replace(path, name)
+    return value
+
+
+def _observable_markdown(text: str, paths: dict[str, str]) -> str:
+    for name, path in paths.items():
+        text = text.replace(path, name)
+    text = re.sub(r"\| \d+ \|$", "| _ |", text, flags=re.MULTILINE)  # the seconds column
+    return re.sub(r"\(\d+ pairs/s\)", "(_ pairs/s)", re.sub(r"scored in \d+ s", "scored in _ s", text))
+
+
+def test_the_report_is_what_it_was_before_the_row_producers(
+    tmp_path, prepared_dir, tiny_st_model, bag_of_chars_model, seeded_reranker
+):
+    rows = PAIR.read(prepared_dir / "eval.jsonl")
+    rows[0].update(source="ccpm", negatives=["大漠孤烟直", "长河落日圆", "野火烧不尽"])
+    PAIR.write(prepared_dir / "eval.jsonl", rows)
+    out = tmp_path / "evaluation"
+    config = EvaluateConfig(
+        data=str(prepared_dir),
+        model=[tiny_st_model, bag_of_chars_model],
+        ccpm=[str(ccpm_file(tmp_path / "ccpm.jsonl", CCPM))],
+        hybrid=True,
+        reranker=seeded_reranker,
+        rerank_top_k=[3, 10],
+        max_corpus=30,
+        out=str(out),
+    )
+    report = evaluate(config)
+
+    written = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert written == json.loads(json.dumps(report))
+    paths = {"<data>": str(prepared_dir), "<reranker>": seeded_reranker}
+    paths |= {"<tiny-st>": tiny_st_model, "<bag-of-chars>": bag_of_chars_model}
+    observed = _observable(written, paths)
+    markdown = _observable_markdown((out / "evaluation.md").read_text(encoding="utf-8"), paths)
+    if os.environ.get(REGENERATE) == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        text = json.dumps(observed, ensure_ascii=False, indent=1) + "\n"
+        (GOLDEN / "evaluation.json").write_text(text, encoding="utf-8")
+        (GOLDEN / "evaluation.md").write_text(markdown, encoding="utf-8")
+        pytest.skip(f"{REGENERATE}=1: golden files rewritten")
+    golden = json.loads((GOLDEN / "evaluation.json").read_text(encoding="utf-8"))
+    assert list(observed) == list(golden)  # the keys, in their order
+    assert [row["name"] for row in observed["rows"]] == [row["name"] for row in golden["rows"]]
+    assert observed == golden
+    assert markdown == (GOLDEN / "evaluation.md").read_text(encoding="utf-8")
+    for figure in ("evaluation.png", "fusion_sweep.png"):
+        assert (out / figure).read_bytes().startswith(b"\x89PNG")
