@@ -14,7 +14,7 @@ raw := env("RAW_DATA", "data/raw")
 default:
     @just --list
 
-# the public raw data at pinned versions -> data/raw (or `just download --from DIR` to copy a local folder)
+# the public raw data at pinned versions -> data/raw, the CPU preset's base model -> models/e5-small-zh (`--from DIR`: offline)
 download *args:
     {{python}} -m st_poetry download "$@"
 

@@ -1,6 +1,6 @@
 """Encode throughput of `st_poetry.evaluation.evaluate`'s retrieval path against raw `SentenceTransformer.encode`.
 
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_evaluate.py --model ../shared/models/e5-small-zh
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_evaluate.py --model models/e5-small-zh
 
 Evaluating a model over a 100k-line corpus is dominated by encoding, so our path (build_ir_evaluator +
 retrieval_metrics: encode queries and corpus, score, rank, compute metrics) should run at the speed of the

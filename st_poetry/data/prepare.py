@@ -35,12 +35,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from st_poetry.data import poems
 from st_poetry.core.config import PrepareConfig
 from st_poetry.core.errors import UserError, warn
 from st_poetry.core.files import atomic_output_dir, decode_text, read_jsonl, write_json
-from st_poetry.data.records import Parsed, Skip, clean
 from st_poetry.core.schema import CORPUS, PAIR
+from st_poetry.data import poems
+from st_poetry.data.records import Parsed, Skip, clean
 
 MARKER = PrepareConfig.MARKER
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error

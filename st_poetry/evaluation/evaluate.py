@@ -1,6 +1,6 @@
 """Compare models side by side: retrieval on the eval split, CCPM accuracy, and BM25 baselines.
 
-    just evaluate --model ../shared/models/e5-small-zh models/e5-small-zh-poetry --ccpm path/to/ccpm/valid.jsonl
+    just evaluate --model models/e5-small-zh models/e5-small-zh-poetry --ccpm path/to/ccpm/valid.jsonl
     just evaluate --model models/st-poetry --backend torch onnx onnx-int8    # what an export costs in quality
 
 1. read the eval split and the corpus of `--data` (a prepared or a mined folder) and any CCPM files;

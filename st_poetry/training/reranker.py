@@ -1,6 +1,6 @@
 """`just train-reranker`: a cross-encoder that reads a description and a line together.
 
-    st-poetry train-reranker --data data/mined --model ../shared/models/e5-small-zh --out models/reranker
+    st-poetry train-reranker --data data/mined --model models/e5-small-zh --out models/reranker
 
 A bi-encoder compares two vectors made apart; a cross-encoder attends across the description and the line,
 which is what CCPM's near-identical choices call for, at the price of one forward pass per (query, line) pair.

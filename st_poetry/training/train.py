@@ -1,6 +1,6 @@
 """`just train`: fine-tune a sentence-embedding model so a modern-Chinese description retrieves its poetry line.
 
-    st-poetry train --data data/mined --model ../shared/models/e5-small-zh --out models/e5-small-zh-poetry
+    st-poetry train --data data/mined --model models/e5-small-zh --out models/e5-small-zh-poetry
     torchrun --nproc_per_node 2 -m st_poetry train ...   # several GPUs: same flags, negatives gathered across them
 
 The steps follow sentence-transformers' training examples: 1. load the base model (with its prompts), 2. load
