@@ -21,9 +21,10 @@ from st_poetry.cli import main as cli_main
 from st_poetry.core.config import EvaluateConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import write_jsonl
+from st_poetry.core.modeling import load_reranker
 from st_poetry.core.schema import PAIR
 from st_poetry.evaluation.baselines import bm25_ccpm_accuracy, bm25_retrieval_metrics
-from st_poetry.evaluation.evaluate import _short_names, evaluate
+from st_poetry.evaluation.evaluate import Reranking, Suite, _short_names, evaluate, reranked_rows
 from st_poetry.evaluation.metrics import (
     CCPMRecord,
     build_ir_evaluator,
@@ -42,6 +43,7 @@ from st_poetry.retrieval.lexical import single_chars
 CORPUS = ["甲乙丙丁", "甲乙丙戊", "甲乙己庚", "甲辛壬癸", "子丑寅卯卯"]
 PAIRS = [("甲乙丙丁丁", "甲乙丙戊"), ("甲乙丙丁子", "甲辛壬癸"), ("甲乙丙丁", "甲乙丙丁"), ("丑寅", "子丑寅卯卯")]
 RANKS = [2, 4, 1, 1]
+RELEVANT = ["c1", "c3", "c0", "c4"]  # each query's positive
 CCPM = [  # the most similar choice is the first one each time: right, right, wrong -> 2/3
     {"translation": "甲乙丙", "choices": ["甲乙丙", "丁戊己", "庚辛壬"], "answer": 0},
     {"translation": "子丑", "choices": ["子丑", "寅卯", "辰巳"], "answer": 0},
@@ -79,6 +81,43 @@ def test_retrieval_metrics_match_hand_computed_ranks(bag_of_chars_model):
     assert metrics["mrr@10"] == pytest.approx(sum(reciprocal) / 4)  # 0.6875
     assert metrics["map@100"] == pytest.approx(sum(reciprocal) / 4)  # one relevant line per query
     assert metrics["ndcg@10"] == pytest.approx(sum(1 / math.log2(rank + 1) for rank in RANKS) / 4)
+
+
+def test_ranked_hands_back_the_ranking_its_metrics_scored(bag_of_chars_model):
+    model = SentenceTransformer(bag_of_chars_model)
+    evaluator = build_ir_evaluator(eval_rows(), corpus_rows())
+    metrics, ranking = evaluator.ranked(model)
+    ids = [[hit["corpus_id"] for hit in hits] for hits in ranking]
+    assert [query_ids.index(line) + 1 for query_ids, line in zip(ids, RELEVANT, strict=True)] == RANKS
+    assert metrics == retrieval_metrics(evaluator, model)
+
+
+def _ranking(ids_per_query: list[list[str]]) -> list[list[dict]]:
+    return [[{"corpus_id": c, "score": float(len(ids) - i)} for i, c in enumerate(ids)] for ids in ids_per_query]
+
+
+def test_reranked_rows_reorder_the_ranking_they_are_given_whatever_was_scored_last(seeded_reranker):
+    evaluator = build_ir_evaluator(eval_rows(), corpus_rows())
+    suite = Suite(evaluator, {}, batch_size=8)
+    reranker = Reranking(load_reranker(seeded_reranker), "seeded", top_ks=[2], ccpm={}, notes=[])
+    found = _ranking([[line, "c2"] for line in RELEVANT])  # c2 is no query's positive
+    missed = _ranking([["c2", "c0"], ["c2", "c0"], ["c2", "c1"], ["c2", "c0"]])
+
+    (found_row,), first = reranked_rows(suite, "found", found, reranker)
+    suite.metrics(found)  # scored last: reranking reads the ranking it is given, not the evaluator's last one
+    (missed_row,), second = reranked_rows(suite, "missed", missed, reranker)
+    assert found_row.retrieval["recall@10"] == 1.0 and missed_row.retrieval["recall@10"] == 0.0
+    assert (found_row.name, found_row.rerank_top_k, missed_row.model) == ("found + rerank@2", 2, "missed")
+    # the positive stays first where the reranker scores it at least as high as c2 (a tie keeps the given order)
+    text = dict(zip(evaluator.corpus_ids, evaluator.corpus, strict=True))
+    score = reranker.known
+    first_places = [
+        score[query, text[line]] >= score[query, text["c2"]]
+        for query, line in zip(evaluator.queries, RELEVANT, strict=True)
+    ]
+    assert found_row.retrieval["recall@1"] == sum(first_places) / 4
+    # a (query, line) pair is scored once per run: the second pass scores only the pairs the first had not
+    assert (first["pairs"], first["scored"], second["pairs"], second["scored"]) == (8, 8, 8, 4)
 
 
 def test_bm25_ranks_the_line_sharing_characters_first_and_leaves_unmatched_lines_unranked():
