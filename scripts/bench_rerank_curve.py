@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from st_poetry.core.files import read_jsonl
 from st_poetry.core.modeling import load_model, load_reranker
 from st_poetry.core.schema import PAIR
-from st_poetry.evaluation.metrics import ccpm_accuracy, ccpm_records_from_eval, reranker_ccpm_accuracy
+from st_poetry.evaluation.metrics import ccpm_accuracy, ccpm_records_from_eval
 from st_poetry.training.reranker import EVALUATOR_NAME
 from st_poetry.training.train import TRAIN_LOG, checkpoint_step, saved_checkpoints
 
@@ -54,7 +54,7 @@ def main() -> None:
     for folder in saved_checkpoints(args.run):
         step = checkpoint_step(folder)
         start = time.perf_counter()
-        accuracy = reranker_ccpm_accuracy(load_reranker(str(folder)), records, batch_size=args.batch_size)
+        accuracy = ccpm_accuracy(load_reranker(str(folder)), records, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
         result["checkpoints"].append({"step": step, "ccpm_accuracy": accuracy, "seconds": round(seconds, 1)})
         print(f"step {step:>6}: CCPM accuracy {accuracy:.4f} ({seconds:.0f} s)")

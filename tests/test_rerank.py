@@ -21,8 +21,7 @@ from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
 from st_poetry.core.schema import PAIR
 from st_poetry.evaluation.evaluate import evaluate
-from st_poetry.evaluation.metrics import CCPMRecord
-from st_poetry.evaluation.metrics import reranker_ccpm_accuracy as ccpm_accuracy
+from st_poetry.evaluation.metrics import CCPMRecord, ccpm_accuracy
 from st_poetry.retrieval.rerank import rerank
 from st_poetry.retrieval.search import build_index, query
 from st_poetry.training.reranker import train
