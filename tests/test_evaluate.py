@@ -208,7 +208,7 @@ def test_a_folder_without_ccpm_choices_says_why_there_is_no_eval_split_ccpm_colu
     config = EvaluateConfig(data=str(prepared_dir), model=[bag_of_chars_model], bm25=False, out=str(tmp_path / "o"))
     report = evaluate(config)
     assert report["ccpm_records"] == {}
-    assert "has no CCPM records with their choices" in capsys.readouterr().out
+    assert "has no CCPM records with their choices" in capsys.readouterr().err
 
 
 def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir, tiny_st_model, capsys):
@@ -229,8 +229,8 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["evaluate", "--data", str(prepared_dir), "--out", str(out), "--no-bm25", *flags])
         assert exit_info.value.code == 2
-        error = capsys.readouterr().err.strip()
-        assert error.startswith("error: ") and message in error and "\n" not in error
+        [error] = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note: ")]
+        assert error.startswith("error: ") and message in error
         assert not out.exists()
 
 
@@ -287,7 +287,7 @@ def test_the_same_model_given_twice_is_one_row(tmp_path, prepared_dir, bag_of_ch
     config = EvaluateConfig(data=str(prepared_dir), model=same, bm25=False, out=str(tmp_path / "o"))
     report = evaluate(config)
     assert [(row["name"], row["model"]) for row in report["rows"]] == [("bag-of-chars", bag_of_chars_model)]
-    assert capsys.readouterr().out.count("evaluated once") == 2
+    assert capsys.readouterr().err.count("evaluated once") == 2
 
 
 # ---------------------------------------------------------------------------------------------------------

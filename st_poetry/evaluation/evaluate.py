@@ -37,6 +37,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from st_poetry.core.config import EvaluateConfig, FusionOptions
 from st_poetry.core.files import atomic_output_dir, write_json
+from st_poetry.core.log import get_logger, progress_off
 from st_poetry.core.modeling import load_model, load_reranker
 from st_poetry.core.schema import CORPUS, PAIR, Split, read_split, require_files
 from st_poetry.evaluation.baselines import bm25_ccpm_accuracy, bm25_ccpm_scores, bm25_retrieval_metrics
@@ -59,6 +60,8 @@ from st_poetry.evaluation.plots import plot_fusion_sweep, plot_metric_bars
 from st_poetry.retrieval import hybrid
 from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
 from st_poetry.retrieval.rerank import reorder, rerank_scores
+
+logger = get_logger(__name__)
 
 MARKER = EvaluateConfig.MARKER
 EVAL_SPLIT_CCPM = "eval split"
@@ -94,7 +97,7 @@ def _distinct(names: Sequence[str]) -> list[str]:
         path = Path(name).expanduser()
         key = path.resolve() if path.exists() else name
         if key in kept:
-            print(f"note: {name} is {kept[key]} again: evaluated once")
+            logger.info(f"note: {name} is {kept[key]} again: evaluated once")
         kept.setdefault(key, name)
     return list(kept.values())
 
@@ -171,9 +174,9 @@ def bm25_rows(suite: Suite) -> list[Row]:
     """A row per BM25 tokenizer (baselines): bm25s over the same queries and corpus."""
     rows = []
     for name, tokenize in BM25_TOKENIZERS.items():
-        print(f"{name}: indexing and retrieving")
+        logger.info(f"{name}: indexing and retrieving")
         start = time.perf_counter()
-        retrieval = bm25_retrieval_metrics(suite.evaluator, tokenize, show_progress_bar=True)
+        retrieval = bm25_retrieval_metrics(suite.evaluator, tokenize, show_progress_bar=not progress_off())
         ccpm = {label: bm25_ccpm_accuracy(records, tokenize) for label, records in suite.ccpm.items()}
         rows.append(Row(name, "bm25s", retrieval, ccpm, _since(start)))
     return rows
@@ -223,7 +226,7 @@ class Dense(NamedTuple):
 def dense_row(suite: Suite, name: str, path: str, backend: str, model: SentenceTransformer, hybrid: bool) -> Dense:
     """The model's own row: the evaluator's ranking of the corpus (from a faiss index of the embeddings when the
     fusion needs them too: encoded once for both), then CCPM accuracy (only the CCPM texts are encoded)."""
-    print(f"{name}: encoding queries and corpus")
+    logger.info(f"{name}: encoding queries and corpus")
     start = time.perf_counter()
     if hybrid:
         side = dense_side(suite.evaluator, model)
@@ -233,7 +236,7 @@ def dense_row(suite: Suite, name: str, path: str, backend: str, model: SentenceT
         side = None
         retrieval, ranking = suite.evaluator.ranked(model)
     scores = {
-        label: ccpm_scores(model, records, batch_size=suite.batch_size, show_progress_bar=True)
+        label: ccpm_scores(model, records, batch_size=suite.batch_size, show_progress_bar=not progress_off())
         for label, records in suite.ccpm.items()
     }
     row = Row(name, path, retrieval, suite.accuracy(scores), _since(start), backend)
@@ -268,7 +271,7 @@ class Reranking:
             if k > corpus
         ]
         for note in notes:
-            print(f"note: {note}")
+            logger.info(f"note: {note}")
         ccpm = {
             label: ccpm_accuracy(model, records, batch_size=suite.batch_size) for label, records in suite.ccpm.items()
         }
@@ -283,7 +286,7 @@ def reranked_rows(suite: Suite, name: str, ranking: Ranking, reranker: Reranking
     and speed.
     """
     deepest = max(reranker.top_ks)
-    print(f"{name}: reranking its top {deepest} with {reranker.source}")
+    logger.info(f"{name}: reranking its top {deepest} with {reranker.source}")
     ordered = [sorted(hits, key=lambda hit: (-hit["score"], hit["corpus_id"])) for hits in ranking]
     evaluator = suite.evaluator
     text_of = dict(zip(evaluator.corpus_ids, evaluator.corpus, strict=True))
@@ -296,7 +299,7 @@ def reranked_rows(suite: Suite, name: str, ranking: Ranking, reranker: Reranking
         deepest,
         text=lambda hit: text_of[hit["corpus_id"]],
         batch_size=suite.batch_size,
-        show_progress_bar=True,
+        show_progress_bar=not progress_off(),
         known=reranker.known,
     )
     seconds = _since(start)
@@ -333,7 +336,7 @@ class Lexical(NamedTuple):
 def lexical_side(suite: Suite) -> Lexical:
     """BM25 over characters (HYBRID_LEXICAL) of the corpus, the queries and every CCPM record's choices."""
     tokenize = BM25_TOKENIZERS[HYBRID_LEXICAL]
-    index = build_bm25(suite.evaluator.corpus, tokenize, show_progress=True)
+    index = build_bm25(suite.evaluator.corpus, tokenize, show_progress=not progress_off())
     tokens = [tokenize(query) for query in suite.evaluator.queries]
     return Lexical(index, tokens, {label: bm25_ccpm_scores(records, tokenize) for label, records in suite.ccpm.items()})
 
@@ -384,7 +387,7 @@ def _fused_row(suite: Suite, fused: Fusion, options: FusionOptions, name: str, s
 def hybrid_row(suite: Suite, dense: Dense, lexical: Lexical, options: FusionOptions) -> tuple[Row, Ranking, Fusion]:
     """The model fused with BM25 at the configured settings: its row, the fused ranking, and the fusion (reused by
     the sweep and the tuned row)."""
-    print(f"{dense.row.name} + {HYBRID_LEXICAL}: fusing")
+    logger.info(f"{dense.row.name} + {HYBRID_LEXICAL}: fusing")
     start = time.perf_counter()
     fused = Fusion.gather(dense, lexical, options.depth)
     row, ranking = _fused_row(suite, fused, options, fused.name, start)
@@ -394,7 +397,7 @@ def hybrid_row(suite: Suite, dense: Dense, lexical: Lexical, options: FusionOpti
 def fusion_sweep(suite: Suite, fused: Fusion, rrf_k: int) -> dict[str, Any]:
     """SWEEP_METRICS of every fusion x depth x alpha (top 10 per query: the metrics look no deeper), and the best
     point by TUNED_METRIC. Only the eval split: CCPM files never tune anything."""
-    print(f"{fused.name}: sweeping the fusion settings")
+    logger.info(f"{fused.name}: sweeping the fusion settings")
     points = []
     for kind in SWEEP_FUSIONS:
         for depth in SWEEP_DEPTHS:
@@ -587,7 +590,9 @@ def _read_ccpm_sets(
         if held_out:
             ccpm_sets[EVAL_SPLIT_CCPM] = held_out
         else:  # e.g. a `just mine` folder: its rows no longer carry CCPM's choices
-            print(f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column")
+            logger.info(
+                f"note: {data / 'eval.jsonl'} has no CCPM records with their choices: no eval-split CCPM column"
+            )
     return ccpm_sets, {label: count for label, count in skipped.items() if count}
 
 
@@ -646,10 +651,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             max_corpus=config.max_corpus,
             seed=config.seed,
             batch_size=config.batch_size,
-            show_progress_bar=True,
+            show_progress_bar=not progress_off(),
             rank_depth=max(config.rerank_top_k),
         )
-        print(f"{len(evaluator.queries):,} queries against {len(evaluator.corpus):,} corpus lines")
+        logger.info(f"{len(evaluator.queries):,} queries against {len(evaluator.corpus):,} corpus lines")
         suite = Suite(evaluator, ccpm_sets, config.batch_size)
         reranker = (
             Reranking.prepare(suite, cross_encoder, config.reranker, config.rerank_top_k) if cross_encoder else None
@@ -680,7 +685,6 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             report.reranker = {"model": config.reranker, "scoring": passes, "notes": reranker.notes}
         written = report.write(out)
 
-    print()
-    print(report.to_markdown())
-    print(f"wrote {config.out}/" + ", ".join(written))
+    print(report.to_markdown())  # the result: on stdout
+    logger.info(f"wrote {config.out}/" + ", ".join(written))
     return report.to_json()
