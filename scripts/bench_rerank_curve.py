@@ -16,7 +16,7 @@ import random
 import time
 from pathlib import Path
 
-from benchlib import finish_plot
+from benchlib import finish_plot, write_result
 from matplotlib.figure import Figure
 
 from st_poetry.core.files import read_jsonl
@@ -68,6 +68,14 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     plot(result, args.plot or args.run / "rerank_curve.png")
     print(f"wrote {out}")
+    summary = {"CCPM records": result["records"]}
+    if bi := result.get("bi_encoder"):
+        summary["bi-encoder CCPM accuracy"] = bi["ccpm_accuracy"]
+    if points := result["checkpoints"]:
+        best = max(points, key=lambda point: point["ccpm_accuracy"])
+        summary |= {"best step": best["step"], "best CCPM accuracy": best["ccpm_accuracy"]}
+        summary |= {"last step": points[-1]["step"], "last CCPM accuracy": points[-1]["ccpm_accuracy"]}
+    write_result("rerank_curve", result, args, summary=summary)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -14,6 +14,8 @@ import json
 import random
 import timeit
 
+from benchlib import write_result
+
 from st_poetry.core.schema import CORPUS, PAIR
 from st_poetry.data.prepare import corpus_row, corpus_row_end, pair_row, pair_row_end
 
@@ -49,6 +51,7 @@ def main() -> None:
     result = {f"{name}_us_per_row": round(value / rows * 1e6, 3) for name, value in seconds.items()}
     result["speedup"] = round(seconds["declared"] / seconds["fast"], 1)
     print(json.dumps(result))
+    write_result("rows", result, args, summary=result)
 
 
 if __name__ == "__main__":
