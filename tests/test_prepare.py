@@ -571,9 +571,10 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]
 
 
-def test_the_written_bytes_of_awkward_inputs_stay_the_same(tmp_path):
+def test_the_exact_bytes_written_for_awkward_inputs(tmp_path):
     """The exact files for inputs with JSON's awkward characters (quotes, a backslash, a tab, U+2028, a character
-    outside the BMP): what every reader of prepare's output has always been given, json.dumps's spacing included."""
+    outside the BMP): compact JSON lines, other characters as they are, as json.dumps with ensure_ascii=False and
+    separators (",", ":") writes them."""
     moon = [
         "明亮的月光洒在床前，好像地上泛起了一层白霜。",
         "我抬起头来望着天上的明月，不由得低头沉思，想起远方的故乡。",
@@ -608,17 +609,17 @@ def test_the_written_bytes_of_awkward_inputs_stay_the_same(tmp_path):
 
     def pair(anchor, positive, negatives, source, group):
         return (
-            f'{{"anchor": "{anchor}", "positive": "{positive}", "negatives": [{negatives}], "source": "{source}", '
-            f'"group": "{group}"}}\n'
+            f'{{"anchor":"{anchor}","positive":"{positive}","negatives":[{negatives}],"source":"{source}",'
+            f'"group":"{group}"}}\n'
         )
 
     def corpus(index, text, title, author, dynasty, group):
         return (
-            f'{{"id": "c{index}", "text": "{text}", "title": "{title}", "author": "{author}", "dynasty": "{dynasty}", '
-            f'"group": "{group}"}}\n'
+            f'{{"id":"c{index}","text":"{text}","title":"{title}","author":"{author}","dynasty":"{dynasty}",'
+            f'"group":"{group}"}}\n'
         )
 
-    negatives = '"大漠孤烟直", "长河落日圆"'
+    negatives = '"大漠孤烟直","长河落日圆"'
     assert (out / "train.jsonl").read_bytes().decode() == "".join(
         [
             pair(moon[0], "床前明月光，疑是地上霜。", "", "works", "works唐.json:1"),
@@ -628,7 +629,7 @@ def test_the_written_bytes_of_awkward_inputs_stay_the_same(tmp_path):
         ]
     )
     assert (out / "eval.jsonl").read_bytes().decode() == pair(
-        "夕阳下的长河", "长河落日圆", '"大漠孤烟直", "空山新雨后"', "flagembedding", "fe.jsonl:1"
+        "夕阳下的长河", "长河落日圆", '"大漠孤烟直","空山新雨后"', "flagembedding", "fe.jsonl:1"
     )
     title = '他说\\"好\\"\\t\\\\'
     assert (out / "corpus.jsonl").read_bytes().decode() == "".join(

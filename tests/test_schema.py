@@ -14,23 +14,26 @@ from st_poetry.core.schema import CORPUS, MINED, PAIR, mined_row, read_split
 AWKWARD = ['他说"好"', "a\\b", "line\nbreak\ttab", "\u2028sep", "𠀀字", "“明月”"]
 
 
+def _dumps(row) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
 @pytest.mark.parametrize("text", AWKWARD)
-def test_the_writer_writes_what_json_dumps_writes_and_reads_back_the_same_row(tmp_path, text):
+def test_the_writer_writes_compact_json_and_reads_back_the_same_row(tmp_path, text):
     pair = {"anchor": text, "positive": "床前明月光", "negatives": [text, "霜"], "source": "ccpm", "group": text}
-    assert PAIR.line(pair) == json.dumps(pair, ensure_ascii=False) + "\n"
     corpus = {"id": "c7", "text": text, "title": text, "author": "李白", "dynasty": "", "group": "g"}
-    assert CORPUS.line(corpus) == json.dumps(corpus, ensure_ascii=False) + "\n"
     mined = mined_row(text, "床前明月光", [text, None])
-    assert MINED.line(mined) == json.dumps(mined, ensure_ascii=False) + "\n"
-    for row_type, row in ((PAIR, pair), (CORPUS, corpus), (MINED, mined)):
+    for row_type, rows in ((PAIR, [pair, pair]), (CORPUS, [corpus]), (MINED, [mined, mined])):
+        assert row_type.line(rows[0]) == _dumps(rows[0])
         path = tmp_path / f"{row_type.name}.jsonl"
-        row_type.write(path, [row, row] if row_type is not CORPUS else [row])
-        assert row_type.read(path) == ([row, row] if row_type is not CORPUS else [row])
+        row_type.write(path, rows)
+        assert path.read_text(encoding="utf-8") == "".join(map(_dumps, rows))
+        assert row_type.read(path) == rows
 
 
 def test_the_writer_puts_the_declared_fields_in_order_and_defaults_the_optional_ones():
     line = PAIR.line({"group": "g", "positive": "床前明月光", "anchor": "明亮的月光", "extra": 1})
-    assert line == '{"anchor": "明亮的月光", "positive": "床前明月光", "negatives": [], "source": "", "group": "g"}\n'
+    assert line == '{"anchor":"明亮的月光","positive":"床前明月光","negatives":[],"source":"","group":"g"}\n'
     assert json.loads(CORPUS.line({"text": "明月"}, index=4))["id"] == "c4"
 
 

@@ -15,7 +15,7 @@ Four input formats, any mix, each given as files or folders:
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
 same inputs always give the same files, and adding a file does not move the groups already there (group ids:
 `input_names`; adding --poems moves the linked pairs to their poem's group). This module is stdlib + tqdm +
-OpenCC only (no torch), so the stage takes seconds to minutes.
+OpenCC + orjson only (no torch), so the stage takes seconds to minutes.
 """
 
 from __future__ import annotations
