@@ -75,7 +75,7 @@ def bench_ranges(args: argparse.Namespace) -> dict:
     from st_poetry.training.mine import assemble, candidate_texts, groups_by_text, model_fingerprint, read_prepared
 
     data = read_prepared(Path(args.data))
-    rows = data["eval"]
+    rows = data.eval
     model = load_model(args.model, max_seq_length=args.max_seq_length)
     cache = str(Path(args.cache_folder) / model_fingerprint(model))
     corpus = candidate_texts(data)

@@ -86,7 +86,7 @@ def kept_activations(args: argparse.Namespace, batches: int = 200) -> dict[str, 
     from st_poetry.training.train import column_prompts, load_training_data
 
     config = TrainConfig(data=args.data, model=args.model, num_negatives=args.negatives, eval_max_rows=1)
-    rows = load_training_data(config).train
+    rows = list(load_training_data(config).train)
     model = SentenceTransformer(args.model)
     model.max_seq_length = config.max_seq_length
     prompts = column_prompts(model, list(rows[0])) or {}

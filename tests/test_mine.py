@@ -240,7 +240,7 @@ def test_candidate_pool_keeps_positives_and_given_negatives_and_samples_the_rest
     _edit(prepared_dir, "corpus", lambda rows: rows.extend(extra))
     _edit(prepared_dir, "train", lambda rows: rows[0].update(negatives=["远方第3句诗"]))
     data = read_prepared(prepared_dir)
-    positives = {row["positive"] for split in ("train", "eval") for row in data[split]}
+    positives = {row["positive"] for row in data.pairs}
     keep = positives | {"远方第3句诗"}
     pool = candidate_texts(data, max_corpus=len(keep) + 5, seed=1)
     assert keep <= set(pool) and len(pool) == len(keep) + 5

@@ -30,6 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,42 +60,59 @@ SHORT_ROWS_WARNING = 0.1
 MIN_CONTAINED_CHARS = 4
 
 
-def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
+@dataclass
+class Prepared:
+    """A `just prepare` folder as read: the PAIR rows of each split and the CORPUS rows."""
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    corpus: list[dict[str, Any]]
+
+    def split(self, name: str) -> list[dict[str, Any]]:
+        """The rows of split `name` (one of SPLITS: the files and the stats are named after it)."""
+        return {"train": self.train, "eval": self.eval}[name]
+
+    @property
+    def pairs(self) -> list[dict[str, Any]]:
+        """Both splits' rows."""
+        return self.train + self.eval
+
+
+def read_prepared(folder: Path) -> Prepared:
     """The prepared train/eval pair rows and corpus; a missing file or a malformed row names the file and line."""
     require_files(folder, ("train.jsonl", "eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare`")
-    data = {split: read_split(folder / f"{split}.jsonl", accept=(PAIR,)).rows for split in SPLITS}
-    data["corpus"] = CORPUS.read(folder / "corpus.jsonl")
-    if not data["corpus"]:
+    train, evaluation = (read_split(folder / f"{split}.jsonl", accept=(PAIR,)).rows for split in SPLITS)
+    data = Prepared(train, evaluation, CORPUS.read(folder / "corpus.jsonl"))
+    if not data.corpus:
         raise UserError(f"{folder / 'corpus.jsonl'} is empty: there is nothing to mine negatives from")
     return data
 
 
-def groups_by_text(data: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
+def groups_by_text(data: Prepared) -> dict[str, set[str]]:
     """normalize(text) -> every poem/record it belongs to (famous lines recur); "" (unknown) is left out."""
     groups: dict[str, set[str]] = defaultdict(set)
-    for row in data["corpus"]:
+    for row in data.corpus:
         if row["group"]:
             groups[normalize(row["text"])].add(row["group"])
-    for split in SPLITS:
-        for row in data[split]:
-            if row["group"]:
-                groups[normalize(row["positive"])].add(row["group"])
+    for row in data.pairs:
+        if row["group"]:
+            groups[normalize(row["positive"])].add(row["group"])
     return groups
 
 
-def candidate_texts(data: dict[str, list[dict[str, Any]]], max_corpus: int | None = None, seed: int = 42) -> list[str]:
+def candidate_texts(data: Prepared, max_corpus: int | None = None, seed: int = 42) -> list[str]:
     """The corpus plus any positive missing from it (the library would add a split's own anyway): one list for
     both splits, so its embeddings are computed and cached once.
 
     With `max_corpus`, a candidate pool (FlagEmbedding's `candidate_pool` idea): every positive and given
     negative, and a seeded sample of the other lines, `max_corpus` in all.
     """
-    texts = [row["text"] for row in data["corpus"]] + [row["positive"] for split in SPLITS for row in data[split]]
+    texts = [row["text"] for row in data.corpus] + [row["positive"] for row in data.pairs]
     texts = list(dict.fromkeys(texts))
     if max_corpus is None or len(texts) <= max_corpus:
         return texts
-    rows = [row for split in SPLITS for row in data[split]]
-    keep = {row["positive"] for row in rows} | {text for row in rows for text in row.get("negatives", [])}
+    rows = data.pairs
+    keep = {row["positive"] for row in rows} | {text for row in rows for text in row["negatives"]}
     pool = sample_pool(texts, keep, max_corpus, seed)
     return [text for text in texts if text in pool]
 
@@ -231,7 +249,7 @@ def _dropped(reason: str | None, counter: Counter) -> bool:
 
 def mine_split(
     split: str,
-    data: dict[str, list[dict[str, Any]]],
+    data: Prepared,
     pool: list[str],
     model: SentenceTransformer,
     config: MineConfig,
@@ -240,9 +258,9 @@ def mine_split(
     """Mine one split against the candidate `pool`; train never sees an eval anchor or positive (any form)."""
     banned: set[str] = set()
     rows_dropped: Counter = Counter()
-    rows = data[split]
+    rows = data.split(split)
     if split == "train":
-        banned = {normalize(r[key]) for r in data["eval"] for key in ("anchor", "positive")}
+        banned = {normalize(r[key]) for r in data.eval for key in ("anchor", "positive")}
         kept = []
         for row in rows:
             if normalize(row["positive"]) in banned:
@@ -270,7 +288,7 @@ def mine_split(
         padded = negatives + [None] * (config.num_negatives - len(negatives))
         out.append(mined_row(row["anchor"], row["positive"], padded))
     stats = {
-        "rows_in": len(data[split]),
+        "rows_in": len(data.split(split)),
         "rows_out": len(out),
         "rows_dropped": dict(rows_dropped),
         "short_rows": short,
@@ -287,7 +305,7 @@ def mine_split(
     return out, stats
 
 
-def check_inputs(data: dict[str, list[dict[str, Any]]], pool: list[str], data_dir: Path, config: MineConfig) -> None:
+def check_inputs(data: Prepared, pool: list[str], data_dir: Path, config: MineConfig) -> None:
     """Refuse a --num-negatives the candidates cannot fill (it would only write nulls); warn about an empty split,
     which `just train` would otherwise be the first to notice."""
     needed = config.range_min + config.num_negatives + 1  # the row's own positive is among the candidates
@@ -299,7 +317,7 @@ def check_inputs(data: dict[str, list[dict[str, Any]]], pool: list[str], data_di
             + ": lower --num-negatives or --range-min"
         )
     for split in SPLITS:
-        if not data[split]:
+        if not data.split(split):
             warn(
                 f"{data_dir / f'{split}.jsonl'} has no rows, so the mined {split} split is empty too, and "
                 f"`just train` needs {split} rows (see `just prepare --help`: --eval-fraction, --ccpm-eval)"
@@ -367,11 +385,11 @@ def mine(config: MineConfig) -> dict[str, Any]:
     if cache_folder:
         check_cache(Path(cache_folder))
 
-    stats: dict[str, Any] = {"corpus_size": len(data["corpus"]), "candidates": len(pool)}
-    where = f"{len(pool):,} candidates ({len(data['corpus']):,} corpus lines)"
+    stats: dict[str, Any] = {"corpus_size": len(data.corpus), "candidates": len(pool)}
+    where = f"{len(pool):,} candidates ({len(data.corpus):,} corpus lines)"
     with atomic_output_dir(config.out, MARKER) as tmp:
         for split in SPLITS:
-            logger.info(f"Mining {split} ({len(data[split]):,} rows) against {where}")
+            logger.info(f"Mining {split} ({len(data.split(split)):,} rows) against {where}")
             rows, stats[split] = mine_split(split, data, pool, model, config, cache_folder)
             MINED.write(tmp / f"{split}.jsonl", rows)
         shutil.copyfile(data_dir / "corpus.jsonl", tmp / "corpus.jsonl")
