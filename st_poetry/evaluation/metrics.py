@@ -179,7 +179,7 @@ def read_ccpm(path: str | Path) -> tuple[list[CCPMRecord], int]:
     """Read a CCPM-format .jsonl file (translation, choices, answer) -> (records, skipped).
 
     Records are checked and cleaned by the same parser as `just prepare`; a malformed one names its file:line.
-    Records with an empty translation (CCPM's own train file has 14) are skipped and counted: nothing to match.
+    Records with an empty translation are skipped and counted: nothing to match.
     """
     records, skipped = [], 0
     for line_no, row in read_jsonl(path):
