@@ -623,6 +623,12 @@ class ServeConfig(FusionOptions, RerankOptions):
         "others get a 400",
     )
     ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
+    batch_window_ms: float = option(
+        5.0,
+        "how long the first waiting request waits for others to share its model call (0: only those already waiting)",
+    )
+    max_batch: int = option(32, "the most descriptions encoded and searched in one model call")
+    max_waiting: int = option(256, "requests waiting for the model beyond which a request gets a 503 (Retry-After)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -642,6 +648,9 @@ class ServeConfig(FusionOptions, RerankOptions):
         if self.backend is not None:
             parse_backend(self.backend)
         _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
+        _check(0 <= self.batch_window_ms <= 1000, f"batch_window_ms must be in [0, 1000], got {self.batch_window_ms}")
+        _check(self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}")
+        _check(self.max_waiting >= 1, f"max_waiting must be >= 1, got {self.max_waiting}")
 
 
 PIPELINE_STAGES: dict[str, type] = {
