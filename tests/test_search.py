@@ -4,6 +4,7 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -14,6 +15,7 @@ from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_model
 from st_poetry.retrieval import search, service
+from st_poetry.retrieval.search import FAISS_FILE as FAISS_NAME
 from st_poetry.retrieval.search import INDEX_INFO, PoetryIndex, build_index, query, read_corpus
 
 
@@ -387,3 +389,71 @@ def test_a_reranker_reorders_the_fused_candidates(capsys, index_dir, tiny_rerank
     printed = capsys.readouterr().out
     header = printed.splitlines()[1].split()
     assert header[:5] == ["#", "score", "rerank", "dense", "bm25"]
+
+
+@pytest.mark.parametrize(("index_type", "faiss_type"), [("sq8", "IndexScalarQuantizer"), ("hnsw-sq8", "IndexHNSWSQ")])
+def test_8bit_indexes_find_the_same_lines_with_dense_scores_near_the_exact_ones(
+    capsys, tmp_path, index_dir, tiny_hf_model, prepared_dir, index_type, faiss_type
+):
+    """sq8 stores 8-bit codes (trained on the first chunk, here the whole corpus) and the exact vectors beside them:
+    a search rescores the codes' candidates, so it returns the flat index's lines with their exact cosines, and a
+    hybrid search's dense score (BM25-only candidates included) is the exact cosine too."""
+    out = tmp_path / index_type
+    config = IndexConfig(
+        model=tiny_hf_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out), index_type=index_type, hnsw_m=8
+    )
+    info = build_index(config)
+    assert info["index_type"] == index_type
+    assert (info["hnsw"] is not None) == index_type.startswith("hnsw")
+    opened = PoetryIndex(out)
+    assert type(opened.index).__name__ == faiss_type
+    flat_size = (index_dir / "index.faiss").stat().st_size
+    assert (out / "index.faiss").stat().st_size < flat_size / 2 or index_type.startswith("hnsw")
+    assert np.load(out / "vectors.npy", mmap_mode="r").shape == (38, opened.index.d)
+    queries = ["举头望明月", "大漠孤烟直"]
+    results, _ = _query(capsys, out, *queries, top_k=5, hybrid=False)
+    assert [result["results"][0]["text"] for result in results] == queries
+    flat = PoetryIndex(index_dir)
+    for hybrid in (False, True):
+        exact = flat.search(["明月", "孤烟"], 10, hybrid=hybrid)
+        found = opened.search(["明月", "孤烟"], 10, hybrid=hybrid)
+        for row, exact_row in zip(found, exact, strict=True):  # the same lines, each with its exact scores
+            # (lines whose cosines agree to float rounding may swap places: faiss and numpy sum in another order)
+            assert {hit["text"] for hit in row} == {hit["text"] for hit in exact_row}
+            by_text = {hit["text"]: hit for hit in exact_row}
+            for hit, exact_hit in zip(row, exact_row, strict=True):
+                assert hit["score"] == pytest.approx(exact_hit["score"], abs=1e-5)
+                for key in ("score", "dense_score", "bm25_score"):
+                    assert hit.get(key) == pytest.approx(by_text[hit["text"]].get(key), abs=1e-5)
+    # the codes alone order lines within quantization noise of their cosine: what the rescoring corrects
+    codes, _ = opened.index.search(flat.encode_queries(["明月"]), 5)
+    exact_scores, _ = flat.index.search(flat.encode_queries(["明月"]), 5)
+    assert np.abs(codes - exact_scores).max() < 0.05
+
+
+def test_an_8bit_index_without_its_vectors_says_rebuild(tmp_path, tiny_hf_model, prepared_dir):
+    out = tmp_path / "sq8"
+    build_index(
+        IndexConfig(model=tiny_hf_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out), index_type="sq8")
+    )
+    np.save(out / "vectors.npy", np.zeros((37, 4), dtype=np.float32))
+    with pytest.raises(UserError, match=r"does not hold together: vectors\.npy holds float32 \(37, 4\)"):
+        PoetryIndex(out)
+    (out / "vectors.npy").unlink()
+    with pytest.raises(UserError, match=r"vectors\.npy is missing or unreadable .*rebuild it: just index"):
+        PoetryIndex(out)
+
+
+def test_the_index_file_is_memory_mapped_so_processes_share_it(index_dir):
+    """Opened with IO_FLAG_MMAP_IFC: the vectors are a shared read-only mapping of index.faiss (Linux /proc), not
+    a private copy, so every worker that opens it shares the OS page cache's one copy."""
+    opened = PoetryIndex(index_dir)
+    mapped = Path("/proc/self/maps").read_text().splitlines()
+    maps = [line for line in mapped if line.endswith(str(index_dir / FAISS_NAME))]
+    assert maps and all(line.split()[1] == "r--s" for line in maps)
+    assert opened.search(["举头望明月"], 1, hybrid=False)[0][0]["text"] == "举头望明月"
+
+
+def test_a_missing_index_type_is_refused():
+    with pytest.raises(SystemExit):
+        parse_config(IndexConfig, ["--index-type", "pq"])

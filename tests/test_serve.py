@@ -7,14 +7,18 @@ and the expected results can be read off the text.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
 import json
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
@@ -27,9 +31,11 @@ from st_poetry.core.schema import CORPUS
 from st_poetry.retrieval.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
 from st_poetry.retrieval.service import SearchOptions, SearchService
 from st_poetry.serve.app import (
+    CONFIG_ENV,
     EXAMPLES,
     Batcher,
     Busy,
+    app_from_env,
     create_app,
     highlight,
     public_name,
@@ -765,3 +771,79 @@ def test_a_browser_finds_the_line_for_a_description(live_url, tmp_path, javascri
         print(f"screenshots in {tmp_path}")
     finally:
         browser.quit()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# several worker processes over one memory-mapped index
+
+
+def test_workers_are_checked_and_a_missing_index_fails_before_they_start(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        parse_config(ServeConfig, ["--workers", "0"])
+    assert "workers must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["serve", "--index", str(tmp_path / "nothing"), "--workers", "2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: no index at {tmp_path / 'nothing'}")
+
+
+def test_the_app_factory_serves_the_config_it_is_handed(monkeypatch, index_dir, index):
+    """What each worker of `serve --workers N` runs: the ServeConfig from the environment, as JSON."""
+    settings = ServeConfig(index=str(index_dir), top_k=3, hybrid=False, allowed_hosts=["poems.example.org"])
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(dataclasses.asdict(settings)))
+    with TestClient(app_from_env(), base_url="http://poems.example.org") as worker:
+        answer = worker.get("/api/search", params={"q": DESCRIPTION}).json()
+    expected = SearchService(index).search([DESCRIPTION], SearchOptions(3, FusionOptions(hybrid=False)))[0]
+    assert [hit["text"] for hit in answer["results"]] == [hit["text"] for hit in expected] and len(expected) == 3
+
+
+@pytest.fixture(scope="module")
+def sq8_index(index_dir):
+    """The serve index's corpus and model again, as an 8-bit index."""
+    info = json.loads((index_dir / INDEX_INFO).read_text(encoding="utf-8"))
+    out = index_dir.parent / "sq8"
+    build_index(IndexConfig(model=info["model"], corpus=info["corpus"], out=str(out), index_type="sq8"))
+    return out
+
+
+def test_two_workers_map_one_index_file_and_answer_as_one_process_does(sq8_index):
+    """`serve --workers 2` as a user runs it: two worker processes, both with the same index.faiss mapped shared
+    (not copied), answering /health and searches with the results of an in-process search."""
+    import psutil
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "st_poetry", "serve", "--index", str(sq8_index), "--port", str(port)]
+    server = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while health is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/health")
+                health = json.loads(connection.getresponse().read())
+            except OSError:
+                time.sleep(0.5)
+        assert health == {"status": "ok", "lines": PoetryIndex(sq8_index).index.ntotal}, server.poll()
+        expected = [hit["text"] for hit in PoetryIndex(sq8_index).search([DESCRIPTION], 5, hybrid=True)[0]]
+        for _ in range(4):  # answered by either worker
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", f"/api/search?q={quote(DESCRIPTION)}&k=5")
+            assert [hit["text"] for hit in json.loads(connection.getresponse().read())["results"]] == expected
+        # both workers up (a worker maps the file once its app is loaded, before the port answers for it)
+        deadline, mapping = time.monotonic() + 60, []
+        while len(mapping) < 2 and time.monotonic() < deadline:
+            mapping = [
+                child
+                for child in psutil.Process(server.pid).children(recursive=True)
+                if any(region.path == str(sq8_index / "index.faiss") for region in child.memory_maps(grouped=True))
+            ]
+            time.sleep(0.5)
+        assert len(mapping) == 2
+        for child in mapping:
+            maps = Path(f"/proc/{child.pid}/maps").read_text().splitlines()
+            assert all(line.split()[1] == "r--s" for line in maps if line.endswith("index.faiss"))
+    finally:
+        server.terminate()
+        server.wait(30)

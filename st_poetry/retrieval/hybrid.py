@@ -68,7 +68,8 @@ def candidates(
         lexical = bm25_scores(bm25, tokens)
         top = np.argpartition(-lexical, depth - 1)[:depth] if depth < len(lexical) else np.arange(len(lexical))
         ids = np.array(list(dict.fromkeys([*found[found >= 0].tolist(), *top[lexical[top] > 0].tolist()])))
-        vectors = index.reconstruct_batch(ids)  # exact cosines for BM25-only lines too (and for HNSW hits)
+        # exact cosines for BM25-only lines too (and for HNSW hits); an 8-bit index passes its `RescoredIndex`
+        vectors = index.reconstruct_batch(ids)
         rows.append((ids, vectors @ embedding, lexical[ids]))
     width = max(len(ids) for ids, _, _ in rows)
     padded = Candidates(

@@ -5,8 +5,14 @@
     st-poetry search --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
 
 An index folder holds
-- `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default or an
-  approximate `IndexHNSWFlat` for corpora of millions;
+- `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default,
+  `IndexScalarQuantizer` (`sq8`: 8-bit codes, a quarter of the size), or an approximate HNSW graph over either
+  (`hnsw`, `hnsw-sq8`) for corpora of millions. It is opened memory-mapped (`faiss.IO_FLAG_MMAP_IFC`): the
+  vectors stay in the OS page cache, shared by every process (server worker) that opens the same file;
+- `vectors.npy` (sq8 types only): the exact float32 embeddings, memory-mapped. A query takes the 8-bit index's
+  top RESCORE_FACTOR x k and reorders them by their exact cosines read from here (`RescoredIndex`), so results
+  and scores are the exact ones and only the candidates' rows are read from disk; a hybrid search gets the exact
+  cosine of a BM25-only candidate the same way;
 - `lines/`: the corpus metadata (id, text, title, author, dynasty, group) as a memory-mapped `datasets` table whose
   row i is faiss id i, so opening a large index does not parse the whole corpus;
 - `bm25/`: a bm25s index of the lines' single characters (document i = faiss id i), memory-mapped when opened,
@@ -49,6 +55,11 @@ from st_poetry.retrieval.service import SearchOptions, SearchService, check_quer
 
 INDEX_INFO = IndexConfig.MARKER
 FAISS_FILE = "index.faiss"
+VECTORS_FILE = "vectors.npy"
+# An 8-bit index's candidates per line asked for, rescored exactly: the codes order lines within about 1e-3 of
+# their cosine, so the exact top k lies well inside the top few k (docs/BENCHMARKS.md#compressed-index).
+RESCORE_FACTOR = 4
+RESCORE_MIN = 40
 LINES_DIR = "lines"
 BM25_DIR = "bm25"
 METADATA = CORPUS.names
@@ -94,23 +105,35 @@ def model_record(model: SentenceTransformer) -> dict[str, Any]:
 
 
 def new_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
-    """Exact inner product, or an HNSW graph over the same inner product."""
+    """Exact inner product over float32 vectors or 8-bit codes, or an HNSW graph over either; an sq8 index must
+    be trained (each dimension's range) before vectors are added: `add_encoded` does it with the first chunk."""
     if config.index_type == "flat":
         return faiss.IndexFlatIP(dim)
-    index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    if config.index_type == "sq8":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    if config.index_type == "hnsw-sq8":
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = config.hnsw_ef_construction
     index.hnsw.efSearch = config.hnsw_ef_search  # stored in index.faiss: the query-time default
     return index
 
 
 def add_encoded(
-    index: faiss.Index, model: SentenceTransformer, texts: Sequence[str], batch_size: int
+    index: faiss.Index,
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    batch_size: int,
+    keep: Callable[[int, np.ndarray], None] | None = None,
 ) -> tuple[float, float]:
     """Encode `texts` as documents into `index`, ENCODE_CHUNK lines at a time; returns the seconds spent encoding
     and adding (an HNSW graph is built as it is added to).
 
     One encode call over a whole corpus holds its embeddings several times over (the batches, their stack, the
     array, the index's copy): 13.4 GB at the peak for the 1.68M-line corpus. Chunks leave the index's copy.
+    An untrained (sq8) index learns each dimension's range from the first chunk; a later value outside it is
+    clipped to it. `keep(start, embeddings)` gets each chunk's exact embeddings besides (for the rescoring file).
     """
     encoding = adding = 0.0
     with tqdm(total=len(texts), desc="encoding", unit=" lines", unit_scale=True) as bar:
@@ -119,7 +142,11 @@ def add_encoded(
             began = time.perf_counter()
             embeddings = encode(model.encode_document, chunk, batch_size=batch_size)
             encoded = time.perf_counter()
+            if not index.is_trained:
+                index.train(embeddings)
             index.add(embeddings)
+            if keep is not None:
+                keep(start, embeddings)
             encoding, adding = encoding + encoded - began, adding + time.perf_counter() - encoded
             bar.update(len(chunk))
     return encoding, adding
@@ -139,7 +166,14 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
 
     texts = [row["text"] for row in rows]
     index = new_faiss_index(config, record["embedding_dim"])
-    encode_seconds, add_seconds = add_encoded(index, model, texts, config.batch_size)
+    exact = np.empty((len(texts), record["embedding_dim"]), dtype=np.float32) if rescored(config.index_type) else None
+
+    def keep(start: int, embeddings: np.ndarray) -> None:
+        exact[start : start + len(embeddings)] = embeddings
+
+    encode_seconds, add_seconds = add_encoded(
+        index, model, texts, config.batch_size, keep if exact is not None else None
+    )
     start = time.perf_counter()
     bm25 = build_bm25(texts, BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=True)
     index_seconds = add_seconds + time.perf_counter() - start
@@ -154,7 +188,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
         "index_type": config.index_type,
         "hnsw": (
             {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search}
-            if config.index_type == "hnsw"
+            if config.index_type.startswith("hnsw")
             else None
         ),
         "bm25": {"folder": BM25_DIR, "tokens": HYBRID_LEXICAL, "k1": bm25.k1, "b": bm25.b},
@@ -166,6 +200,8 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
     }
     with atomic_output_dir(config.out, INDEX_INFO) as tmp:
         faiss.write_index(index, str(tmp / FAISS_FILE))
+        if exact is not None:
+            np.save(tmp / VECTORS_FILE, exact)
         Dataset.from_dict({key: [row[key] for row in rows] for key in METADATA}).save_to_disk(str(tmp / LINES_DIR))
         bm25.save(str(tmp / BM25_DIR), show_progress=False)
         write_json(tmp / INDEX_INFO, info)
@@ -181,6 +217,39 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
     return info
 
 
+def rescored(index_type: str) -> bool:
+    """Whether an index type keeps its exact vectors beside its codes, to rescore its candidates."""
+    return index_type.endswith("sq8")
+
+
+class RescoredIndex:
+    """An 8-bit faiss index whose candidates are reordered by exact cosines: what retrieval calls of a faiss index
+    (`search`, `reconstruct_batch`, `ntotal`), answered from the memory-mapped float32 vectors."""
+
+    def __init__(self, index: faiss.Index, vectors: np.ndarray) -> None:
+        self.index, self.vectors, self.ntotal, self.d = index, vectors, index.ntotal, index.d
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        depth = min(self.ntotal, max(k * RESCORE_FACTOR, RESCORE_MIN))
+        _, candidates = self.index.search(queries, depth)
+        scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        for row, (query, ids) in enumerate(zip(queries, candidates, strict=True)):
+            found = ids >= 0  # an HNSW graph may return fewer
+            scores[row, found] = self.reconstruct_batch(ids[found]) @ query
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ids = np.take_along_axis(candidates, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        return scores, np.where(np.isfinite(scores), ids, -1)
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        """Exact vectors, read in id order (fewer page faults), returned in the order asked."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids)
+        vectors = np.empty((len(ids), self.d), dtype=np.float32)
+        vectors[order] = self.vectors[ids[order]]
+        return vectors
+
+
 def _folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
@@ -189,9 +258,20 @@ def _folder_mb(folder: Path) -> float:
 # query
 
 
-def _read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Dataset]:
+def read_faiss(path: Path) -> faiss.Index:
+    """The index with its vectors or codes memory-mapped read-only (every type `just index` writes: the flat
+    codes of flat and sq8, an HNSW graph's storage), so processes that open the same file share one copy in the
+    page cache and a process's memory does not grow with the corpus; the HNSW graph's links are still read."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+
+
+def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Dataset]:
     """index.json, index.faiss and lines/, checked to belong together; anything damaged is one line that says
     to rebuild, never a traceback from faiss or datasets."""
+    if not (folder / INDEX_INFO).is_file():
+        raise UserError(
+            f"no index at {folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"
+        )
     rebuild = f"rebuild it: just index --model PATH --out {folder}"
     try:
         info = json.loads((folder / INDEX_INFO).read_text(encoding="utf-8"))
@@ -201,7 +281,7 @@ def _read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Datas
     if missing:
         raise UserError(f"{folder / INDEX_INFO} lacks {', '.join(missing)}: not written by `just index`; {rebuild}")
     try:
-        index = faiss.read_index(str(folder / FAISS_FILE))
+        index = read_faiss(folder / FAISS_FILE)
     except RuntimeError as error:
         reason = str(error).rsplit("Error: ", 1)[-1].strip()
         raise UserError(f"{folder / FAISS_FILE} is unreadable (truncated or corrupt: {reason}): {rebuild}") from None
@@ -218,6 +298,21 @@ def _read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Datas
     return info, index, lines
 
 
+def read_vectors(folder: Path, index: faiss.Index) -> np.ndarray:
+    """vectors.npy memory-mapped read-only, checked to match index.faiss."""
+    rebuild = f"rebuild it: just index --model PATH --out {folder}"
+    try:
+        vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise UserError(f"{folder / VECTORS_FILE} is missing or unreadable ({error}): {rebuild}") from None
+    if vectors.shape != (index.ntotal, index.d) or vectors.dtype != np.float32:
+        raise UserError(
+            f"{folder} does not hold together: {VECTORS_FILE} holds {vectors.dtype} {vectors.shape}, {FAISS_FILE} "
+            f"{index.ntotal:,} {index.d}-dim vectors: {rebuild}"
+        )
+    return vectors
+
+
 class PoetryIndex:
     """An index folder opened for search, with a model checked to encode like the one that built it."""
 
@@ -225,16 +320,15 @@ class PoetryIndex:
         self, folder: str | Path, model: str | None = None, ef_search: int | None = None, backend: str | None = None
     ) -> None:
         self.folder = Path(folder)
-        info_path = self.folder / INDEX_INFO
-        if not info_path.is_file():
-            raise UserError(
-                f"no index at {self.folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"
-            )
-        self.info, self.index, self.lines = _read_index_folder(self.folder)
+        self.info, self.index, self.lines = read_index_folder(self.folder)
         if ef_search is not None:
             if not isinstance(self.index, faiss.IndexHNSW):
                 raise UserError(f"--ef-search applies to hnsw indexes; {self.folder} is {self.info['index_type']}")
             self.index.hnsw.efSearch = ef_search
+        # what retrieval searches: the faiss index, or an 8-bit one rescored from the exact vectors
+        self.searched: faiss.Index | RescoredIndex = self.index
+        if rescored(self.info["index_type"]):
+            self.searched = RescoredIndex(self.index, read_vectors(self.folder, self.index))
 
         name = model or self.info["model"]
         self.backend = backend or self.info.get("backend", "torch")  # indexes from before --backend: torch
@@ -324,10 +418,10 @@ class PoetryIndex:
             tokens = [tokenize(text) for text in queries]  # none for a query of symbols: the dense side alone
             hits = [
                 [(i, fused, {"dense_score": dense, "bm25_score": bm25}) for i, dense, bm25, fused in row]
-                for row in fused_ranking(self.index, embeddings, bm25, tokens, fusion, top_k)
+                for row in fused_ranking(self.searched, embeddings, bm25, tokens, fusion, top_k)
             ]
         else:
-            scores, ids = self.index.search(embeddings, min(top_k, self.index.ntotal))
+            scores, ids = self.searched.search(embeddings, min(top_k, self.index.ntotal))
             # an HNSW search may return fewer than k: id -1
             hits = [
                 [(int(i), float(score), {}) for score, i in zip(row_scores, row_ids, strict=True) if i >= 0]

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
+import json
+import os
 import queue
 import threading
 import time
@@ -50,7 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from st_poetry.core.config import FusionOptions, ServeConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_reranker
-from st_poetry.retrieval.search import PoetryIndex
+from st_poetry.retrieval.search import PoetryIndex, read_index_folder
 from st_poetry.retrieval.service import EXAMPLE_QUERY, SearchOptions, SearchService, fusion_options, query_problem
 
 WEB = Path(__file__).parent / "web"
@@ -76,6 +79,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+# `serve --workers N` hands its ServeConfig to the worker processes in this environment variable.
+CONFIG_ENV = "ST_POETRY_SERVE_CONFIG"
 
 
 def _optional_fields(options: type) -> dict[str, Any]:
@@ -501,15 +506,36 @@ def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
     return {"host": config.host, "port": config.port, "log_level": "info", "server_header": False}
 
 
+def load_app(config: ServeConfig) -> FastAPI:
+    """Open the index (memory-mapped), load the model and reranker, and build the application."""
+    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
+    return create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's app factory in each worker process of `serve --workers N`: the ServeConfig that `serve` left
+    in CONFIG_ENV as JSON. Every worker loads its own model and maps the same index file, which the OS keeps
+    once in its page cache for all of them; nothing else is shared, so any worker can answer any request."""
+    return load_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+
+
 def serve(config: ServeConfig) -> None:
-    """Load the index and model, then serve until interrupted."""
+    """Load the index and model, then serve until interrupted; with --workers N, N processes do so on one port."""
     import uvicorn
 
-    index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
-    app = create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
     host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
+    hosts = f"(Host names answered: {', '.join(trusted_hosts(config))}; more with --allowed-hosts)"
+    if config.workers == 1:
+        app = load_app(config)
+        lines = app.state.searcher.index.info["size"]
+        print(f"serving {lines:,} lines of {config.index} at http://{host}:{config.port}/ {hosts}")
+        uvicorn.run(app, **uvicorn_options(config))
+        return
+    # A broken index folder fails here, once, rather than in every worker (uvicorn would restart them in turn).
+    info, _, _ = read_index_folder(Path(config.index))
+    os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
     print(
-        f"serving {index.info['size']:,} lines of {config.index} at http://{host}:{config.port}/ "
-        f"(Host names answered: {', '.join(trusted_hosts(config))}; more with --allowed-hosts)"
+        f"serving {info['size']:,} lines of {config.index} at http://{host}:{config.port}/ with {config.workers} "
+        f"worker processes {hosts}"
     )
-    uvicorn.run(app, **uvicorn_options(config))
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=config.workers, **uvicorn_options(config))
