@@ -1,7 +1,7 @@
 """Compressed (sq8) and approximate (HNSW) against exact (flat inner product) search: recall, speed, memory.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py               # 1M synthetic vectors, dim 384
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py --vectors indexes/poetry   # a real flat index
+    flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py --vectors indexes/poetry   # a real index
     flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py --vectors indexes/poetry \
         --queries-from data/processed/eval.jsonl --types sq8 hnsw-sq8     # real descriptions as queries
     flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py --n 1680103 --types   # flat only, the corpus
@@ -9,7 +9,7 @@
 The synthetic corpus is a mixture of Gaussian clusters (random centres, per-dimension noise as large as the
 centre's), normalized to unit length like sentence embeddings; the queries are fresh draws from the same mixture,
 not corpus points. No model is involved: this measures the faiss index, which is all that changes between the
-two index types (query encoding costs the same either way). With `--vectors DIR` the vectors of a flat index
+two index types (query encoding costs the same either way). With `--vectors DIR` the exact vectors of an index
 built by `just index` are used instead, and a held-out sample of them serves as queries; with `--queries-from
 JSONL` the first --queries descriptions (`anchor`) of that file, encoded by the index's model with its query
 prompt, are the queries and the whole index is the corpus.
@@ -43,7 +43,7 @@ from benchlib import write_result
 
 from st_poetry.core.config import IndexConfig
 from st_poetry.core.files import read_jsonl
-from st_poetry.retrieval.search import FAISS_FILE, PoetryIndex, new_faiss_index
+from st_poetry.retrieval.search import FAISS_FILE, VECTORS_FILE, PoetryIndex, RescoredIndex, new_faiss_index
 
 
 def rss_mb() -> float:
@@ -66,7 +66,7 @@ def synthetic(n: int, dim: int, clusters: int, seed: int, chunk: int = 100_000) 
 
 
 def real_vectors(folder: Path, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The vectors of a flat index; `queries` of them are held out as queries."""
+    """An index folder's exact vectors; `queries` of them are held out as queries."""
     vectors = flat_vectors(folder)
     held_out = np.zeros(len(vectors), dtype=bool)
     held_out[np.random.default_rng(seed).choice(len(vectors), queries, replace=False)] = True
@@ -74,6 +74,9 @@ def real_vectors(folder: Path, queries: int, seed: int) -> tuple[np.ndarray, np.
 
 
 def flat_vectors(folder: Path) -> np.ndarray:
+    """An index folder's exact vectors: an 8-bit index's vectors.npy, or a flat index's own."""
+    if (folder / VECTORS_FILE).is_file():
+        return np.load(folder / VECTORS_FILE)
     index = faiss.read_index(str(folder / FAISS_FILE))
     return index.reconstruct_n(0, index.ntotal)
 
@@ -93,7 +96,7 @@ before = process.memory_full_info()
 index = read_faiss(__import__("pathlib").Path(sys.argv[1])) if sys.argv[2] == "mmap" else faiss.read_index(sys.argv[1])
 index.search(np.load(sys.argv[3]), 10)
 after = process.memory_full_info()
-grown = {key: (getattr(after, key) - getattr(before, key)) / 2**20 for key in ("rss", "uss", "pss")}
+grown = {key: (getattr(after, key) - getattr(before, key)) / 2**20 for key in ("rss", "uss", "pss", "shared")}
 print(json.dumps({key: round(value, 1) for key, value in grown.items()}))
 """
 
@@ -155,7 +158,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic corpus size")
     parser.add_argument("--dim", type=int, default=384, help="synthetic vector size (e5-small's is 384)")
     parser.add_argument("--clusters", type=int, default=1000, help="synthetic mixture components")
-    parser.add_argument("--vectors", type=Path, help="use a flat index folder's vectors instead of synthetic ones")
+    parser.add_argument("--vectors", type=Path, help="use an index folder's exact vectors instead of synthetic ones")
     parser.add_argument("--queries-from", type=Path, help="with --vectors: encode these pairs' descriptions as queries")
     parser.add_argument("--model", help="with --queries-from: the index's model, when its recorded path is elsewhere")
     parser.add_argument("--queries", type=int, default=1000, help="queries for recall")
@@ -221,6 +224,14 @@ def main() -> None:
             label = f"{name} efSearch={ef}" if ef is not None else name
             rows.append({"index": label, "recall": recall_at_k(found, exact), **measured, "latency": timings(index)})
             print(f"  {label}: recall@{args.k} {rows[-1]['recall']:.4f}")
+            if kind.endswith("sq8"):  # as `just search` uses it: candidates rescored from the exact vectors
+                rescored = RescoredIndex(index, corpus)
+                _, found = rescored.search(queries, args.k)
+                label = f"{label} + rescoring"
+                rows.append(
+                    {"index": label, "recall": recall_at_k(found, exact), **measured, "latency": timings(rescored)}
+                )
+                print(f"  {label}: recall@{args.k} {rows[-1]['recall']:.4f}")
         del index
 
     header = ["index", f"recall@{args.k}", "build s", "RSS MB", "file MB", "mmap USS MB", "read USS MB"]
@@ -251,9 +262,9 @@ def main() -> None:
     del args.query_vectors
     summary = {"corpus": len(corpus), f"flat b={args.batches[0]} p50 ms": round(rows[0]["latency"][0]["p50_ms"], 2)}
     for row in rows[1:]:
-        if row["index"].startswith("hnsw") and not row["index"].endswith(f"efSearch={IndexConfig.hnsw_ef_search}"):
+        if row["index"].startswith("hnsw") and f"efSearch={IndexConfig.hnsw_ef_search}" not in row["index"]:
             continue
-        kind = row["index"].split()[0]
+        kind = row["index"].split()[0] + (" + rescoring" if row["index"].endswith("rescoring") else "")
         summary[f"{kind} recall@{args.k}"] = round(row["recall"], 4)
         summary[f"{kind} b={args.batches[0]} p50 ms"] = round(row["latency"][0]["p50_ms"], 2)
         summary[f"{kind} file MB"] = round(row["size_mb"])

@@ -18,6 +18,10 @@
 4. Bad input: the cases of issue 15 against the real server, each must be a 4xx, then /health must answer.
 5. `--screenshot PNG`: Chromium's own headless screenshot of the page for an example description (the server
    renders the results, so no script has to run), at desktop width, and `PNG` with `-phone` at 390 px.
+6. `--memory-workers N [N ...]`: instead of 3-5, memory of `serve --workers N` for each N, after --requests
+   searches: per process (the supervisor and each worker) RSS, USS (pages only it holds), PSS (shared pages
+   divided among their processes) and its file-backed resident pages, from psutil; the server's sum of PSS
+   counts the memory-mapped index once however many workers map it.
 """
 
 from __future__ import annotations
@@ -216,6 +220,40 @@ def screenshot(port: int, out: Path, query: str) -> list[str]:
     return written
 
 
+def worker_memory(args: argparse.Namespace, workers: int, queries: list[dict], work: Path) -> dict:
+    """Memory (MB) of each process of `serve --workers N` and their sums, after `--requests` searches."""
+    import psutil
+
+    port, log = free_port(), work / f"serve-{workers}.log"
+    with open(log, "w", encoding="utf-8") as handle:
+        command = [sys.executable, "-m", "st_poetry", "serve", "--index", str(args.index), "--port", str(port)]
+        command += ["--workers", str(workers), *shlex.split(args.serve_args)]
+        server = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        wait_for_health(port, server, log)
+        parent = psutil.Process(server.pid)
+        deadline = time.monotonic() + 300  # /health answers once the first worker is up: wait for the others
+        while workers > 1 and len(parent.children()) < workers and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(20 if workers > 1 else 0)
+        for row in queries[: args.requests]:
+            request(port, "GET", "/api/search?" + urlencode({"q": row["anchor"], "k": args.k}))
+        processes = [parent, *parent.children(recursive=True)]
+        rows = []
+        for process in processes:
+            memory = process.memory_full_info()
+            row = {key: round(getattr(memory, key) / 2**20, 1) for key in ("rss", "uss", "pss", "shared")}
+            rows.append({"pid": process.pid, "cmd": " ".join(process.cmdline()[1:4]), **row})
+    finally:
+        server.terminate()
+        server.wait(60)
+    total = {key: round(sum(row[key] for row in rows), 1) for key in ("rss", "uss", "pss", "shared")}
+    print(f"--workers {workers}: {len(rows)} processes, sum {total}")
+    for row in rows:
+        print(f"  {row}")
+    return {"processes": rows, "sum": total}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/e5-small-zh-poetry", help="model for the index")
@@ -229,6 +267,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--serve-args", default="", help="more `st-poetry serve` options, as one string")
     parser.add_argument("--screenshot", type=Path, help="write the page's screenshot here (and a -phone one)")
+    parser.add_argument("--memory-workers", type=int, nargs="+", help="measure memory of these --workers instead")
     parser.add_argument("--out", type=Path, default=Path(".bench/bench_serve.json"))
     args = parser.parse_args()
     work = args.out.parent
@@ -247,6 +286,14 @@ def main() -> None:
     queries = [row for row in read_split(args.data / "eval.jsonl").rows if row["positive"] in indexed]
     random.Random(args.seed).shuffle(queries)
     print(f"{len(queries):,} eval descriptions whose line is in the index")
+    if args.memory_workers:
+        report = {"index": {"folder": str(args.index), "lines": info["size"], "type": info["index_type"]}}
+        report["files_mb"] = {p.name: round(p.stat().st_size / 2**20, 1) for p in args.index.iterdir() if p.is_file()}
+        report["workers"] = {n: worker_memory(args, n, queries, work) for n in args.memory_workers}
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        summary = {f"{n} workers, sum of PSS MB": row["sum"]["pss"] for n, row in report["workers"].items()}
+        write_result("serve-memory", report, args, summary=summary)
+        return
     port, log = free_port(), work / "serve.log"
     with open(log, "w", encoding="utf-8") as handle:
         command = [sys.executable, "-m", "st_poetry", "serve", "--index", str(args.index), "--port", str(port)]

@@ -21,9 +21,11 @@ from st_poetry.retrieval.search import INDEX_INFO, PoetryIndex, build_index, que
 
 @pytest.fixture
 def index_dir(tmp_path, tiny_hf_model, prepared_dir):
-    """An exact index built by a model without prompts: a query equal to a corpus line encodes exactly like it."""
+    """An exact (flat) index built by a model without prompts: a query equal to a corpus line encodes exactly like
+    it."""
     out = tmp_path / "index"
-    build_index(IndexConfig(model=tiny_hf_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    corpus = str(prepared_dir / "corpus.jsonl")
+    build_index(IndexConfig(model=tiny_hf_model, corpus=corpus, out=str(out), index_type="flat"))
     return out
 
 
@@ -36,7 +38,8 @@ def _query(capsys, index_dir, *queries, **fields):
 
 def test_build_writes_index_and_records_model_and_prompts(capsys, tmp_path, tiny_st_model, prepared_dir):
     out = tmp_path / "index"
-    build_index(IndexConfig(model=tiny_st_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    corpus = str(prepared_dir / "corpus.jsonl")
+    build_index(IndexConfig(model=tiny_st_model, corpus=corpus, out=str(out), index_type="flat"))
     info = json.loads((out / INDEX_INFO).read_text(encoding="utf-8"))
     assert info["model"] == tiny_st_model
     assert info["prompts"] == {"query": "query: ", "document": "passage: "}
@@ -205,9 +208,10 @@ def test_a_corpus_is_encoded_in_chunks_into_the_same_index(monkeypatch, tmp_path
     """The chunked build (ENCODE_CHUNK lines per encode call, added as they come) stores the vectors, in corpus
     order, that one call over the whole corpus gives."""
     corpus = prepared_dir / "corpus.jsonl"
-    build_index(IndexConfig(model=tiny_hf_model, corpus=str(corpus), out=str(tmp_path / "whole")))
+    build_index(IndexConfig(model=tiny_hf_model, corpus=str(corpus), out=str(tmp_path / "whole"), index_type="flat"))
     monkeypatch.setattr(search, "ENCODE_CHUNK", 5)  # 38 lines: 7 full chunks and a short one
-    build_index(IndexConfig(model=tiny_hf_model, corpus=str(corpus), out=str(tmp_path / "chunked")))
+    chunked = str(tmp_path / "chunked")
+    build_index(IndexConfig(model=tiny_hf_model, corpus=str(corpus), out=chunked, index_type="flat"))
     whole, chunked = (faiss.read_index(str(tmp_path / name / "index.faiss")) for name in ("whole", "chunked"))
     assert chunked.ntotal == whole.ntotal == 38
     expected = search.encode(load_model(tiny_hf_model).encode_document, [row["text"] for row in read_corpus(corpus)])
@@ -457,3 +461,16 @@ def test_the_index_file_is_memory_mapped_so_processes_share_it(index_dir):
 def test_a_missing_index_type_is_refused():
     with pytest.raises(SystemExit):
         parse_config(IndexConfig, ["--index-type", "pq"])
+
+
+def test_the_default_index_is_sq8_with_its_exact_vectors(tmp_path, tiny_hf_model, prepared_dir, index_dir):
+    """The default (chosen on the 133k-line index, docs/BENCHMARKS.md#compressed-index): 8-bit codes, the exact
+    vectors beside them for rescoring; the same hits as the flat index."""
+    out = tmp_path / "default"
+    info = build_index(IndexConfig(model=tiny_hf_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
+    assert IndexConfig().index_type == info["index_type"] == "sq8" and info["hnsw"] is None
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "vectors.npy", "lines", "bm25", INDEX_INFO}
+    exact = PoetryIndex(index_dir).search(["举头望明月"], 3, hybrid=False)[0]
+    found = PoetryIndex(out).search(["举头望明月"], 3, hybrid=False)[0]
+    assert found[0]["text"] == exact[0]["text"] == "举头望明月"
+    assert [hit["score"] for hit in found] == pytest.approx([hit["score"] for hit in exact], abs=1e-5)

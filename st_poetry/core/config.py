@@ -500,10 +500,11 @@ class IndexConfig:
         input=True,
     )
     out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)", output=True)
-    index_type: Literal["flat", "sq8", "hnsw", "hnsw-sq8"] = option(
-        "flat",
-        "flat = exact inner product; sq8 = the same scan over 8-bit codes (4x smaller); hnsw = approximate graph "
-        "search, for millions of lines; hnsw-sq8 = the graph over 8-bit codes",
+    index_type: Literal["sq8", "flat", "hnsw", "hnsw-sq8"] = option(
+        "sq8",
+        "sq8 = a scan of 8-bit codes (a quarter of flat's memory), its candidates rescored exactly from the vectors "
+        "on disk; flat = exact inner product over float32 vectors in memory; hnsw = approximate graph search; "
+        "hnsw-sq8 = the graph over 8-bit codes, rescored",
     )
     hnsw_m: int = option(32, "hnsw: graph neighbours per node (more = better recall, more memory)")
     hnsw_ef_construction: int = option(80, "hnsw: candidate list size while building (more = better graph, slower)")
