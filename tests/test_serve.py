@@ -847,3 +847,10 @@ def test_two_workers_map_one_index_file_and_answer_as_one_process_does(sq8_index
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_process_that_supervises_workers_loads_no_torch():
+    """With --workers N the `serve` process only supervises: it must not hold a model runtime of its own."""
+    probe = "import sys, st_poetry.cli, st_poetry.serve.run; print('torch' in sys.modules, 'faiss' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert found.split() == ["False", "False"]

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[type, str]] = {
     "export": (configs.ExportConfig, "st_poetry.retrieval.export:export"),
     "index": (configs.IndexConfig, "st_poetry.retrieval.search:build_index"),
     "search": (configs.QueryConfig, "st_poetry.retrieval.search:query"),
-    "serve": (configs.ServeConfig, "st_poetry.serve.app:serve"),
+    "serve": (configs.ServeConfig, "st_poetry.serve.run:serve"),
     "pipeline": (configs.PipelineConfig, "st_poetry.cli.pipeline:run_pipeline"),
 }
 PROG = "st-poetry"

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import ipaddress
 import json
 import os
 import queue
@@ -53,8 +51,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from st_poetry.core.config import FusionOptions, ServeConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_reranker
-from st_poetry.retrieval.search import PoetryIndex, read_index_folder
+from st_poetry.retrieval.search import PoetryIndex
 from st_poetry.retrieval.service import EXAMPLE_QUERY, SearchOptions, SearchService, fusion_options, query_problem
+from st_poetry.serve.run import CONFIG_ENV, LOOPBACK_NAMES, trusted_hosts, uvicorn_options
+
+__all__ = ["CONFIG_ENV", "LOOPBACK_NAMES", "trusted_hosts", "uvicorn_options"]  # where the tests import them from
 
 WEB = Path(__file__).parent / "web"
 # What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but
@@ -78,9 +79,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-# `serve --workers N` hands its ServeConfig to the worker processes in this environment variable.
-CONFIG_ENV = "ST_POETRY_SERVE_CONFIG"
 
 
 def _optional_fields(options: type) -> dict[str, Any]:
@@ -335,23 +333,6 @@ def public_info(info: dict[str, Any]) -> dict[str, Any]:
     return info | names
 
 
-def trusted_hosts(config: ServeConfig) -> list[str]:
-    """The Host header names answered: --host, the loopback names when it is a loopback address, --allowed-hosts.
-
-    A host of all interfaces (0.0.0.0, ::) has no name of its own: the clients' names must be given.
-    """
-    host = config.host.removeprefix("[").removesuffix("]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        hosts, loopback = [host], host == "localhost"
-    else:
-        hosts = [] if address.is_unspecified else [f"[{address}]" if address.version == 6 else str(address)]
-        loopback = address.is_loopback or address.is_unspecified
-    extra = [f"[{name}]" if ":" in name and not name.startswith("[") else name for name in config.allowed_hosts]
-    return list(dict.fromkeys([*hosts, *(LOOPBACK_NAMES if loopback else ()), *extra]))
-
-
 class BodyLimit:
     """A 413 for a body over `limit` bytes, said by its Content-Length or counted as it streams in (chunked), before
     anything parses it; a body within the limit is passed on whole."""
@@ -501,11 +482,6 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
     return app
 
 
-def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
-    """uvicorn's settings; no `server: uvicorn` header, which would tell every client the software it runs."""
-    return {"host": config.host, "port": config.port, "log_level": "info", "server_header": False}
-
-
 def load_app(config: ServeConfig) -> FastAPI:
     """Open the index (memory-mapped), load the model and reranker, and build the application."""
     index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
@@ -517,25 +493,3 @@ def app_from_env() -> FastAPI:
     in CONFIG_ENV as JSON. Every worker loads its own model and maps the same index file, which the OS keeps
     once in its page cache for all of them; nothing else is shared, so any worker can answer any request."""
     return load_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
-
-
-def serve(config: ServeConfig) -> None:
-    """Load the index and model, then serve until interrupted; with --workers N, N processes do so on one port."""
-    import uvicorn
-
-    host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
-    hosts = f"(Host names answered: {', '.join(trusted_hosts(config))}; more with --allowed-hosts)"
-    if config.workers == 1:
-        app = load_app(config)
-        lines = app.state.searcher.index.info["size"]
-        print(f"serving {lines:,} lines of {config.index} at http://{host}:{config.port}/ {hosts}")
-        uvicorn.run(app, **uvicorn_options(config))
-        return
-    # A broken index folder fails here, once, rather than in every worker (uvicorn would restart them in turn).
-    info, _, _ = read_index_folder(Path(config.index))
-    os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
-    print(
-        f"serving {info['size']:,} lines of {config.index} at http://{host}:{config.port}/ with {config.workers} "
-        f"worker processes {hosts}"
-    )
-    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=config.workers, **uvicorn_options(config))
