@@ -61,6 +61,10 @@ serve *args:
 pipeline *args:
     {{python}} -m st_poetry pipeline "$@"
 
+# the benchmarks: `just bench --list`, `just bench NAME [ARGS]` (scripts/bench_NAME.py) -> benchmarks/results/NAME.json
+bench *args:
+    {{python}} scripts/bench.py "$@"
+
 # the default (fast) test suite
 test *args:
     {{python}} -m pytest "$@"

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import write_result
+
 QUERY = "山中下雨后傍晚的秋天"
 
 
@@ -64,6 +66,9 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    summary = {f"{label} median s": median for label, median in result["median_s"].items()}
+    summary |= {f"{label} / {next(iter(trees))}": ratio for label, ratio in list(result["ratio_to_first"].items())[1:]}
+    write_result("cold_start", result, args, summary=summary)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import ROOT, run_measured
+from benchlib import ROOT, run_measured, write_result
 
 from st_poetry.core.config import EvaluateConfig, IndexConfig
 from st_poetry.core.modeling import load_model
@@ -130,8 +130,8 @@ def cold_start(args: argparse.Namespace, backends: list[str], work: Path) -> dic
             command = [
                 sys.executable,
                 "-m",
-                "st_poetry.retrieval.search",
-                "query",
+                "st_poetry",
+                "search",
                 "--index",
                 str(work / f"index-{name}"),
             ]
@@ -195,6 +195,20 @@ def main() -> None:
     print(json.dumps({key: value for key, value in result.items() if key != "quality"}, indent=2, ensure_ascii=False))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     print(f"wrote {out / args.part}.json at commit {commit.strip()}")
+    write_result(f"encode-{args.part}", result, args, summary=encode_summary(result))
+
+
+def encode_summary(result: dict) -> dict:
+    """Per backend: lines/s as a ratio to torch, torch's own (speed), median seconds (cold), R@1 (quality)."""
+    if "speed" in result:
+        backends = result["speed"]["backends"]
+        summary = {"torch lines/s": backends["torch"]["lines_per_s_median"]}
+        return summary | {
+            f"{name} x torch": row["ratio_to_torch_median"] for name, row in backends.items() if name != "torch"
+        }
+    if "cold_start" in result:
+        return {f"{name} s": row["seconds_median"] for name, row in result["cold_start"].items()}
+    return {f"{row['name']} R@1": round(row["retrieval"]["recall@1"], 4) for row in result["quality"]["rows"]}
 
 
 if __name__ == "__main__":

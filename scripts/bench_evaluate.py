@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from benchlib import write_result
+
 from st_poetry.core.modeling import load_model
 from st_poetry.core.schema import CORPUS, read_split
 from st_poetry.evaluation.metrics import build_ir_evaluator, retrieval_metrics
@@ -73,6 +75,9 @@ def main() -> None:
         f"ratio {result['ratio_evaluate_vs_raw']:.3f}"
     )
     print(json.dumps(result))
+    summary = {f"{name} texts/s": rate for name, rate in result["texts_per_s"].items()}
+    summary |= {"ratio evaluate / raw": result["ratio_evaluate_vs_raw"], "texts": texts}
+    write_result("evaluate", result, args, summary=summary)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 import bm25s
 import faiss
 import numpy as np
+from benchlib import write_result
 
 from st_poetry.core.config import FusionOptions
 from st_poetry.core.schema import read_split
@@ -103,6 +104,14 @@ def main() -> None:
 
     (out / "bench.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print(json.dumps(result, indent=2))
+    depth = args.depths[0]
+    summary = {"corpus lines": result["corpus"], "dense p50 ms": result["dense"]["p50_ms"]}
+    summary |= {
+        f"BM25 + fusion added p{p}, depth {depth}, ms": result[f"hybrid_depth_{depth}"]["added"][f"p{p}_ms"]
+        for p in (50, 95)
+    }
+    summary |= {"BM25 MB": result["bm25_mb"], "BM25 build s": result["bm25_build_s"]}
+    write_result("hybrid", result, args, summary=summary)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,7 @@
-"""Benchmarks for `just mine`; the figures are in docs/BENCHMARKS.md.
+"""`just mine`: false negatives by rank and what each range gives (ranges), cost against corpus size (scale, pool).
 
     # which ranks hold false negatives, and what each (range, sampling) choice gives, on the eval split
     python scripts/bench_mine.py ranges --model models/e5-small-zh
-    # our `just mine` against FlagEmbedding's hn_mine.py: same model, pairs, candidate pool and negatives
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_mine.py flagembedding --model models/e5-small-zh \
-        --fe-python .bench/fe4-venv/bin/python --fe-script FlagEmbedding/scripts/hn_mine.py --corpus 20000 --pairs 2000
     # time and peak memory against corpus size (synthetic lines, the test suite's tiny random BERT)
     flock /tmp/st_poetry_heavy.lock python scripts/bench_mine.py scale --sizes 10000 100000 1000000
     # `--max-corpus` candidate pools of two sizes on a slice of the prepared rows, extrapolated to the whole corpus
@@ -12,9 +9,10 @@
         --sizes 4000 12000
 
 `ranges` reads the prepared folder and reuses the corpus embeddings `just mine` cached (same model, same
-`--cache-folder`). `flagembedding` and `scale` run each miner as a subprocess, one after the other, without a
-cache, and read its wall time and peak resident memory from the kernel (wait4). `pool` does the same with a
-fresh cache per run (as `just mine` caches by default, so eval reuses train's corpus embeddings).
+`--cache-folder`). `scale` runs each miner as a subprocess, one after the other, without a cache, and reads its
+wall time and peak resident memory from the kernel (wait4). `pool` does the same with a fresh cache per run (as
+`just mine` caches by default, so eval reuses train's corpus embeddings). The race against FlagEmbedding's
+hn_mine.py is scripts/experiments/mine_vs_flagembedding.py.
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchlib import ROOT, run_measured
+from benchlib import ROOT, run_measured, write_result
 
-from st_poetry.core.files import write_jsonl
 from st_poetry.core.schema import CORPUS, PAIR, read_split
 
 
@@ -42,7 +39,8 @@ def mine_command(data: Path, out: Path, model: str, args: argparse.Namespace) ->
     return [
         sys.executable,
         "-m",
-        "st_poetry.training.mine",
+        "st_poetry",
+        "mine",
         "--data",
         str(data),
         "--out",
@@ -77,7 +75,7 @@ def bench_ranges(args: argparse.Namespace) -> dict:
     from st_poetry.training.mine import assemble, candidate_texts, groups_by_text, model_fingerprint, read_prepared
 
     data = read_prepared(Path(args.data))
-    rows = data["eval"]
+    rows = data.eval
     model = load_model(args.model, max_seq_length=args.max_seq_length)
     cache = str(Path(args.cache_folder) / model_fingerprint(model))
     corpus = candidate_texts(data)
@@ -198,84 +196,6 @@ def bench_ranges(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# flagembedding: our miner against hn_mine.py on the same subset
-
-
-def bench_flagembedding(args: argparse.Namespace) -> dict:
-    from st_poetry.core.modeling import load_model
-
-    data = Path(args.data)
-    rng = random.Random(args.seed)
-    train = PAIR.read(data / "train.jsonl")
-    pairs = rng.sample(train, min(args.pairs, len(train)))
-    corpus = CORPUS.read(data / "corpus.jsonl")
-    needed = {r["positive"] for r in pairs}
-    others = [r for r in corpus if r["text"] not in needed]
-    pool = [r for r in corpus if r["text"] in needed] + rng.sample(others, max(0, args.corpus - len(needed)))
-
-    work = Path(tempfile.mkdtemp(prefix="bench-mine-", dir=ROOT / ".bench"))
-    ours = work / "prepared"
-    ours.mkdir()
-    PAIR.write(ours / "train.jsonl", [r | {"negatives": []} for r in pairs])
-    PAIR.write(ours / "eval.jsonl", [])
-    CORPUS.write(ours / "corpus.jsonl", pool)
-
-    # hn_mine.py has a query instruction but no passage prompt: prefix the pool and positives with the model's
-    # document prompt ourselves, so both miners encode exactly the same strings.
-    prompts = load_model(args.model).prompts
-    doc, query = prompts.get("document", ""), prompts.get("query", "")
-    write_jsonl(work / "fe_input.jsonl", [{"query": r["anchor"], "pos": [doc + r["positive"]]} for r in pairs])
-    write_jsonl(work / "fe_pool.jsonl", [{"text": doc + r["text"]} for r in pool])
-    fe_command = [
-        args.fe_python,
-        args.fe_script,
-        "--embedder_name_or_path",
-        args.model,
-        "--embedder_model_class",
-        "encoder-only-base",
-        "--pooling_method",
-        args.fe_pooling,
-        "--normalize_embeddings",
-        "True",
-        "--use_fp16",
-        "False",
-        "--devices",
-        "cpu",
-        "--query_instruction_for_retrieval",
-        query,
-        "--batch_size",
-        str(args.batch_size),
-        "--embedder_query_max_length",
-        str(args.max_seq_length),
-        "--embedder_passage_max_length",
-        str(args.max_seq_length),
-        "--input_file",
-        str(work / "fe_input.jsonl"),
-        "--output_file",
-        str(work / "fe_output.jsonl"),
-        "--candidate_pool",
-        str(work / "fe_pool.jsonl"),
-        "--range_for_sampling",
-        f"{args.range_min}-{args.range_max}",
-        "--negative_number",
-        str(args.num_negatives),
-    ]
-    results = {
-        "pairs": len(pairs),
-        "corpus": len(pool),
-        "st_poetry": run_measured(mine_command(ours, work / "mined", args.model, args), work / "st_poetry.log"),
-        "flagembedding": run_measured(fe_command, work / "flagembedding.log"),
-    }
-    stats = json.loads((work / "mined" / "mine_stats.json").read_text())["train"]
-    results["st_poetry"] |= {k: stats[k] for k in ("encode_seconds", "search_seconds", "short_rows")}
-    results["ratio_flagembedding_over_st_poetry"] = round(
-        results["flagembedding"]["seconds"] / results["st_poetry"]["seconds"], 2
-    )
-    results["work"] = str(work)
-    return results
-
-
-# ---------------------------------------------------------------------------------------------------------
 # scale: synthetic corpora of growing size, a fixed set of queries, the tiny random BERT
 
 
@@ -361,8 +281,8 @@ def bench_pool(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("ranges", "flagembedding", "scale", "pool"))
-    parser.add_argument("--data", default="data/processed", help="prepared folder (ranges, flagembedding)")
+    parser.add_argument("mode", choices=("ranges", "scale", "pool"))
+    parser.add_argument("--data", default="data/processed", help="prepared folder (ranges, pool)")
     parser.add_argument("--model", default="models/e5-small-zh")
     parser.add_argument("--cache-folder", default="data/cache", help="ranges: where `just mine` cached embeddings")
     parser.add_argument("--max-rank", type=int, default=100, help="ranges: deepest rank looked at")
@@ -373,11 +293,7 @@ def main() -> None:
     parser.add_argument("--range-max", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-seq-length", type=int, default=64)
-    parser.add_argument("--pairs", type=int, default=2000, help="flagembedding, pool: train pairs sampled")
-    parser.add_argument("--corpus", type=int, default=20000, help="flagembedding: candidate pool size")
-    parser.add_argument("--fe-python", default=".bench/fe4-venv/bin/python", help="a venv with FlagEmbedding")
-    parser.add_argument("--fe-script", default=".bench/hn_mine.py", help="FlagEmbedding's scripts/hn_mine.py")
-    parser.add_argument("--fe-pooling", default="mean", help="the model's pooling, in hn_mine.py's words")
+    parser.add_argument("--pairs", type=int, default=2000, help="pool: train pairs sampled")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=2000, help="scale: queries per corpus size")
     parser.add_argument(
@@ -387,13 +303,34 @@ def main() -> None:
     parser.add_argument("--out", help="also write the results here as JSON")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    modes = {"ranges": bench_ranges, "flagembedding": bench_flagembedding, "scale": bench_scale, "pool": bench_pool}
+    modes = {"ranges": bench_ranges, "scale": bench_scale, "pool": bench_pool}
     results = modes[args.mode](args)
     results["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     text = json.dumps(results, ensure_ascii=False, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
+    write_result(f"mine-{args.mode}", results, args, summary=mine_summary(args.mode, results))
+
+
+def mine_summary(mode: str, results: dict) -> dict:
+    """ranges: the known false negatives at the top ranks and at the default range's start, and the rows it leaves
+    short; scale and pool: wall seconds and peak memory per size."""
+    if mode == "ranges":
+        buckets = results["rank_buckets"]
+        summary = {"eval rows": results["eval_rows"]}
+        summary |= {
+            f"false negatives, ranks {b}": buckets[b]["known_false_negative"] for b in ("0-1", "10-20") if b in buckets
+        }
+        for choice in ("10-50 margin 0.0 top", "10-50 margin 0.05 top"):
+            if choice in results["choices"]:
+                summary[f"short rows, {choice}"] = results["choices"][choice]["short_rows"]
+        return summary
+    summary = {}
+    for size, run in results["sizes"].items():
+        summary[f"{int(size):,} s"] = run["seconds"]
+        summary[f"{int(size):,} peak MiB"] = run["peak_rss_mib"]
+    return summary
 
 
 if __name__ == "__main__":

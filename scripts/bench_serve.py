@@ -38,7 +38,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import numpy as np
-from benchlib import ROOT
+from benchlib import ROOT, write_result
 from datasets import load_from_disk
 
 from st_poetry.core.schema import CORPUS, read_split
@@ -281,6 +281,9 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
+    latency = report["load"]["latency_ms"]
+    summary = {"p50 ms": latency["p50"], "p95 ms": latency["p95"], "requests/s": report["load"]["requests_per_s"]}
+    write_result("serve", report, args, summary=summary | {"errors": sum(report["load"]["errors"].values())})
 
 
 if __name__ == "__main__":

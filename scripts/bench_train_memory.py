@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 import torch
-from benchlib import finish_plot, run_timed
+from benchlib import finish_plot, run_timed, write_result
 from matplotlib.figure import Figure
 from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -86,7 +86,7 @@ def kept_activations(args: argparse.Namespace, batches: int = 200) -> dict[str, 
     from st_poetry.training.train import column_prompts, load_training_data
 
     config = TrainConfig(data=args.data, model=args.model, num_negatives=args.negatives, eval_max_rows=1)
-    rows = load_training_data(config).train
+    rows = list(load_training_data(config).train)
     model = SentenceTransformer(args.model)
     model.max_seq_length = config.max_seq_length
     prompts = column_prompts(model, list(rows[0])) or {}
@@ -147,6 +147,8 @@ def main() -> None:
         key = f"activations_batch{args.batch_size}_neg{args.negatives}"
         summary[key] = kept_activations(args)
         summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        headline = {f"{batch} batch: kept MiB": kept["kept_mib"] for batch, kept in summary[key].items()}
+        write_result("train_memory-activations", {key: summary[key]}, args, summary=headline)
         return
     if args.model:
         model = Path(args.model)
@@ -160,7 +162,7 @@ def main() -> None:
         label, flags, malloc = RUNS[name]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **malloc}
         shutil.rmtree(work / name, ignore_errors=True)
-        command = ["st_poetry.training.train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
+        command = ["st_poetry", "train", "--data", args.data, "--model", str(model), "--out", str(work / name)]
         command += ["--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
         command += ["--eval-max-rows", "32", "--eval-max-corpus", "256", *flags]
         timed = run_timed(sys.executable, command, work, name, env, check=False)  # an out-of-memory kill is a result
@@ -175,6 +177,14 @@ def main() -> None:
         summary_path.write_text(json.dumps(summary, indent=2), encoding="utf-8")  # runs of earlier calls stay
     if args.plot:
         plot_memory([summary["runs"][name] for name in args.runs], Path(args.plot))
+    measured = {name: summary["runs"][name] for name in args.runs}  # this call's runs, not earlier calls'
+    headline = {
+        f"{name} peak GiB": round(run["process"]["peak_rss_mib"] / 1024, 2)
+        if run["process"]["exit_code"] == 0
+        else f"exit code {run['process']['exit_code']}"
+        for name, run in measured.items()
+    }
+    write_result("train_memory", {"parameters": summary.get("parameters"), "runs": measured}, args, summary=headline)
 
 
 def plot_memory(runs: list[dict], path: Path) -> None:

@@ -1,10 +1,10 @@
 """Run a transformers-based training module and time its optimizer steps, the same way for any trainer.
 
     python scripts/step_timer.py TIMES.json MODULE [ARGS ...]
-    python scripts/step_timer.py times.json st_poetry.training.train --data ... --max-steps 30
+    python scripts/step_timer.py times.json st_poetry train --data ... --max-steps 30
 
-`bench_train.py` runs both st_poetry and FlagEmbedding through this file, each in its own virtual
-environment, so both are measured by one instrument: the time between the ends of consecutive optimizer
+`experiments/train_vs_flagembedding.py` runs both st_poetry and FlagEmbedding through this file, each in its own
+virtual environment, so both are measured by one instrument: the time between the ends of consecutive optimizer
 steps (the first step, which warms up, is not timed; a step that follows an evaluation or a checkpoint
 save is not either) and the real (non-padding) and padded tokens each step trained on, summed from the
 batch's attention masks. After each step it also records the process's resident memory and its peak so far

@@ -9,18 +9,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import save_bag_of_chars_model
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from st_poetry.cli import main as cli_main
 from st_poetry.core.config import EvaluateConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import write_jsonl
+from st_poetry.core.modeling import load_reranker
 from st_poetry.core.schema import PAIR
 from st_poetry.evaluation.baselines import bm25_ccpm_accuracy, bm25_retrieval_metrics
-from st_poetry.evaluation.evaluate import _short_names, evaluate
+from st_poetry.evaluation.evaluate import Reranking, Suite, _short_names, evaluate, reranked_rows
 from st_poetry.evaluation.metrics import (
     CCPMRecord,
     build_ir_evaluator,
@@ -39,6 +43,7 @@ from st_poetry.retrieval.lexical import single_chars
 CORPUS = ["甲乙丙丁", "甲乙丙戊", "甲乙己庚", "甲辛壬癸", "子丑寅卯卯"]
 PAIRS = [("甲乙丙丁丁", "甲乙丙戊"), ("甲乙丙丁子", "甲辛壬癸"), ("甲乙丙丁", "甲乙丙丁"), ("丑寅", "子丑寅卯卯")]
 RANKS = [2, 4, 1, 1]
+RELEVANT = ["c1", "c3", "c0", "c4"]  # each query's positive
 CCPM = [  # the most similar choice is the first one each time: right, right, wrong -> 2/3
     {"translation": "甲乙丙", "choices": ["甲乙丙", "丁戊己", "庚辛壬"], "answer": 0},
     {"translation": "子丑", "choices": ["子丑", "寅卯", "辰巳"], "answer": 0},
@@ -76,6 +81,43 @@ def test_retrieval_metrics_match_hand_computed_ranks(bag_of_chars_model):
     assert metrics["mrr@10"] == pytest.approx(sum(reciprocal) / 4)  # 0.6875
     assert metrics["map@100"] == pytest.approx(sum(reciprocal) / 4)  # one relevant line per query
     assert metrics["ndcg@10"] == pytest.approx(sum(1 / math.log2(rank + 1) for rank in RANKS) / 4)
+
+
+def test_ranked_hands_back_the_ranking_its_metrics_scored(bag_of_chars_model):
+    model = SentenceTransformer(bag_of_chars_model)
+    evaluator = build_ir_evaluator(eval_rows(), corpus_rows())
+    metrics, ranking = evaluator.ranked(model)
+    ids = [[hit["corpus_id"] for hit in hits] for hits in ranking]
+    assert [query_ids.index(line) + 1 for query_ids, line in zip(ids, RELEVANT, strict=True)] == RANKS
+    assert metrics == retrieval_metrics(evaluator, model)
+
+
+def _ranking(ids_per_query: list[list[str]]) -> list[list[dict]]:
+    return [[{"corpus_id": c, "score": float(len(ids) - i)} for i, c in enumerate(ids)] for ids in ids_per_query]
+
+
+def test_reranked_rows_reorder_the_ranking_they_are_given_whatever_was_scored_last(seeded_reranker):
+    evaluator = build_ir_evaluator(eval_rows(), corpus_rows())
+    suite = Suite(evaluator, {}, batch_size=8)
+    reranker = Reranking(load_reranker(seeded_reranker), "seeded", top_ks=[2], ccpm={}, notes=[])
+    found = _ranking([[line, "c2"] for line in RELEVANT])  # c2 is no query's positive
+    missed = _ranking([["c2", "c0"], ["c2", "c0"], ["c2", "c1"], ["c2", "c0"]])
+
+    (found_row,), first = reranked_rows(suite, "found", found, reranker)
+    suite.metrics(found)  # scored last: reranking reads the ranking it is given, not the evaluator's last one
+    (missed_row,), second = reranked_rows(suite, "missed", missed, reranker)
+    assert found_row.retrieval["recall@10"] == 1.0 and missed_row.retrieval["recall@10"] == 0.0
+    assert (found_row.name, found_row.rerank_top_k, missed_row.model) == ("found + rerank@2", 2, "missed")
+    # the positive stays first where the reranker scores it at least as high as c2 (a tie keeps the given order)
+    text = dict(zip(evaluator.corpus_ids, evaluator.corpus, strict=True))
+    score = reranker.known
+    first_places = [
+        score[query, text[line]] >= score[query, text["c2"]]
+        for query, line in zip(evaluator.queries, RELEVANT, strict=True)
+    ]
+    assert found_row.retrieval["recall@1"] == sum(first_places) / 4
+    # a (query, line) pair is scored once per run: the second pass scores only the pairs the first had not
+    assert (first["pairs"], first["scored"], second["pairs"], second["scored"]) == (8, 8, 8, 4)
 
 
 def test_bm25_ranks_the_line_sharing_characters_first_and_leaves_unmatched_lines_unranked():
@@ -166,7 +208,7 @@ def test_a_folder_without_ccpm_choices_says_why_there_is_no_eval_split_ccpm_colu
     config = EvaluateConfig(data=str(prepared_dir), model=[bag_of_chars_model], bm25=False, out=str(tmp_path / "o"))
     report = evaluate(config)
     assert report["ccpm_records"] == {}
-    assert "has no CCPM records with their choices" in capsys.readouterr().out
+    assert "has no CCPM records with their choices" in capsys.readouterr().err
 
 
 def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir, tiny_st_model, capsys):
@@ -187,8 +229,8 @@ def test_bad_inputs_fail_in_one_line_and_leave_no_output(tmp_path, prepared_dir,
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["evaluate", "--data", str(prepared_dir), "--out", str(out), "--no-bm25", *flags])
         assert exit_info.value.code == 2
-        error = capsys.readouterr().err.strip()
-        assert error.startswith("error: ") and message in error and "\n" not in error
+        [error] = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note: ")]
+        assert error.startswith("error: ") and message in error
         assert not out.exists()
 
 
@@ -245,4 +287,86 @@ def test_the_same_model_given_twice_is_one_row(tmp_path, prepared_dir, bag_of_ch
     config = EvaluateConfig(data=str(prepared_dir), model=same, bm25=False, out=str(tmp_path / "o"))
     report = evaluate(config)
     assert [(row["name"], row["model"]) for row in report["rows"]] == [("bag-of-chars", bag_of_chars_model)]
-    assert capsys.readouterr().out.count("evaluated once") == 2
+    assert capsys.readouterr().err.count("evaluated once") == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The whole report, pinned: every kind of row (BM25, dense, reranked, hybrid, hybrid reranked, tuned), the sweep,
+# the CCPM columns and the notes, as the report looked before it was split into row producers.
+
+GOLDEN = Path(__file__).parent / "golden"
+REGENERATE = "ST_POETRY_REGENERATE_GOLDEN"  # =1 rewrites the golden files: only for an intended change
+
+
+@pytest.fixture(scope="module")
+def seeded_reranker(tmp_path_factory, tiny_hf_model) -> str:
+    """The tiny BERT with a one-score head drawn from a fixed seed, whatever ran before (unlike tiny_reranker)."""
+    folder = tmp_path_factory.mktemp("models") / "seeded-reranker"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        CrossEncoder(tiny_hf_model, num_labels=1).save_pretrained(str(folder))
+    return str(folder)
+
+
+def _observable(value, paths: dict[str, str]):
+    """The report without what varies between runs: timings set to None, floats to 6 places, tmp paths named."""
+    if isinstance(value, dict):
+        return {
+            key: None if key in ("seconds", "pairs_per_second") else _observable(item, paths)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_observable(item, paths) for item in value]
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, str):
+        for name, path in paths.items():
+            value = value.replace(path, name)
+    return value
+
+
+def _observable_markdown(text: str, paths: dict[str, str]) -> str:
+    for name, path in paths.items():
+        text = text.replace(path, name)
+    text = re.sub(r"\| \d+ \|$", "| _ |", text, flags=re.MULTILINE)  # the seconds column
+    return re.sub(r"\(\d+ pairs/s\)", "(_ pairs/s)", re.sub(r"scored in \d+ s", "scored in _ s", text))
+
+
+def test_the_report_is_what_it_was_before_the_row_producers(
+    tmp_path, prepared_dir, tiny_st_model, bag_of_chars_model, seeded_reranker
+):
+    rows = PAIR.read(prepared_dir / "eval.jsonl")
+    rows[0].update(source="ccpm", negatives=["大漠孤烟直", "长河落日圆", "野火烧不尽"])
+    PAIR.write(prepared_dir / "eval.jsonl", rows)
+    out = tmp_path / "evaluation"
+    config = EvaluateConfig(
+        data=str(prepared_dir),
+        model=[tiny_st_model, bag_of_chars_model],
+        ccpm=[str(ccpm_file(tmp_path / "ccpm.jsonl", CCPM))],
+        hybrid=True,
+        reranker=seeded_reranker,
+        rerank_top_k=[3, 10],
+        max_corpus=30,
+        out=str(out),
+    )
+    report = evaluate(config)
+
+    written = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert written == json.loads(json.dumps(report))
+    paths = {"<data>": str(prepared_dir), "<reranker>": seeded_reranker}
+    paths |= {"<tiny-st>": tiny_st_model, "<bag-of-chars>": bag_of_chars_model}
+    observed = _observable(written, paths)
+    markdown = _observable_markdown((out / "evaluation.md").read_text(encoding="utf-8"), paths)
+    if os.environ.get(REGENERATE) == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        text = json.dumps(observed, ensure_ascii=False, indent=1) + "\n"
+        (GOLDEN / "evaluation.json").write_text(text, encoding="utf-8")
+        (GOLDEN / "evaluation.md").write_text(markdown, encoding="utf-8")
+        pytest.skip(f"{REGENERATE}=1: golden files rewritten")
+    golden = json.loads((GOLDEN / "evaluation.json").read_text(encoding="utf-8"))
+    assert list(observed) == list(golden)  # the keys, in their order
+    assert [row["name"] for row in observed["rows"]] == [row["name"] for row in golden["rows"]]
+    assert observed == golden
+    assert markdown == (GOLDEN / "evaluation.md").read_text(encoding="utf-8")
+    for figure in ("evaluation.png", "fusion_sweep.png"):
+        assert (out / figure).read_bytes().startswith(b"\x89PNG")

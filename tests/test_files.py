@@ -74,7 +74,7 @@ def test_a_kill_between_the_two_renames_is_undone(tmp_path, capsys):
         raise RuntimeError("the next run fails too")
     assert _siblings(tmp_path) == ["out"]  # the old output is back, nothing else is left
     assert (out / "data.txt").read_text() == "old"
-    assert "restored" in capsys.readouterr().out
+    assert "restored" in capsys.readouterr().err
 
     # A kill after the second rename leaves .out.old beside the new out: it is dropped.
     (tmp_path / ".out.old").mkdir()
@@ -104,7 +104,7 @@ def test_an_earlier_run_is_replaced_only_by_a_complete_one(tmp_path, capsys):
         _run_folder(out, "failed", complete=False)
         raise RuntimeError("the new run fails")
     assert _tree(out) == earlier and _siblings(tmp_path) == ["model"]  # back whole; the failed run's files gone
-    assert "put the earlier run back" in capsys.readouterr().out
+    assert "put the earlier run back" in capsys.readouterr().err
 
     with replaced_when_complete(out, "modules.json"):
         assert (tmp_path / ".model.earlier").is_dir() and _tree(tmp_path / ".model.earlier") == earlier

@@ -240,7 +240,7 @@ def test_candidate_pool_keeps_positives_and_given_negatives_and_samples_the_rest
     _edit(prepared_dir, "corpus", lambda rows: rows.extend(extra))
     _edit(prepared_dir, "train", lambda rows: rows[0].update(negatives=["远方第3句诗"]))
     data = read_prepared(prepared_dir)
-    positives = {row["positive"] for split in ("train", "eval") for row in data[split]}
+    positives = {row["positive"] for row in data.pairs}
     keep = positives | {"远方第3句诗"}
     pool = candidate_texts(data, max_corpus=len(keep) + 5, seed=1)
     assert keep <= set(pool) and len(pool) == len(keep) + 5
@@ -331,6 +331,6 @@ def test_a_truncated_cache_file_is_a_cache_miss(prepared_dir, tiny_st_model, cap
     for path in cached:  # what a run killed while np.save wrote the cache leaves
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     second = mine(config)
-    assert second["train"]["encoded_texts"] > 0 and "unreadable" in capsys.readouterr().out
+    assert second["train"]["encoded_texts"] > 0 and "unreadable" in capsys.readouterr().err
     assert _read(Path(config.out) / "train.jsonl") == first
     assert all(np.load(path).ndim == 2 for path in cached)  # written again, whole

@@ -47,7 +47,7 @@ INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 def test_training_records_the_query_instruction_in_the_saved_model(tiny_st_model, tmp_path, capsys):
     config = TrainConfig(model=tiny_st_model, query_instruction=INSTRUCTION, out=str(tmp_path / "out"))
     model = load_base_model(config)  # the model train() fine-tunes and saves
-    assert "becomes '为这个句子" in capsys.readouterr().out  # it replaced the e5-style "query: "
+    assert "becomes '为这个句子" in capsys.readouterr().err  # it replaced the e5-style "query: "
     model.save(str(tmp_path / "trained"))
     reloaded = load_model(str(tmp_path / "trained"))
     assert query_prompt(reloaded) == INSTRUCTION and document_prompt(reloaded) == "passage: "

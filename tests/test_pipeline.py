@@ -97,7 +97,7 @@ def test_the_whole_pipeline_runs_once_then_only_what_is_out_of_date(tiny_st_mode
     capsys.readouterr()
     outcomes = run()
     assert [name for name, outcome in outcomes.items() if outcome == "skipped"] == ["prepare", "mine"]
-    assert "replacing the earlier training run" in capsys.readouterr().out
+    assert "replacing the earlier training run" in capsys.readouterr().err
     assert not (tmp_path / ".model.earlier").exists()  # the earlier run went once the new one was complete
     second = _mtimes(tmp_path)
     assert all(second[name] > first[name] for name in ("train", "evaluate", "index"))
@@ -167,7 +167,7 @@ def test_a_forced_training_run_that_fails_keeps_the_earlier_run_byte_for_byte(ti
         run_pipeline(parse_config(PipelineConfig, ["--config", str(path), "--stages", "train", "--force"]))
     assert {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*") if path.is_file()} == earlier
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty", "model", "pipeline.toml"]
-    assert "put the earlier run back" in capsys.readouterr().out
+    assert "put the earlier run back" in capsys.readouterr().err
 
 
 def test_every_section_is_checked_whatever_stages_run(tmp_path, capsys):

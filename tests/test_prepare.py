@@ -469,7 +469,7 @@ def test_a_foreign_folder_is_never_overwritten(tmp_path):
 def test_cli_prints_a_summary_and_reports_user_errors_in_one_line(tmp_path, capsys):
     path = write_json(tmp_path / "w.json", poem_works())
     cli_main(["prepare", "--works", str(path), "--out", str(tmp_path / "out")])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "works" in printed and "32" in printed and "corpus 32 unique lines" in printed
 
     with pytest.raises(SystemExit) as exit_info:
@@ -569,3 +569,78 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     assert err.splitlines()[-1].startswith("error: could not write") and "No space left on device" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json"]
+
+
+def test_the_exact_bytes_written_for_awkward_inputs(tmp_path):
+    """The exact files for inputs with JSON's awkward characters (quotes, a backslash, a tab, U+2028, a character
+    outside the BMP): compact JSON lines, other characters as they are, as json.dumps with ensure_ascii=False and
+    separators (",", ":") writes them."""
+    moon = [
+        "明亮的月光洒在床前，好像地上泛起了一层白霜。",
+        "我抬起头来望着天上的明月，不由得低头沉思，想起远方的故乡。",
+    ]
+    works = [
+        work(
+            1, ["床前明月光，疑是地上霜。", "举头望明月，低头思故乡。"], moon, title='他说"好"\t\\', author="李白\u2028"
+        ),
+        work(
+            2,
+            ["“明月几时有？”把酒问青天。"],
+            ["明月从什么时候才开始出现的？"],
+            title="𠀀字",
+            author="",
+            dynasty="宋",
+            kind="词",
+        ),
+    ]
+    ccpm = [
+        {"translation": "一只\\孤雁", "choices": ["孤雁飞南游", "大漠孤烟直", "长河落日圆", "孤雁飞南游"], "answer": 0}
+    ]
+    flagembedding = [{"query": "夕阳下的长河", "pos": ["长河落日圆"], "neg": ["大漠孤烟直", "空山新雨后"]}]
+    out = tmp_path / "out"
+    config = PrepareConfig(
+        works=[str(write_json(tmp_path / "works唐.json", works))],
+        ccpm=[str(write_jsonl(tmp_path / "ccpm.jsonl", ccpm))],
+        flagembedding_eval=[str(write_jsonl(tmp_path / "fe.jsonl", flagembedding))],
+        eval_fraction=0.01,
+        out=str(out),
+    )
+    prepare(config)
+
+    def pair(anchor, positive, negatives, source, group):
+        return (
+            f'{{"anchor":"{anchor}","positive":"{positive}","negatives":[{negatives}],"source":"{source}",'
+            f'"group":"{group}"}}\n'
+        )
+
+    def corpus(index, text, title, author, dynasty, group):
+        return (
+            f'{{"id":"c{index}","text":"{text}","title":"{title}","author":"{author}","dynasty":"{dynasty}",'
+            f'"group":"{group}"}}\n'
+        )
+
+    negatives = '"大漠孤烟直","长河落日圆"'
+    assert (out / "train.jsonl").read_bytes().decode() == "".join(
+        [
+            pair(moon[0], "床前明月光，疑是地上霜。", "", "works", "works唐.json:1"),
+            pair(moon[1], "举头望明月，低头思故乡。", "", "works", "works唐.json:1"),
+            pair("明月从什么时候才开始出现的？", "明月几时有？把酒问青天。", "", "works", "works唐.json:2"),
+            pair("一只\\\\孤雁", "孤雁飞南游", negatives, "ccpm", "ccpm.jsonl:1"),
+        ]
+    )
+    assert (out / "eval.jsonl").read_bytes().decode() == pair(
+        "夕阳下的长河", "长河落日圆", '"大漠孤烟直","空山新雨后"', "flagembedding", "fe.jsonl:1"
+    )
+    title = '他说\\"好\\"\\t\\\\'
+    assert (out / "corpus.jsonl").read_bytes().decode() == "".join(
+        [
+            corpus(0, "床前明月光，疑是地上霜。", title, "李白\u2028", "唐", "works唐.json:1"),
+            corpus(1, "举头望明月，低头思故乡。", title, "李白\u2028", "唐", "works唐.json:1"),
+            corpus(2, "明月几时有？把酒问青天。", "𠀀字", "", "宋", "works唐.json:2"),
+            *(
+                corpus(3 + n, text, "", "", "", "ccpm.jsonl:1")
+                for n, text in enumerate(["孤雁飞南游", "大漠孤烟直", "长河落日圆"])
+            ),
+            corpus(6, "空山新雨后", "", "", "", "fe.jsonl:1"),
+        ]
+    )

@@ -24,8 +24,7 @@ from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
 from st_poetry.core.schema import PAIR
 from st_poetry.evaluation.evaluate import evaluate
-from st_poetry.evaluation.metrics import CCPMRecord
-from st_poetry.evaluation.metrics import reranker_ccpm_accuracy as ccpm_accuracy
+from st_poetry.evaluation.metrics import CCPMRecord, ccpm_accuracy
 from st_poetry.retrieval.rerank import rerank
 from st_poetry.retrieval.search import build_index, query
 from st_poetry.training.reranker import train
@@ -167,13 +166,13 @@ def test_training_gives_a_reranker_with_its_log_curves_card_and_best_checkpoint(
     assert [entry["step"] for entry in evaluations] == [0, 2, 4]
     assert any("loss" in entry for entry in log)
 
-    assert summary["loss"] == "MultipleNegativesRankingLoss" and summary["global_step"] == 4
-    assert summary["data"]["negatives_per_row"] == 2
+    assert summary.loss == "MultipleNegativesRankingLoss" and summary.global_step == 4
+    assert summary.data.negatives_per_row == 2
     best = max(evaluations[1:], key=lambda entry: entry[NDCG])
-    assert summary["best_step"] == best["step"]
-    assert summary["after"]["NDCG@10"] == pytest.approx(best[NDCG], abs=1e-3)  # the saved model is the best one
+    assert summary.best_step == best["step"]
+    assert summary.after["NDCG@10"] == pytest.approx(best[NDCG], abs=1e-3)  # the saved model is the best one
     assert "reranker for classical Chinese poetry" in (out / "README.md").read_text(encoding="utf-8")
-    assert "MRR@10" in capsys.readouterr().out
+    assert "MRR@10" in capsys.readouterr().err
 
     reloaded = load_reranker(str(out))
     assert reloaded.predict([("明亮的月光", "床前明月光")]).shape == (1,)
@@ -220,8 +219,8 @@ def test_resume_ends_where_an_uninterrupted_run_would(tiny_hf_model, hard_negati
         train(_config(hard_negatives_dir, tiny_hf_model, out), callbacks=[_InterruptAfterSave(2)])
     assert (out / CHECKPOINTS / "checkpoint-2").is_dir() and not (out / "modules.json").exists()
     resumed = train(_config(hard_negatives_dir, tiny_hf_model, out, resume=True))
-    assert resumed["global_step"] == 4
-    assert resumed["after"] == pytest.approx(whole["after"], abs=1e-4)
+    assert resumed.global_step == 4
+    assert resumed.after == pytest.approx(whole.after, abs=1e-4)
 
 
 def _save_training_state(checkpoint: Path, step: int) -> None:

@@ -1,4 +1,4 @@
-"""The declared row types: readers check and default, writers follow the declaration, prepare's fast writer agrees."""
+"""The declared row types: readers check and default, the one writer follows the declaration and json.dumps."""
 
 from __future__ import annotations
 
@@ -9,30 +9,32 @@ import pytest
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import write_jsonl
 from st_poetry.core.schema import CORPUS, MINED, PAIR, mined_row, read_split
-from st_poetry.data.prepare import corpus_row, corpus_row_end, pair_row, pair_row_end
 
 # JSON's awkward characters: quotes, backslashes, control characters, a line separator, non-BMP text
 AWKWARD = ['他说"好"', "a\\b", "line\nbreak\ttab", "\u2028sep", "𠀀字", "“明月”"]
 
 
+def _dumps(row) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
 @pytest.mark.parametrize("text", AWKWARD)
-def test_prepares_fast_writer_writes_what_the_declared_writer_writes(text):
+def test_the_writer_writes_compact_json_and_reads_back_the_same_row(tmp_path, text):
     pair = {"anchor": text, "positive": "床前明月光", "negatives": [text, "霜"], "source": "ccpm", "group": text}
-    fast = pair_row(text, "床前明月光", pair_row_end((text, "霜"), "ccpm", text))
-    assert fast == PAIR.line(pair) == json.dumps(pair, ensure_ascii=False) + "\n"
     corpus = {"id": "c7", "text": text, "title": text, "author": "李白", "dynasty": "", "group": "g"}
-    fast = corpus_row(7, text, corpus_row_end((text, "李白", ""), "g"))
-    assert fast == CORPUS.line(corpus) == json.dumps(corpus, ensure_ascii=False) + "\n"
+    mined = mined_row(text, "床前明月光", [text, None])
+    for row_type, rows in ((PAIR, [pair, pair]), (CORPUS, [corpus]), (MINED, [mined, mined])):
+        assert row_type.line(rows[0]) == _dumps(rows[0])
+        path = tmp_path / f"{row_type.name}.jsonl"
+        row_type.write(path, rows)
+        assert path.read_text(encoding="utf-8") == "".join(map(_dumps, rows))
+        assert row_type.read(path) == rows
 
 
-def test_pieces_follow_the_declared_order():
-    assert PAIR.pieces("anchor", "positive") == ('{"anchor": ', ', "positive": ', "")
-    assert CORPUS.pieces("group") == (', "group": ', "}\n")
-    assert MINED.pieces("positive") == (', "positive": ', "")  # negative_1.. may follow
-    with pytest.raises(ValueError, match="adjacent"):
-        PAIR.pieces("anchor", "negatives")
-    with pytest.raises(ValueError, match="adjacent"):
-        CORPUS.pieces("text", "id")
+def test_the_writer_puts_the_declared_fields_in_order_and_defaults_the_optional_ones():
+    line = PAIR.line({"group": "g", "positive": "床前明月光", "anchor": "明亮的月光", "extra": 1})
+    assert line == '{"anchor":"明亮的月光","positive":"床前明月光","negatives":[],"source":"","group":"g"}\n'
+    assert json.loads(CORPUS.line({"text": "明月"}, index=4))["id"] == "c4"
 
 
 def test_readers_fill_optional_fields_and_writers_round_trip(tmp_path):

@@ -31,6 +31,7 @@ from st_poetry.training.train import (
     CURVES,
     SUMMARY,
     TRAIN_LOG,
+    Pair,
     _training_speed,
     column_prompts,
     load_training_data,
@@ -116,12 +117,8 @@ def test_flags_the_issue_names():
 
 
 def test_short_rows_are_topped_up_with_other_rows_positives():
-    rows = [
-        {"anchor": "a1", "positive": "p1", "negatives": ["n1", "n2", "n3"]},
-        {"anchor": "a2", "positive": "p2", "negatives": ["n4"]},
-        {"anchor": "a3", "positive": "p3", "negatives": []},
-    ]
-    out, filled = with_negative_columns(rows, 2, [row["positive"] for row in rows], seed=0)
+    rows = [Pair("a1", "p1", ["n1", "n2", "n3"]), Pair("a2", "p2", ["n4"]), Pair("a3", "p3", [])]
+    out, filled = with_negative_columns(rows, 2, [row.positive for row in rows], seed=0)
     assert filled == 1 + 2
     assert [list(row) for row in out] == [["anchor", "positive", "negative_1", "negative_2"]] * 3
     assert (out[0]["negative_1"], out[0]["negative_2"]) == ("n1", "n2")  # the first n, in order
@@ -135,19 +132,20 @@ def test_short_rows_are_topped_up_with_other_rows_positives():
 
 def test_mined_folder(mined_dir, tmp_path):
     data = load_training_data(_config(mined_dir, "unused", tmp_path / "out", num_negatives=9))
-    assert data.stats["kind"] == "mined" and data.stats["negatives_per_row"] == 3  # capped at the longest row
-    assert list(data.train[0]) == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
-    assert all(value for row in data.train + data.eval for value in row.values())  # no nulls left
+    assert data.stats.kind == "mined" and data.stats.negatives_per_row == 3  # capped at the longest row
+    assert data.train.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert list(data.train[0]) == data.train.column_names
+    assert all(value for row in [*data.train, *data.eval] for value in row.values())  # no nulls left
     # rows with 2 and 1 negatives are topped up: 24 train rows in thirds -> 8 * 1 + 8 * 2
-    assert data.stats["negatives_topped_up"]["train"] == 24
+    assert data.stats.negatives_topped_up["train"] == 24
     assert len(data.eval) == 8 and len(data.corpus) == 38
 
 
 def test_prepared_folder_without_negatives_is_in_batch_only(prepared_dir, tmp_path):
     data = load_training_data(_config(prepared_dir, "unused", tmp_path / "out", num_negatives=9, eval_max_rows=5))
-    assert data.stats["kind"] == "prepared" and data.stats["negatives_per_row"] == 0
-    assert list(data.train[0]) == ["anchor", "positive"]
-    assert (len(data.eval), data.stats["eval_rows_in_split"]) == (5, 8)
+    assert data.stats.kind == "prepared" and data.stats.negatives_per_row == 0
+    assert list(data.train[0]) == data.train.column_names == ["anchor", "positive"]
+    assert (len(data.eval), data.stats.eval_rows_in_split) == (5, 8)
 
 
 def test_flagembedding_file_is_split_by_query(tmp_path):
@@ -157,8 +155,8 @@ def test_flagembedding_file_is_split_by_query(tmp_path):
     path = tmp_path / "fe.jsonl"
     write_jsonl(path, lines)
     data = load_training_data(_config(path, "unused", tmp_path / "out", eval_fraction=0.25))
-    assert data.stats["kind"] == "flagembedding" and data.stats["skipped"] == {"empty query": 1}
-    assert data.stats["negatives_per_row"] == 2 and data.train[0]["negative_1"] == "大漠孤烟直"
+    assert data.stats.kind == "flagembedding" and data.stats.skipped == {"empty query": 1}
+    assert data.stats.negatives_per_row == 2 and data.train[0]["negative_1"] == "大漠孤烟直"
     assert not {row["anchor"] for row in data.train} & {row["anchor"] for row in data.eval}
     assert len(data.train) + len(data.eval) == len(train)
     assert {row["positive"] for row in data.eval} <= {row["text"] for row in data.corpus}
@@ -176,7 +174,7 @@ def test_flagembedding_file_follows_prepares_rules(tmp_path):
     shared_held_out = [n for n in held_out if n % 2]
     assert shared_held_out and len(shared_held_out) < 20  # the shared line is in train and in eval
     # an eval pair whose line is also trained on is dropped
-    assert data.stats["skipped"] == {
+    assert data.stats.skipped == {
         "duplicate pair": 1,
         "eval pair whose positive is a train positive": len(shared_held_out),
     }
@@ -376,11 +374,24 @@ def test_a_few_steps_give_a_loadable_model(tiny_st_model, mined_dir, tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2]  # every logged step
     assert log[0]["step"] == 0 and NDCG in log[0]  # the base model's score
     assert any("eval_loss" in r for r in log)
-    assert summary["global_step"] == 2 and summary["best_step"] == 2
-    assert summary["loss"] == "CachedMultipleNegativesRankingLoss"
-    assert summary["after"]["NDCG@10"] == pytest.approx(max(r[NDCG] for r in log[1:] if NDCG in r), abs=1e-3)
-    assert json.loads((out / SUMMARY).read_text())["after"] == summary["after"]
-    assert summary["eval_runtime_s"] > 0 and summary["train_samples_per_second"] > 0
+    assert summary.global_step == 2 and summary.best_step == 2
+    assert summary.loss == "CachedMultipleNegativesRankingLoss"
+    assert summary.after["NDCG@10"] == pytest.approx(max(r[NDCG] for r in log[1:] if NDCG in r), abs=1e-3)
+    assert json.loads((out / SUMMARY).read_text())["after"] == summary.after
+    assert summary.eval_runtime_s > 0 and summary.train_samples_per_second > 0
+    # train_summary.json keeps its keys, in their order, for the scripts and people who read it
+    saved = json.loads((out / SUMMARY).read_text())
+    assert list(saved) == [
+        *("model", "out", "data", "global_step", "max_steps", "loss", "stopped_early", "best_step", "train_loss"),
+        *("before", "after", "before_all", "after_all", "train_runtime_s", "eval_runtime_s"),
+        *("train_samples_per_second", "wall_s", "config"),
+    ]
+    assert list(saved["data"]) == [
+        *("data", "kind", "train_rows", "eval_rows", "eval_rows_in_split", "corpus", "negatives_per_row"),
+        *("negatives_topped_up", "skipped"),
+    ]
+    assert saved["data"]["negatives_topped_up"] == summary.data.negatives_topped_up
+    assert saved["global_step"] == summary.global_step and saved["config"]["data"] == str(mined_dir)
 
 
 def test_model_and_checkpoint_files_follow_the_umask(tiny_st_model, mined_dir, tmp_path):
@@ -434,7 +445,7 @@ def test_a_final_model_that_is_not_the_best_is_not_saved(tiny_st_model, prepared
 def test_early_stopping_stops(tiny_st_model, prepared_dir, tmp_path):
     # A learning rate too small to move any weight: NDCG@10 never improves after the first evaluation.
     summary = train(_config(prepared_dir, tiny_st_model, tmp_path / "out", max_steps=20, patience=1, lr=1e-12))
-    assert summary["global_step"] == 4 and summary["stopped_early"] and summary["best_step"] == 2
+    assert summary.global_step == 4 and summary.stopped_early and summary.best_step == 2
 
 
 class _Interrupt(Exception):
@@ -461,8 +472,8 @@ def test_resume_ends_where_an_uninterrupted_run_would(tiny_st_model, mined_dir, 
     assert not (interrupted / "modules.json").exists()  # no final model after a crash
     resumed = train(_config(mined_dir, tiny_st_model, interrupted, resume=True, **steps))
 
-    assert resumed["global_step"] == whole["global_step"] == 6
-    assert resumed["best_step"] == whole["best_step"]
+    assert resumed.global_step == whole.global_step == 6
+    assert resumed.best_step == whole.best_step
     last = f"{CHECKPOINTS}/checkpoint-6/model.safetensors"
     a, b = load_file(tmp_path / "whole" / last), load_file(interrupted / last)
     assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
@@ -487,15 +498,15 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving_and_reports_the_whole_ru
     capsys.readouterr()
     resumed = train(_config(mined_dir, tiny_st_model, out, resume=True, **steps))
 
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "checkpoint-4 is incomplete" in printed and "checkpoint-3 is incomplete" in printed
     assert f"resuming from {out / CHECKPOINTS / 'checkpoint-2'}" in printed
-    assert resumed["global_step"] == 4 and (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").is_file()
+    assert resumed.global_step == 4 and (out / CHECKPOINTS / "checkpoint-4" / "trainer_state.json").is_file()
     # the mean train loss of all 4 steps, not of the 2 after the resume (the logged ones differ: step 2 vs 3 and 4)
-    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
-    assert _log(out)[-1]["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+    assert resumed.train_loss == pytest.approx(whole.train_loss, rel=1e-4)
+    assert _log(out)[-1]["train_loss"] == pytest.approx(whole.train_loss, rel=1e-4)
     session = [r["loss"] for r in _log(out) if "loss" in r and r["step"] > 2]
-    assert resumed["train_loss"] != pytest.approx(sum(session) / len(session), rel=1e-3)
+    assert resumed.train_loss != pytest.approx(sum(session) / len(session), rel=1e-3)
     last = f"{CHECKPOINTS}/checkpoint-4/model.safetensors"
     a, b = load_file(tmp_path / "whole" / last), load_file(out / last)
     assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
@@ -529,8 +540,8 @@ def test_flagembedding_file_trains(tiny_st_model, tmp_path):
     path = tmp_path / "fe.jsonl"
     write_jsonl(path, [{"query": r["anchor"], "pos": [r["positive"]], "neg": ["大漠孤烟直"]} for r in train_rows])
     summary = train(_config(path, tiny_st_model, tmp_path / "out", eval_fraction=0.25, cached_loss=False))
-    assert summary["data"]["kind"] == "flagembedding" and (tmp_path / "out" / "modules.json").is_file()
-    assert summary["loss"] == "MultipleNegativesRankingLoss"
+    assert summary.data.kind == "flagembedding" and (tmp_path / "out" / "modules.json").is_file()
+    assert summary.loss == "MultipleNegativesRankingLoss"
 
 
 # Run `just train` in a child that SIGKILLs itself while checkpoint-4 is being saved: after the weights and the
@@ -600,3 +611,23 @@ def test_training_speed_leaves_out_evaluations_and_the_part_before_a_resume():
     resumed = _training_speed(log, 2, samples_per_step=8)  # the run resumed at checkpoint-2: steps 3-4 only
     assert resumed["eval_runtime_s"] == 0.5 and resumed["train_samples_per_second"] == 2 * 8 / 9.5
     assert _training_speed(log[:3], None, samples_per_step=8)["train_samples_per_second"] is None
+
+
+def test_a_quiet_run_shows_no_progress_bars_per_step_lines_or_summary(tiny_st_model, mined_dir, tmp_path, capsys):
+    """-q: the trainer's progress bar goes, and so do the per-step log lines it would print in its place."""
+    from st_poetry.cli import main
+    from st_poetry.core import log
+
+    flags = ["--max-steps", "2", "--eval-steps", "2", "--logging-steps", "1", "--batch-size", "4"]
+    capsys.readouterr()
+    try:
+        main(["-q", "train", "--data", str(mined_dir), "--model", tiny_st_model, "--out", str(tmp_path / "q"), *flags])
+    finally:
+        log.set_verbosity(log.DEFAULT_LEVEL)
+    out, err = capsys.readouterr()
+    # all that is left: sentence-transformers' model-card bar, which has no switch and erases itself (leave=False)
+    assert out == "" and [part for part in err.split("\r") if part.strip() and "widget examples" not in part] == []
+    assert (tmp_path / "q" / SUMMARY).is_file()
+    main(["train", "--data", str(mined_dir), "--model", tiny_st_model, "--out", str(tmp_path / "loud"), *flags])
+    printed = capsys.readouterr()
+    assert "'loss'" in printed.out + printed.err and "trained " in printed.err

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from st_poetry.core import config as configs
 from st_poetry.core.errors import INTERRUPTED_EXIT, MACHINE_ERRNOS, UserError, describe_os_error
+from st_poetry.core.log import apply_cli_verbosity
 
 C = TypeVar("C")
 
@@ -37,7 +38,7 @@ PROG = "st-poetry"
 def usage() -> str:
     lines = [f"usage: {PROG} COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<16}{(cls.__doc__ or '').strip().splitlines()[0]}" for name, (cls, _) in COMMANDS.items()]
-    lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
+    lines += ["", f"`{PROG} COMMAND --help` lists a command's options; -v/-q (repeatable) for more or less output."]
     return "\n".join(lines)
 
 
@@ -71,7 +72,7 @@ def run_cli(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = apply_cli_verbosity(sys.argv[1:] if argv is None else argv)  # -v/-q, anywhere, for every command
     if argv[:1] in (["-h"], ["--help"]):
         print(usage())
         return

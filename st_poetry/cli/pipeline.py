@@ -23,6 +23,10 @@ from st_poetry.cli import run_command
 from st_poetry.cli.options import stage_configs
 from st_poetry.core.config import FitConfig, PipelineConfig, input_paths
 from st_poetry.core.files import recover_set_aside, replaced_when_complete
+from st_poetry.core.log import get_logger
+from st_poetry.core.tables import format_table
+
+logger = get_logger(__name__)
 
 
 def newest_input(paths: Iterable[str]) -> float | None:
@@ -51,15 +55,17 @@ def run_pipeline(config: PipelineConfig) -> dict[str, str]:
         if replacing:
             recover_set_aside(out, marker_name)  # a pipeline killed while replacing a run
         marker = out / marker_name
-        if not config.force and is_fresh(marker, input_paths(stage_config)):
-            print(f"== {name}: skipped, {marker} is newer than its inputs (--force runs it)")
+        inputs = input_paths(stage_config)
+        logger.debug(f"{name}: inputs {', '.join(inputs) or 'none'}; marker {marker}")
+        if not config.force and is_fresh(marker, inputs):
+            logger.info(f"== {name}: skipped, {marker} is newer than its inputs (--force runs it)")
             outcomes[name] = "skipped"
             continue
-        print(f"== {name} -> {out}", flush=True)
+        logger.info(f"== {name} -> {out}")
         # A new training run needs an empty `out`; the earlier run stays (set aside) until the new one is complete.
         replace = replacing and (out / FitConfig.CHECKPOINTS).is_dir()
         if replace:
-            print(
+            logger.info(
                 f"note: replacing the earlier training run in {out} once the new one is complete "
                 "(set resume = true in [train] to continue it instead)"
             )
@@ -67,5 +73,5 @@ def run_pipeline(config: PipelineConfig) -> dict[str, str]:
         with replaced_when_complete(out, marker_name) if replace else nullcontext():
             run_command(name, stage_config)
         outcomes[name] = f"ran in {time.perf_counter() - start:.0f} s"
-    print("\npipeline: " + "; ".join(f"{name} {outcome}" for name, outcome in outcomes.items()))
+    logger.info("\npipeline:\n" + format_table(["stage", "outcome"], list(outcomes.items()), indent="  "))
     return outcomes

@@ -1,10 +1,10 @@
 """Encode with an exported ONNX Runtime or OpenVINO graph instead of torch (`--backend`, files from `just export`).
 
 sentence-transformers can load these files itself (`SentenceTransformer(DIR, backend="onnx",
-model_kwargs={"file_name": ...})`), but only through optimum, whose releases pin transformers < 4.58
-(optimum-onnx 0.1.0) or < 5.6 (optimum-intel 2.2.0), while this project runs transformers 5. So the same files
-are run here by the runtimes themselves, behind the library's own Transformer module: tokenizer, prompts, token
-limit and the pooling after it stay the library's, only the forward pass changes.
+model_kwargs={"file_name": ...})`), but only through optimum, whose releases pin an older transformers than this
+project's (the versions checked: docs/BENCHMARKS.md#backends). So the same files are run here by the runtimes
+themselves, behind the library's own Transformer module: tokenizer, prompts, token limit and the pooling after it
+stay the library's, only the forward pass changes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import errno
-import sys
+
+from st_poetry.core.log import get_logger
 
 
 class UserError(Exception):
@@ -23,5 +24,5 @@ def describe_os_error(error: OSError) -> str:
 
 
 def warn(message: str) -> None:
-    """A problem that does not stop the stage but will bite later: one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
+    """A problem that does not stop the stage but will bite later: one `warning: ...` line (the logger's)."""
+    get_logger(__name__).warning(message)

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from st_poetry.core.errors import MACHINE_ERRNOS, UserError, describe_os_error
+from st_poetry.core.log import get_logger
 
+logger = get_logger(__name__)
 PARTIAL = ".partial-"
 
 
@@ -48,6 +50,7 @@ def recover_interrupted_write(out: Path) -> None:
         if _writer_alive(partial):
             live = True
         else:
+            logger.debug(f"removing {partial}, left by a writer no longer running")
             shutil.rmtree(partial, ignore_errors=True)
     old = out.with_name(f".{out.name}.old")
     if not old.is_dir() or live:
@@ -56,7 +59,7 @@ def recover_interrupted_write(out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.rename(out)
-        print(f"note: restored {out} from {old.name}, left by a run that was stopped while replacing it")
+        logger.info(f"note: restored {out} from {old.name}, left by a run that was stopped while replacing it")
 
 
 def check_output_dir(out: str | Path, marker: str, *, merge: bool = False) -> Path:
@@ -122,6 +125,7 @@ def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last
         tmp.mkdir()  # not tempfile.mkdtemp: its folders are 0700 whatever the umask
     except OSError as error:
         raise UserError(f"cannot create {out}: {describe_os_error(error)}") from None
+    logger.debug(f"writing {out} through {tmp.name}")
     try:
         yield tmp
         apply_umask(tmp)
@@ -134,6 +138,7 @@ def atomic_output_dir(out: str | Path, marker: str, *, merge: bool = False, last
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+        logger.debug(f"{out} is complete")
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
@@ -172,7 +177,7 @@ def recover_set_aside(out: str | Path, marker: str) -> None:
     if out.exists():
         raise UserError(f"cannot put back the earlier run in {aside}: {out} could not be removed")
     aside.rename(out)
-    print(f"note: put the earlier run back in {out} from {aside.name}: the run replacing it never completed")
+    logger.info(f"note: put the earlier run back in {out} from {aside.name}: the run replacing it never completed")
 
 
 @contextmanager

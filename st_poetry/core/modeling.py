@@ -28,6 +28,10 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from st_poetry.core.backends import exported_sentence_transformer, exported_transformer
 from st_poetry.core.config import parse_backend
 from st_poetry.core.errors import UserError
+from st_poetry.core.log import get_logger, sync_libraries
+
+sync_libraries()  # sentence-transformers and transformers are imported now: give them -q/-v
+logger = get_logger(__name__)
 
 QUERY_PROMPT = "query"
 # Checkpoints may pad their embedding matrix (to a multiple of 64, say); a tokenizer under half of it is broken.
@@ -126,6 +130,7 @@ def load_model(
     kind = model_kind(name_or_path)
     if kind == CROSS_ENCODER:
         raise UserError(f"{name_or_path} is a reranker (cross-encoder), not an embedding model: use it as --reranker")
+    logger.debug(f"loading {name_or_path} ({kind or 'a plain checkpoint'}) with --backend {backend}")
     try:
         if kind == BI_ENCODER:
             if runtime == "torch":
@@ -153,7 +158,7 @@ def load_model(
                     f"{name_or_path} records (set when it was trained): omit --query-instruction to use the "
                     "model's own, or train with the instruction you want"
                 )
-            print(f"note: the query prompt of {name_or_path} becomes {query_instruction!r} (was {recorded!r})")
+            logger.info(f"note: the query prompt of {name_or_path} becomes {query_instruction!r} (was {recorded!r})")
         model.prompts[QUERY_PROMPT] = query_instruction
     return model
 
@@ -173,6 +178,7 @@ def load_reranker(name_or_path: str, *, max_seq_length: int | None = None, base:
             else "a plain checkpoint with no trained ranking head, not a reranker: train one from it"
         )
         raise UserError(f"{name_or_path} is {what} with `just train-reranker --model PATH`")
+    logger.debug(f"loading {name_or_path} ({kind or 'a plain checkpoint'}) as a reranker")
     try:
         model = CrossEncoder(name_or_path, num_labels=None if kind == CROSS_ENCODER else 1)
     except LOAD_ERRORS as error:

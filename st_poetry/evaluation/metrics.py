@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -37,14 +37,32 @@ def evaluator_embeddings(
     return evaluator.embed_inputs(model, texts, encode_fn_name=side, prompt_name=prompt_name, prompt=prompt)
 
 
+Ranking = list[list[dict[str, Any]]]
+"""Per query, its ranked lines as {"corpus_id", "score"}: what the evaluator's metric code (compute_metrics) scores."""
+
+
 class RankingEvaluator(InformationRetrievalEvaluator):
-    """The IR evaluator, keeping the ranking it scored last: what a reranker reorders is what the metrics saw."""
+    """The IR evaluator, which can hand back the ranking behind a model's metrics (what a reranker then reorders).
 
-    last_ranking: list[list[dict]] | None = None
+    The ranking is the return value of the call that made it (`ranked`): nothing is kept between calls.
+    """
 
-    def compute_metrics(self, queries_result_list: list[list[dict]]) -> dict:
-        self.last_ranking = queries_result_list
+    _rankings: list[Ranking] | None = None
+
+    def compute_metrics(self, queries_result_list: Ranking) -> dict:
+        if self._rankings is not None:
+            self._rankings.append(queries_result_list)
         return super().compute_metrics(queries_result_list)
+
+    def ranked(self, model: SentenceTransformer) -> tuple[dict[str, float], Ranking]:
+        """`retrieval_metrics` of the model, and the ranking they scored."""
+        self._rankings = rankings = []
+        try:
+            results = self(model)
+        finally:
+            self._rankings = None
+        (ranking,) = rankings  # one score function: cosine
+        return called_metrics(results), ranking
 
 
 MAP_CUTOFF = 100
@@ -141,10 +159,14 @@ def reported_metrics(scores: Mapping[str, Mapping[int, float]]) -> dict[str, flo
     return picked
 
 
+def called_metrics(results: Mapping[str, float]) -> dict[str, float]:
+    """Pick RETRIEVAL_METRICS out of what calling an evaluator built here returns ({metric_key(metric): value})."""
+    return {metric: float(results[metric_key(metric)]) for metric in RETRIEVAL_METRICS}
+
+
 def retrieval_metrics(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> dict[str, float]:
     """Run the evaluator on `model` (it encodes the queries and the whole corpus once) and keep the reported metrics."""
-    results = evaluator(model)
-    return {metric: float(results[metric_key(metric)]) for metric in RETRIEVAL_METRICS}
+    return called_metrics(evaluator(model))
 
 
 class CCPMRecord(NamedTuple):
@@ -157,7 +179,7 @@ def read_ccpm(path: str | Path) -> tuple[list[CCPMRecord], int]:
     """Read a CCPM-format .jsonl file (translation, choices, answer) -> (records, skipped).
 
     Records are checked and cleaned by the same parser as `just prepare`; a malformed one names its file:line.
-    Records with an empty translation (CCPM's own train file has 14) are skipped and counted: nothing to match.
+    Records with an empty translation are skipped and counted: nothing to match.
     """
     records, skipped = [], 0
     for line_no, row in read_jsonl(path):
@@ -192,12 +214,23 @@ def ccpm_records_from_eval(eval_rows: Iterable[Mapping]) -> list[CCPMRecord]:
 
 
 def ccpm_scores(
-    model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
+    model: SentenceTransformer | CrossEncoder,
+    records: Sequence[CCPMRecord],
+    *,
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
 ) -> list[np.ndarray]:
-    """Each record's choices scored by the model's similarity to its translation (the CCPM paper's bi-encoder task).
+    """Each record's choices scored against its translation, by either kind of model (the CCPM paper's two tasks):
 
-    Only the records' own texts are encoded: the translation as a query, the choices as documents.
+    - a bi-encoder: the similarity of the translation, encoded as a query, to each choice, encoded as a document
+      (only the records' own texts are encoded);
+    - a cross-encoder (a reranker): its score of the translation read together with each choice.
     """
+    counts = [len(record.choices) for record in records]
+    if isinstance(model, CrossEncoder):
+        pairs = [(record.translation, choice) for record in records for choice in record.choices]
+        scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        return np.split(scores, np.cumsum(counts)[:-1])
     queries = model.encode_query(
         [record.translation for record in records],
         batch_size=batch_size,
@@ -210,7 +243,6 @@ def ccpm_scores(
         show_progress_bar=show_progress_bar,
         convert_to_tensor=True,
     )
-    counts = [len(record.choices) for record in records]
     repeats = torch.tensor(counts, device=queries.device)
     scores = model.similarity_pairwise(queries.repeat_interleave(repeats, dim=0), choices)
     return [row.float().cpu().numpy() for row in scores.split(counts)]
@@ -222,18 +254,13 @@ def choice_accuracy(records: Sequence[CCPMRecord], scores: Sequence[np.ndarray])
 
 
 def ccpm_accuracy(
-    model: SentenceTransformer, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
+    model: SentenceTransformer | CrossEncoder,
+    records: Sequence[CCPMRecord],
+    *,
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
 ) -> float:
-    """Share of records whose answer is the choice most similar to the translation."""
+    """Share of records whose answer is the choice the model scores highest against the translation (ccpm_scores)."""
     return choice_accuracy(
         records, ccpm_scores(model, records, batch_size=batch_size, show_progress_bar=show_progress_bar)
     )
-
-
-def reranker_ccpm_accuracy(
-    model: CrossEncoder, records: Sequence[CCPMRecord], *, batch_size: int = 64, show_progress_bar: bool = False
-) -> float:
-    """Share of CCPM records whose answer gets the reranker's highest score against the translation."""
-    pairs = [(record.translation, choice) for record in records for choice in record.choices]
-    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar)
-    return choice_accuracy(records, np.split(scores, np.cumsum([len(record.choices) for record in records])[:-1]))

@@ -30,8 +30,12 @@ from st_poetry.core.backends import require
 from st_poetry.core.config import BACKENDS, ExportConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import atomic_output_dir
+from st_poetry.core.log import get_logger
 from st_poetry.core.modeling import document_prompt, load_model, query_prompt
 from st_poetry.core.schema import CORPUS, read_split, require_files
+from st_poetry.core.tables import format_table
+
+logger = get_logger(__name__)
 
 # what the export's check encodes with torch and with every exported file
 CHECK_QUERIES = ("山中下雨后傍晚的秋天", "明亮的月光洒在床前", "独自在大雪覆盖的寒冷江面上垂钓")
@@ -161,23 +165,22 @@ def export(config: ExportConfig) -> dict[str, Any]:
     written = ["onnx"]
     with atomic_output_dir(folder / _subfolder("onnx"), _name("onnx"), merge=True) as onnx_tmp:
         onnx_file = onnx_tmp / _name("onnx")
-        print(f"exporting {folder} to ONNX")
+        logger.info(f"exporting {folder} to ONNX")
         export_onnx(model, onnx_file)
         if "onnx" in config.backend and int8:
-            print("quantizing the ONNX graph to int8 (dynamic)")
+            logger.info("quantizing the ONNX graph to int8 (dynamic)")
             quantize_onnx(onnx_file, onnx_tmp / _name("onnx-int8"))
             written.append("onnx-int8")
         if "openvino" in config.backend:
-            print("converting to OpenVINO" + " and quantizing to int8 (NNCF, calibrated)" * int8)
+            logger.info("converting to OpenVINO" + " and quantizing to int8 (NNCF, calibrated)" * int8)
             last = (_name("openvino-int8"),) if int8 else ()
             with atomic_output_dir(folder / _subfolder("openvino"), _name("openvino"), merge=True, last=last) as ov_tmp:
                 written += export_openvino(model, onnx_file, ov_tmp, config)
 
     report = check_exports(folder, model, written, config)
-    print(f"\nexported {folder}:")
-    for name, row in report.items():
-        print(
-            f"  --backend {name:<14} {row['file']:<45} {row['mb']:>7.1f} MB   "
-            f"cosine to torch >= {row['min_cosine_to_torch']:.4f}"
-        )
+    rows = [
+        [name, row["file"], f"{row['mb']:.1f}", f"{row['min_cosine_to_torch']:.4f}"] for name, row in report.items()
+    ]
+    table = format_table(["--backend", "file", "MB", "min cosine to torch"], rows, align="llr", indent="  ")
+    logger.info(f"\nexported {folder}:\n{table}")
     return report

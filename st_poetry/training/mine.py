@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -29,6 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,14 @@ from sentence_transformers.util import mine_hard_negatives
 from st_poetry.core.config import MineConfig
 from st_poetry.core.errors import UserError, warn
 from st_poetry.core.files import atomic_output_dir, check_output_dir, sha256, write_json
+from st_poetry.core.log import get_logger, get_verbosity
 from st_poetry.core.modeling import document_prompt, load_model, query_prompt
 from st_poetry.core.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
+from st_poetry.core.tables import format_table
 from st_poetry.data.records import normalize
 from st_poetry.evaluation.metrics import sample_pool
 
+logger = get_logger(__name__)
 MARKER = MineConfig.MARKER
 CHECKSUM = ".sha256"  # beside each cached .npy: the sha256 of the file as the library wrote it
 # Above this share of rows short of num_negatives, the summary suggests widening the range.
@@ -55,42 +60,59 @@ SHORT_ROWS_WARNING = 0.1
 MIN_CONTAINED_CHARS = 4
 
 
-def read_prepared(folder: Path) -> dict[str, list[dict[str, Any]]]:
+@dataclass
+class Prepared:
+    """A `just prepare` folder as read: the PAIR rows of each split and the CORPUS rows."""
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    corpus: list[dict[str, Any]]
+
+    def split(self, name: str) -> list[dict[str, Any]]:
+        """The rows of split `name` (one of SPLITS: the files and the stats are named after it)."""
+        return {"train": self.train, "eval": self.eval}[name]
+
+    @property
+    def pairs(self) -> list[dict[str, Any]]:
+        """Both splits' rows."""
+        return self.train + self.eval
+
+
+def read_prepared(folder: Path) -> Prepared:
     """The prepared train/eval pair rows and corpus; a missing file or a malformed row names the file and line."""
     require_files(folder, ("train.jsonl", "eval.jsonl", "corpus.jsonl"), "a folder written by `just prepare`")
-    data = {split: read_split(folder / f"{split}.jsonl", accept=(PAIR,)).rows for split in SPLITS}
-    data["corpus"] = CORPUS.read(folder / "corpus.jsonl")
-    if not data["corpus"]:
+    train, evaluation = (read_split(folder / f"{split}.jsonl", accept=(PAIR,)).rows for split in SPLITS)
+    data = Prepared(train, evaluation, CORPUS.read(folder / "corpus.jsonl"))
+    if not data.corpus:
         raise UserError(f"{folder / 'corpus.jsonl'} is empty: there is nothing to mine negatives from")
     return data
 
 
-def groups_by_text(data: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
+def groups_by_text(data: Prepared) -> dict[str, set[str]]:
     """normalize(text) -> every poem/record it belongs to (famous lines recur); "" (unknown) is left out."""
     groups: dict[str, set[str]] = defaultdict(set)
-    for row in data["corpus"]:
+    for row in data.corpus:
         if row["group"]:
             groups[normalize(row["text"])].add(row["group"])
-    for split in SPLITS:
-        for row in data[split]:
-            if row["group"]:
-                groups[normalize(row["positive"])].add(row["group"])
+    for row in data.pairs:
+        if row["group"]:
+            groups[normalize(row["positive"])].add(row["group"])
     return groups
 
 
-def candidate_texts(data: dict[str, list[dict[str, Any]]], max_corpus: int | None = None, seed: int = 42) -> list[str]:
+def candidate_texts(data: Prepared, max_corpus: int | None = None, seed: int = 42) -> list[str]:
     """The corpus plus any positive missing from it (the library would add a split's own anyway): one list for
     both splits, so its embeddings are computed and cached once.
 
     With `max_corpus`, a candidate pool (FlagEmbedding's `candidate_pool` idea): every positive and given
     negative, and a seeded sample of the other lines, `max_corpus` in all.
     """
-    texts = [row["text"] for row in data["corpus"]] + [row["positive"] for split in SPLITS for row in data[split]]
+    texts = [row["text"] for row in data.corpus] + [row["positive"] for row in data.pairs]
     texts = list(dict.fromkeys(texts))
     if max_corpus is None or len(texts) <= max_corpus:
         return texts
-    rows = [row for split in SPLITS for row in data[split]]
-    keep = {row["positive"] for row in rows} | {text for row in rows for text in row.get("negatives", [])}
+    rows = data.pairs
+    keep = {row["positive"] for row in rows} | {text for row in rows for text in row["negatives"]}
     pool = sample_pool(texts, keep, max_corpus, seed)
     return [text for text in texts if text in pool]
 
@@ -157,6 +179,7 @@ def mine_candidates(
             batch_size=config.batch_size,
             use_faiss=True,
             cache_folder=cache_folder,
+            verbose=get_verbosity() <= logging.INFO,  # its own statistics, printed; -q hides them
         )
     total = time.perf_counter() - start
     if cache_folder:
@@ -226,7 +249,7 @@ def _dropped(reason: str | None, counter: Counter) -> bool:
 
 def mine_split(
     split: str,
-    data: dict[str, list[dict[str, Any]]],
+    data: Prepared,
     pool: list[str],
     model: SentenceTransformer,
     config: MineConfig,
@@ -235,9 +258,9 @@ def mine_split(
     """Mine one split against the candidate `pool`; train never sees an eval anchor or positive (any form)."""
     banned: set[str] = set()
     rows_dropped: Counter = Counter()
-    rows = data[split]
+    rows = data.split(split)
     if split == "train":
-        banned = {normalize(r[key]) for r in data["eval"] for key in ("anchor", "positive")}
+        banned = {normalize(r[key]) for r in data.eval for key in ("anchor", "positive")}
         kept = []
         for row in rows:
             if normalize(row["positive"]) in banned:
@@ -265,7 +288,7 @@ def mine_split(
         padded = negatives + [None] * (config.num_negatives - len(negatives))
         out.append(mined_row(row["anchor"], row["positive"], padded))
     stats = {
-        "rows_in": len(data[split]),
+        "rows_in": len(data.split(split)),
         "rows_out": len(out),
         "rows_dropped": dict(rows_dropped),
         "short_rows": short,
@@ -282,7 +305,7 @@ def mine_split(
     return out, stats
 
 
-def check_inputs(data: dict[str, list[dict[str, Any]]], pool: list[str], data_dir: Path, config: MineConfig) -> None:
+def check_inputs(data: Prepared, pool: list[str], data_dir: Path, config: MineConfig) -> None:
     """Refuse a --num-negatives the candidates cannot fill (it would only write nulls); warn about an empty split,
     which `just train` would otherwise be the first to notice."""
     needed = config.range_min + config.num_negatives + 1  # the row's own positive is among the candidates
@@ -294,7 +317,7 @@ def check_inputs(data: dict[str, list[dict[str, Any]]], pool: list[str], data_di
             + ": lower --num-negatives or --range-min"
         )
     for split in SPLITS:
-        if not data[split]:
+        if not data.split(split):
             warn(
                 f"{data_dir / f'{split}.jsonl'} has no rows, so the mined {split} split is empty too, and "
                 f"`just train` needs {split} rows (see `just prepare --help`: --eval-fraction, --ccpm-eval)"
@@ -315,12 +338,13 @@ def check_cache(folder: Path) -> None:
             np.load(path, mmap_mode="r")
             recorded = sidecar.read_text(encoding="utf-8").strip() if sidecar.exists() else None
         except (ValueError, OSError, EOFError):
-            print(f"note: {path} is unreadable (an interrupted run?): removed, its embeddings are computed again")
+            logger.info(f"note: {path} is unreadable (an interrupted run?): removed, its embeddings are computed again")
         else:
             if recorded == sha256(path):
+                logger.debug(f"{path}: cached embeddings, checksum ok")
                 continue
             if recorded is None:
-                print(
+                logger.info(
                     f"note: {path} has no {CHECKSUM} checksum beside it (cut off before it was written, or cached by "
                     "an older st_poetry), so it cannot be checked: removed, its embeddings are computed again"
                 )
@@ -361,36 +385,49 @@ def mine(config: MineConfig) -> dict[str, Any]:
     if cache_folder:
         check_cache(Path(cache_folder))
 
-    stats: dict[str, Any] = {"corpus_size": len(data["corpus"]), "candidates": len(pool)}
-    where = f"{len(pool):,} candidates ({len(data['corpus']):,} corpus lines)"
+    stats: dict[str, Any] = {"corpus_size": len(data.corpus), "candidates": len(pool)}
+    where = f"{len(pool):,} candidates ({len(data.corpus):,} corpus lines)"
     with atomic_output_dir(config.out, MARKER) as tmp:
         for split in SPLITS:
-            print(f"Mining {split} ({len(data[split]):,} rows) against {where}")
+            logger.info(f"Mining {split} ({len(data.split(split)):,} rows) against {where}")
             rows, stats[split] = mine_split(split, data, pool, model, config, cache_folder)
             MINED.write(tmp / f"{split}.jsonl", rows)
         shutil.copyfile(data_dir / "corpus.jsonl", tmp / "corpus.jsonl")
         stats["config"] = dataclasses.asdict(config)
         write_json(tmp / MARKER, stats)
-    print_summary(stats, config)
+    logger.info(summary(stats, config))
+    for split in SPLITS:
+        if stats[split]["short_fraction"] > SHORT_ROWS_WARNING:
+            warn(
+                f"{stats[split]['short_fraction']:.0%} of {split} rows have fewer than {config.num_negatives} "
+                "negatives (null-padded); widen the range (--range-max) or lower --relative-margin for more candidates"
+            )
     return stats
 
 
-def print_summary(stats: dict[str, Any], config: MineConfig) -> None:
-    print(f"\nMined into {config.out} (ranks {config.range_min}-{config.range_max}, {config.sampling_strategy})")
+def summary(stats: dict[str, Any], config: MineConfig) -> str:
+    """The counts per split, each followed by what was dropped and why."""
     columns = ("rows in", "rows out", "given", "mined", "short", "encode s", "search s")
-    print(f"{'split':<6}" + "".join(f"{c:>10}" for c in columns))
-    for split in SPLITS:
+    rows = [
+        [
+            split,
+            *(f"{stats[split][key]:,}" for key in ("rows_in", "rows_out", "negatives_given", "negatives_mined")),
+            f"{stats[split]['short_rows']:,}",
+            f"{stats[split]['encode_seconds']:.1f}",
+            f"{stats[split]['search_seconds']:.1f}",
+        ]
+        for split in SPLITS
+    ]
+    header, *lines = format_table(["split", *columns], rows, align="lr").splitlines()
+    out = [
+        f"\nMined into {config.out} (ranks {config.range_min}-{config.range_max}, {config.sampling_strategy})",
+        header,
+    ]
+    for split, line in zip(SPLITS, lines, strict=True):
         s = stats[split]
-        print(
-            f"{split:<6}{s['rows_in']:>10,}{s['rows_out']:>10,}{s['negatives_given']:>10,}{s['negatives_mined']:>10,}"
-            f"{s['short_rows']:>10,}{s['encode_seconds']:>10.1f}{s['search_seconds']:>10.1f}"
-        )
         dropped = {**s["rows_dropped"], **{f"mined {k}": v for k, v in s["dropped_mined"].items()}}
         dropped |= {f"given {k}": v for k, v in s["dropped_given"].items()}
+        out.append(line)
         if dropped:
-            print("      dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
-        if s["short_fraction"] > SHORT_ROWS_WARNING:
-            print(
-                f"warning: {s['short_fraction']:.0%} of {split} rows have fewer than {config.num_negatives} negatives"
-                " (null-padded); widen the range (--range-max) or lower --relative-margin for more candidates"
-            )
+            out.append("      dropped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
+    return "\n".join(out)

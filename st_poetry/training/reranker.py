@@ -20,8 +20,7 @@ LambdaLoss optimizes NDCG over graded lists; with one relevant line per list it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -33,14 +32,14 @@ from st_poetry.core.config import RerankConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_reranker
 from st_poetry.core.schema import MINED
-from st_poetry.training.train import Recipe, fit, load_training_data, set_model_card
+from st_poetry.training.train import Recipe, TrainSummary, fit, load_training_data, set_model_card
 
 EVALUATOR_NAME = "poetry-rerank"
 HEADLINE = {"MRR@10": "mrr@10", "NDCG@10": "ndcg@10", "MAP": "map"}
 BEST_METRIC = "ndcg@10"
 
 
-def evaluator_samples(rows: Sequence[dict]) -> list[dict]:
+def evaluator_samples(rows: Iterable[dict]) -> list[dict]:
     """Eval rows (anchor, positive, negative_1..k) as the reranking evaluator's samples: the positive among them."""
     return [
         {
@@ -52,13 +51,13 @@ def evaluator_samples(rows: Sequence[dict]) -> list[dict]:
     ]
 
 
-def train(config: RerankConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+def train(config: RerankConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainSummary | None:
     """Train a reranker from `config.model` on `config.data` into `config.out`; returns the summary."""
     set_seed(config.seed)  # a new head is initialised at random: seeded, two runs train the same model
     model = load_reranker(config.model, max_seq_length=config.max_seq_length, base=True)
     set_model_card(model, config.model, "reranker for classical Chinese poetry lines and their modern descriptions")
     data = load_training_data(config)
-    if data.stats["negatives_per_row"] == 0:
+    if data.stats.negatives_per_row == 0:
         raise UserError(
             f"--data {config.data}: its rows hold no negatives, and the evaluator ranks each eval positive among its "
             "row's negatives: mine some with `just mine`"

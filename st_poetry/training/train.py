@@ -16,7 +16,9 @@ loss needs every row to have the same columns.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import random
 import shutil
@@ -26,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from datasets import Dataset
@@ -41,19 +43,22 @@ from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
 )
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_poetry.core.config import FitConfig, TrainConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import apply_umask, atomic_output_dir, write_json, write_jsonl
+from st_poetry.core.log import get_logger, get_verbosity
 from st_poetry.core.modeling import BI_ENCODER, CROSS_ENCODER, document_prompt, load_model, model_kind, query_prompt
 from st_poetry.core.schema import CORPUS, mined_row, read_split, require_files
+from st_poetry.core.tables import format_table
 from st_poetry.data.prepare import Input, SourceStats, is_eval_group, read_records
 from st_poetry.evaluation.metrics import build_ir_evaluator, metric_key
 from st_poetry.evaluation.plots import plot_training_curves
 
+logger = get_logger(__name__)
 CHECKPOINTS = FitConfig.CHECKPOINTS
 TRAIN_LOG = "train_log.jsonl"
 CURVES = "training_curves.png"
@@ -75,25 +80,45 @@ FOLDER_WANTED = "a folder from `just mine` or `just prepare` (train/eval/corpus.
 # Data
 
 
+class Pair(NamedTuple):
+    """A row as read, whatever its file's format: its negatives in order, as many as it has."""
+
+    anchor: str
+    positive: str
+    negatives: list[str]
+
+
+@dataclass
+class DataStats:
+    """What was read and how the rows were built: train_summary.json's "data"."""
+
+    data: str  # --data
+    kind: str  # flagembedding, or the row type of a folder (schema: prepared, mined)
+    train_rows: int
+    eval_rows: int  # after --eval-max-rows
+    eval_rows_in_split: int
+    corpus: int
+    negatives_per_row: int
+    negatives_topped_up: dict[str, int]  # split -> negatives drawn from other rows' positives
+    skipped: dict[str, int]  # reason -> FlagEmbedding records or pairs left out
+
+
 @dataclass
 class TrainingData:
-    train: list[dict]  # anchor, positive, negative_1..k: the training rows
-    eval: list[dict]  # the same columns: the eval loss
-    corpus: list[dict]  # id, text: the retrieval evaluator's candidates
-    stats: dict[str, Any]
+    train: Dataset  # columns anchor, positive, negative_1..k: what the trainer trains on
+    eval: Dataset  # the same columns: the eval loss, and the evaluator's queries
+    corpus: list[dict[str, Any]]  # schema.CORPUS rows: the retrieval evaluator's candidates
+    stats: DataStats
 
 
-def _read_split(path: Path) -> tuple[str, list[dict]]:
-    """A prepared or mined split -> (its row type's name, rows of anchor, positive, negatives without nulls)."""
+def _read_split(path: Path) -> tuple[str, list[Pair]]:
+    """A prepared or mined split -> (its row type's name, its rows, negatives without nulls)."""
     split = read_split(path)
-    rows = [
-        {"anchor": row["anchor"], "positive": row["positive"], "negatives": split.type.negatives(row)}
-        for row in split.rows
-    ]
+    rows = [Pair(row["anchor"], row["positive"], split.type.negatives(row)) for row in split.rows]
     return split.type.name, rows
 
 
-def _read_flagembedding(path: Path, config: FitConfig) -> tuple[list[dict], list[dict], list[dict], Counter]:
+def _read_flagembedding(path: Path, config: FitConfig) -> tuple[list[Pair], list[Pair], list[dict], Counter]:
     """FlagEmbedding rows -> (train, eval, corpus, skipped): a row per (query, pos); queries split by seeded hash.
 
     Records are read and checked by `just prepare`'s reader, and its rules apply: a repeated pair is kept once,
@@ -118,16 +143,14 @@ def _read_flagembedding(path: Path, config: FitConfig) -> tuple[list[dict], list
         if is_eval and positive in train_positives:
             skipped["eval pair whose positive is a train positive"] += 1
             continue
-        (evaluation if is_eval else train).append(
-            {"anchor": anchor, "positive": positive, "negatives": list(negatives)}
-        )
+        (evaluation if is_eval else train).append(Pair(anchor, positive, list(negatives)))
     if not train or not evaluation:
         raise UserError(f"{path}: too few usable queries to hold out {config.eval_fraction:.0%} for eval")
     corpus = [{"id": f"c{index}", "text": text} for index, text in enumerate(texts)]
     return train, evaluation, corpus, skipped
 
 
-def with_negative_columns(rows: list[dict], k: int, pool: Sequence[str], seed: int) -> tuple[list[dict], int]:
+def with_negative_columns(rows: list[Pair], k: int, pool: Sequence[str], seed: int) -> tuple[list[dict], int]:
     """Rows as anchor, positive, negative_1..k; short rows are topped up from `pool` at random (seeded).
 
     Returns the rows and how many negatives were drawn from the pool.
@@ -138,15 +161,15 @@ def with_negative_columns(rows: list[dict], k: int, pool: Sequence[str], seed: i
     rng = random.Random(seed)
     filled, out = 0, []
     for row in rows:
-        negatives = row["negatives"][:k]
-        taken = {row["positive"], *negatives}
+        negatives = row.negatives[:k]
+        taken = {row.positive, *negatives}
         while len(negatives) < k:
             candidate = rng.choice(pool)
             if candidate not in taken:
                 negatives.append(candidate)
                 taken.add(candidate)
                 filled += 1
-        out.append(mined_row(row["anchor"], row["positive"], negatives))
+        out.append(mined_row(row.anchor, row.positive, negatives))
     return out, filled
 
 
@@ -176,23 +199,23 @@ def load_training_data(config: FitConfig) -> TrainingData:
         keep = sorted(random.Random(config.seed).sample(range(len(evaluation)), config.eval_max_rows))
         evaluation = [evaluation[index] for index in keep]
 
-    k = min(config.num_negatives, max(len(row["negatives"]) for row in train))
-    train_positives = [row["positive"] for row in train]
+    k = min(config.num_negatives, max(len(row.negatives) for row in train))
+    train_positives = [row.positive for row in train]
     train_rows, train_filled = with_negative_columns(train, k, train_positives, config.seed)
-    eval_pool = [row["positive"] for row in evaluation] + train_positives
+    eval_pool = [row.positive for row in evaluation] + train_positives
     eval_rows, eval_filled = with_negative_columns(evaluation, k, eval_pool, config.seed)
-    stats = {
-        "data": str(data),
-        "kind": kind,
-        "train_rows": len(train_rows),
-        "eval_rows": len(eval_rows),
-        "eval_rows_in_split": full_eval,
-        "corpus": len(corpus),
-        "negatives_per_row": k,
-        "negatives_topped_up": {"train": train_filled, "eval": eval_filled},
-        "skipped": dict(skipped),
-    }
-    return TrainingData(train_rows, eval_rows, corpus, stats)
+    stats = DataStats(
+        data=str(data),
+        kind=kind,
+        train_rows=len(train_rows),
+        eval_rows=len(eval_rows),
+        eval_rows_in_split=full_eval,
+        corpus=len(corpus),
+        negatives_per_row=k,
+        negatives_topped_up={"train": train_filled, "eval": eval_filled},
+        skipped=dict(skipped),
+    )
+    return TrainingData(Dataset.from_list(train_rows), Dataset.from_list(eval_rows), corpus, stats)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,9 +346,9 @@ def _resume_checkpoint(out: Path, resume: bool, is_main: bool, kind: str) -> str
             )
         if is_main:
             for path in found[found.index(complete[-1]) + 1 :]:
-                print(f"note: {path} is incomplete (no {TRAINER_STATE_NAME}: cut off while saving); removed it")
+                logger.info(f"note: {path} is incomplete (no {TRAINER_STATE_NAME}: cut off while saving); removed it")
                 shutil.rmtree(path)
-            print(f"resuming from {complete[-1]}")
+            logger.info(f"resuming from {complete[-1]}")
         return str(complete[-1])
     if is_main and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: pass --resume to continue its last checkpoint, or choose another --out")
@@ -397,8 +420,33 @@ class Recipe:
     headline: dict[str, str]  # the summary's table: label -> the evaluator's metric key
 
 
-def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
-    """Fine-tune `config.model` on `config.data` into `config.out`; returns the summary (also train_summary.json).
+@dataclass
+class TrainSummary:
+    """What a training run did and scored: train_summary.json, these fields as its keys, in this order."""
+
+    model: str  # the base model
+    out: str
+    data: DataStats
+    global_step: int
+    max_steps: int
+    loss: str  # the loss's class
+    stopped_early: bool
+    best_step: int  # the saved model's checkpoint
+    train_loss: float  # the whole run's mean
+    before: dict[str, float]  # the headline metrics (the recipe's labels) of the base model
+    after: dict[str, float]  # ... and of the saved model
+    before_all: dict[str, float]  # every metric the evaluator reports
+    after_all: dict[str, float]
+    train_runtime_s: float | None  # _training_speed: this session's time, evaluations excluded from the speed
+    eval_runtime_s: float | None
+    train_samples_per_second: float | None
+    wall_s: float
+    config: dict[str, Any]  # the stage's options
+
+
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainSummary | None:
+    """Fine-tune `config.model` on `config.data` into `config.out`; returns the summary (also train_summary.json),
+    None on every process but the first.
 
     `callbacks` are added to the trainer's (tests use one to interrupt a run).
     """
@@ -425,7 +473,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         trainer_class=SentenceTransformerTrainer,
         args_class=SentenceTransformerTrainingArguments,
         args={
-            "prompts": column_prompts(model, list(data.train[0])),
+            "prompts": column_prompts(model, data.train.column_names),
             "batch_sampler": BatchSamplers.NO_DUPLICATES,  # famous lines recur: no duplicate text within a batch
         },
         loss=loss,
@@ -438,7 +486,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
 def fit(
     config: FitConfig, data: TrainingData, recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()
-) -> dict[str, Any]:
+) -> TrainSummary | None:
     """Steps 3 and 5-8 of a training stage, the same for every model kind: arguments, the pre-flight evaluation,
     training with the best checkpoint kept, the post-training check, curves, summary and the published model."""
     started = time.time()
@@ -481,6 +529,10 @@ def fit(
             f"training runs {total_steps} steps, fewer than --eval-steps {config.eval_steps}: no evaluation would run"
         )
     loss = recipe.loss(args)
+    logger.debug(
+        f"{total_steps} steps of {config.batch_size} rows x {args.world_size} processes on {args.device}, "
+        f"{type(loss).__name__}, resuming from {resume_from or 'nothing'}"
+    )
 
     # 5. Evaluate the base model. This is the "before" score, and it proves that the evaluator reports the key
     #    metric_for_best_model names (a missing key is what broke the FlagEmbedding seed run).
@@ -497,8 +549,8 @@ def fit(
     trainer = recipe.trainer_class(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(data.train),
-        eval_dataset=Dataset.from_list(data.eval),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         loss=loss,
         evaluator=evaluator,
         callbacks=[
@@ -510,9 +562,11 @@ def fit(
             *callbacks,
         ],
     )
+    if get_verbosity() > logging.INFO:  # -q hid the progress bar: not the per-step lines that replace it either
+        trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume_from)
     if not trainer.is_world_process_zero():
-        return {}
+        return None
 
     # 7. Evaluate the model that will be saved: it must be the best checkpoint, with the score it had then. A loss
     #    of exactly 0 at every step means that no batch held a second candidate: nothing was learned.
@@ -539,54 +593,53 @@ def fit(
     best_label = next((label for label, key in recipe.headline.items() if key == recipe.best), recipe.best)
     plot_training_curves(log, out / CURVES, metric=metric_for_best, metric_label=best_label)
     speed = _training_speed(state.log_history, checkpoint_step(resume_from), samples_per_step)
-    summary = {
-        "model": config.model,
-        "out": str(out),
-        "data": data.stats,
-        "global_step": state.global_step,
-        "max_steps": state.max_steps,
-        "loss": type(loss).__name__,
-        "stopped_early": state.global_step < state.max_steps,
-        "best_step": best_step,
-        "train_loss": train_loss,
-        "before": {label: before[key] for label, key in recipe.headline.items()},
-        "after": {label: after[key] for label, key in recipe.headline.items()},
-        "before_all": before,
-        "after_all": after,
+    summary = TrainSummary(
+        model=config.model,
+        out=str(out),
+        data=data.stats,
+        global_step=state.global_step,
+        max_steps=state.max_steps,
+        loss=type(loss).__name__,
+        stopped_early=state.global_step < state.max_steps,
+        best_step=best_step,
+        train_loss=train_loss,
+        before={label: before[key] for label, key in recipe.headline.items()},
+        after={label: after[key] for label, key in recipe.headline.items()},
+        before_all=before,
+        after_all=after,
         **speed,
-        "wall_s": round(time.time() - started, 1),
-        "config": vars(config),
-    }
-    write_json(out / SUMMARY, summary)
+        wall_s=round(time.time() - started, 1),
+        config=vars(config),
+    )
+    write_json(out / SUMMARY, dataclasses.asdict(summary))
     publish_model(model, out)
-    print(format_summary(summary))
+    logger.info(format_summary(summary))
     return summary
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    data = summary["data"]
-    topped = data["negatives_topped_up"]
+def format_summary(summary: TrainSummary) -> str:
+    data = summary.data
+    topped = data.negatives_topped_up
     lines = [
-        f"trained {summary['model']} -> {summary['out']}",
-        f"  data: {data['kind']} {data['data']}: {data['train_rows']:,} train rows, {data['eval_rows']:,} eval rows "
-        f"(of {data['eval_rows_in_split']:,}), corpus {data['corpus']:,}",
-        f"  negatives per row: {data['negatives_per_row']} (+ in-batch); topped up with random positives: "
+        f"trained {summary.model} -> {summary.out}",
+        f"  data: {data.kind} {data.data}: {data.train_rows:,} train rows, {data.eval_rows:,} eval rows "
+        f"(of {data.eval_rows_in_split:,}), corpus {data.corpus:,}",
+        f"  negatives per row: {data.negatives_per_row} (+ in-batch); topped up with random positives: "
         f"{topped['train']:,} train, {topped['eval']:,} eval",
     ]
-    if data["skipped"]:
-        lines.append(f"  skipped records: {json.dumps(data['skipped'], ensure_ascii=False)}")
-    stop = "early stopping" if summary["stopped_early"] else "the step budget"
+    if data.skipped:
+        lines.append(f"  skipped records: {json.dumps(data.skipped, ensure_ascii=False)}")
+    stop = "early stopping" if summary.stopped_early else "the step budget"
     lines.append(
-        f"  steps: {summary['global_step']} of {summary['max_steps']} (ended by {stop}), best {summary['best_step']}; "
-        f"mean train loss {summary['train_loss']:.4f}"
+        f"  steps: {summary.global_step} of {summary.max_steps} (ended by {stop}), best {summary.best_step}; "
+        f"mean train loss {summary.train_loss:.4f}"
     )
-    if summary["train_samples_per_second"]:
+    if summary.train_samples_per_second:
         lines.append(
-            f"  speed: {summary['train_samples_per_second']:.2f} samples/s (the {summary['eval_runtime_s']:.0f} s "
-            f"of evaluations excluded); wall {summary['wall_s']:.0f} s"
+            f"  speed: {summary.train_samples_per_second:.2f} samples/s (the {summary.eval_runtime_s:.0f} s "
+            f"of evaluations excluded); wall {summary.wall_s:.0f} s"
         )
-    lines.append(f"  {'eval split':<10} " + " ".join(f"{label:>9}" for label in summary["before"]))
-    for name in ("before", "after"):
-        lines.append(f"  {name:<10} " + " ".join(f"{value:>9.4f}" for value in summary[name].values()))
+    scores = [[name, *(f"{value:.4f}" for value in getattr(summary, name).values())] for name in ("before", "after")]
+    lines.append(format_table(["eval split", *summary.before], scores, align="lr", indent="  "))
     lines.append(f"  written: model files, {CHECKPOINTS}/, {TRAIN_LOG}, {CURVES}, {SUMMARY}")
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
     python -m venv /tmp/cc && /tmp/cc/bin/pip install opencc opencc-pyo3 zhconv-rs-opencc
     python -m venv /tmp/cc-py && /tmp/cc-py/bin/pip install opencc-python-reimplemented  # also a module `opencc`
-    /tmp/cc/bin/python scripts/bench_opencc.py data/raw
-    /tmp/cc-py/bin/python scripts/bench_opencc.py data/raw
+    /tmp/cc/bin/python scripts/experiments/opencc_converters.py data/raw
+    /tmp/cc-py/bin/python scripts/experiments/opencc_converters.py data/raw
 
 Each candidate that imports in this interpreter converts the paragraphs of the first ten poet.tang files, one
 call for all of them (lines joined by newlines); OpenCC's C++ binding also one call per line (how often prepare

@@ -1,6 +1,6 @@
 """Training speed: `st_poetry.training.train` against FlagEmbedding's own fine-tuning, measured alike, in one run.
 
-    flock /tmp/st_poetry_heavy.lock python scripts/bench_train.py \
+    flock /tmp/st_poetry_heavy.lock python scripts/experiments/train_vs_flagembedding.py \
         --model models/e5-small-zh --fe-python .bench/fe4-venv/bin/python
 
 All trainers fine-tune the same base on the same FlagEmbedding-format file (rows of `data/processed/train.jsonl`
@@ -36,8 +36,10 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from benchlib import run_timed
 from sentence_transformers import SentenceTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/, for benchlib
+from benchlib import run_timed
 
 from st_poetry.core.files import write_jsonl
 from st_poetry.core.modeling import document_prompt, load_model, query_prompt
@@ -58,7 +60,7 @@ def write_bench_data(prepared: Path, path: Path, rows: int, negatives: int, seed
 
 def st_poetry_command(args: argparse.Namespace, data: Path, out: Path, seed: int, cached: bool) -> list[str]:
     """`just train` (module and arguments) on the benchmark file; it evaluates once, at the last step."""
-    command = ["st_poetry.training.train", "--data", str(data), "--model", args.model]
+    command = ["st_poetry", "train", "--data", str(data), "--model", args.model]
     command += ["--cached-loss" if cached else "--no-cached-loss"]
     command += ["--out", str(out), "--max-steps", str(args.steps), "--eval-steps", str(args.steps)]
     command += ["--batch-size", str(args.batch_size), "--mini-batch-size", str(args.mini_batch_size)]

@@ -1,8 +1,8 @@
 """The small sweep behind configs/cpu-e5-small.toml: short `just train` runs on prepared data, scored on eval.
 
-    flock /tmp/st_poetry_heavy.lock python scripts/sweep_cpu_preset.py --data data/processed \
+    flock /tmp/st_poetry_heavy.lock python scripts/experiments/sweep_cpu_preset.py --data data/processed \
         --model models/e5-small-zh --runs lr2e-5 lr1e-4 lr3e-4
-    flock /tmp/st_poetry_heavy.lock python scripts/sweep_cpu_preset.py ... --runs batch32 neg1 len32 \
+    flock /tmp/st_poetry_heavy.lock python scripts/experiments/sweep_cpu_preset.py ... --runs batch32 neg1 len32 \
         --plot docs/cpu_preset_sweep.png
 
 Every run trains on the same number of rows (--samples: e.g. 40 steps of batch 16 or 20 of batch 32), evaluates
@@ -23,8 +23,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchlib import finish_plot, run_timed
 from matplotlib.figure import Figure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/, for benchlib
+from benchlib import finish_plot, run_timed
 
 BASE = {"--batch-size": "16", "--num-negatives": "3", "--lr": "1e-4", "--max-seq-length": "64"}
 # name: the settings that differ from BASE
@@ -68,7 +70,7 @@ def main() -> None:
         steps = args.samples // int(settings["--batch-size"])
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
-        command = ["st_poetry.training.train", "--data", args.data, "--model", args.model, "--out", str(out)]
+        command = ["st_poetry", "train", "--data", args.data, "--model", args.model, "--out", str(out)]
         command += [item for pair in settings.items() for item in pair] + ["--no-cached-loss"]
         command += ["--max-steps", str(steps), "--eval-steps", str(steps), "--logging-steps", "5"]
         command += ["--eval-max-rows", str(args.eval_max_rows), "--eval-max-corpus", str(args.eval_max_corpus)]
