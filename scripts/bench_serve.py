@@ -7,12 +7,13 @@
    `--data`/corpus.jsonl, or from a sample of it (`--sample N` lines, 0 = all): the groups of the page's example
    descriptions' lines, then of other eval lines (so load queries can find their line), then the rest, in a
    seeded order; always whole groups.
-2. Server: `st-poetry serve` in a child process on 127.0.0.1 and a free port; waits for /health.
+2. Server: `st-poetry serve` in a child process on 127.0.0.1 and a free port, with `--serve-args` (e.g.
+   "--batch-window-ms 0 --max-batch 16"); waits for /health.
 3. Load: `--clients` threads, each on its own keep-alive connection, send `--requests` GET /api/search?q=...&k=10
    in total, the queries being the eval descriptions of `--data`/eval.jsonl whose line is in the index, in a
-   seeded order. Reported: latency
-   p50/p95/p99, requests per second, non-200 answers and failed connections (errors), the server's CPU seconds,
-   and how often the description's own line came back first or in the top 10 (a check that answers are right).
+   seeded order. Reported: latency p50/p95/p99, requests per second, non-200 answers (a 503 when too many
+   requests wait) and failed connections (errors), the server's CPU seconds, and how often the description's own
+   line came back first or in the top 10 (a check that answers are right).
    The run stops by itself: every request has a timeout and the whole load a deadline.
 4. Bad input: the cases of issue 15 against the real server, each must be a 4xx, then /health must answer.
 5. `--screenshot PNG`: Chromium's own headless screenshot of the page for an example description (the server
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import socket
 import subprocess
@@ -225,6 +227,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--deadline", type=float, default=600, help="seconds after which the load stops regardless")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--serve-args", default="", help="more `st-poetry serve` options, as one string")
     parser.add_argument("--screenshot", type=Path, help="write the page's screenshot here (and a -phone one)")
     parser.add_argument("--out", type=Path, default=Path(".bench/bench_serve.json"))
     args = parser.parse_args()
@@ -247,6 +250,7 @@ def main() -> None:
     port, log = free_port(), work / "serve.log"
     with open(log, "w", encoding="utf-8") as handle:
         command = [sys.executable, "-m", "st_poetry", "serve", "--index", str(args.index), "--port", str(port)]
+        command += shlex.split(args.serve_args)
         server = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     try:
         tick = time.perf_counter()
@@ -273,6 +277,7 @@ def main() -> None:
         "model": info["model"],
         "index": {"folder": str(args.index), "lines": info["size"], "type": info["index_type"]},
         "clients": args.clients,
+        "serve_args": args.serve_args,
         "k": args.k,
         "startup_s": round(startup, 1),
         "load": result,

@@ -14,7 +14,7 @@ from st_poetry.cli.options import parse_config
 from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_model
-from st_poetry.retrieval import search
+from st_poetry.retrieval import search, service
 from st_poetry.retrieval.search import INDEX_INFO, PoetryIndex, build_index, query, read_corpus
 
 
@@ -310,7 +310,7 @@ def test_a_query_of_symbols_is_searched_for_and_one_of_invisible_characters_is_r
             query(QueryConfig(queries=[text], index=str(index_dir)))
         with pytest.raises(UserError, match=re.escape(message)):
             PoetryIndex(index_dir).search([text], hybrid=False)
-    assert search.query_problem("⛰️ + 🌧") is None and search.query_problem("１２") is None
+    assert service.query_problem("⛰️ + 🌧") is None and service.query_problem("１２") is None
 
 
 def _truncate(path, size=None):

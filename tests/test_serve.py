@@ -6,6 +6,7 @@ and the expected results can be read off the text.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import re
@@ -21,11 +22,21 @@ from fastapi.testclient import TestClient
 
 from st_poetry.cli import main as cli_main
 from st_poetry.cli.options import parse_config
-from st_poetry.core.config import IndexConfig, QueryConfig, ServeConfig
+from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, ServeConfig
 from st_poetry.core.modeling import load_reranker
 from st_poetry.core.schema import CORPUS
 from st_poetry.retrieval.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
-from st_poetry.serve.app import EXAMPLES, create_app, highlight, public_name, trusted_hosts, uvicorn_options
+from st_poetry.retrieval.service import SearchOptions, SearchService
+from st_poetry.serve.app import (
+    EXAMPLES,
+    Batcher,
+    Busy,
+    create_app,
+    highlight,
+    public_name,
+    trusted_hosts,
+    uvicorn_options,
+)
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
 JSON = {"Content-Type": "application/json"}
@@ -334,7 +345,7 @@ def test_every_response_carries_the_security_headers(client, index, monkeypatch)
     def crash(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(index, "search", crash)
+    monkeypatch.setattr(index, "retrieve", crash)
     with TestClient(create_app(index, config(index)), raise_server_exceptions=False) as crashing:
         assert check(crashing.get("/api/search", params={"q": DESCRIPTION})) == 500
 
@@ -429,6 +440,211 @@ def test_serve_config_limits_and_a_missing_index(capsys, tmp_path):
         cli_main(["serve", "--index", str(tmp_path / "nothing")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith(f"error: no index at {tmp_path / 'nothing'}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one retrieval service for `just search` and `just serve`; the server's micro-batching
+
+
+def test_the_service_answers_a_batch_with_each_querys_own_options_as_it_answers_each_alone(index, tiny_reranker):
+    """What the server's micro-batching relies on: one encode for the whole batch, one retrieval per distinct
+    setting, one rerank, and every query's hits what it gets searched alone."""
+    service = SearchService(index, load_reranker(tiny_reranker), rerank_top_k=8)
+    hybrid, rrf = FusionOptions(hybrid=True), FusionOptions(hybrid=True, fusion="rrf", depth=10)
+    requests = [
+        ("空山新雨后", SearchOptions(3)),
+        ("明月", SearchOptions(5, hybrid)),
+        (DESCRIPTION, SearchOptions(3, rrf)),
+        ("春天睡醒不觉天已大亮", SearchOptions(2, rerank=True)),
+        ("孤舟蓑笠翁", SearchOptions(4, hybrid, rerank=True)),
+        ("明月", SearchOptions(39)),
+        ("🌙", SearchOptions(3, FusionOptions(alpha=0.2))),  # a dense search ignores the fusion's settings
+        ("夜来风雨声", SearchOptions(5, hybrid)),
+    ]
+    encodes, retrievals, predicts = [], [], []
+
+    def counted(calls, original):  # a wrapper that notes how many items each call gets
+        return lambda items, *args, **kwargs: calls.append(len(items)) or original(items, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index, "encode_queries", counted(encodes, index.encode_queries))
+        patch.setattr(index, "retrieve", counted(retrievals, index.retrieve))
+        patch.setattr(service.reranker, "predict", counted(predicts, service.reranker.predict))
+        batched = service.search([text for text, _ in requests], [options for _, options in requests])
+        # 6 retrieval settings (dense top 3 twice, hybrid top 5 twice); the two reranked queries' 16 pairs at once
+        assert encodes == [8] and sorted(retrievals) == [1, 1, 1, 1, 2, 2] and predicts == [16]
+    alone = [service.search([text], options)[0] for text, options in requests]
+    assert batched == alone
+    assert [len(hits) for hits in batched] == [3, 5, 3, 2, 4, 39, 3, 5]
+    assert [hits[0]["text"] for hits in batched[:3]] == ["空山新雨后", "明月松间照", "独钓寒江雪"]
+    assert all("rerank_score" in hit and "retrieval_rank" in hit for number in (3, 4) for hit in batched[number])
+    assert "rerank_score" not in batched[0][0] and "dense_score" in batched[1][0] and "dense_score" not in batched[6][0]
+
+
+def test_the_cli_and_the_server_search_through_the_one_service(capsys, monkeypatch, index):
+    calls = []
+    original = SearchService.search
+
+    def spy(self, queries, options, timing=None):
+        calls.append(list(queries))
+        return original(self, queries, options, timing)
+
+    monkeypatch.setattr(SearchService, "search", spy)
+    (printed,) = query(QueryConfig(queries=[DESCRIPTION], index=str(index.folder), top_k=3))
+    with TestClient(create_app(index, config(index, top_k=3))) as served:
+        answer = served.get("/api/search", params={"q": DESCRIPTION}).json()
+    assert calls == [[DESCRIPTION], [DESCRIPTION]]
+    assert [{key: hit[key] for key in hit if key != "poem"} for hit in answer["results"]] == printed["results"]
+
+
+def test_the_batcher_groups_waiting_requests_up_to_the_cap_and_keeps_errors_to_their_own_request():
+    seen, release = [], threading.Event()
+
+    def handle(payloads):
+        seen.append(list(payloads))
+        release.wait(10)
+        if "bad" in payloads:
+            raise ValueError("bad payload")
+        return [payload.upper() for payload in payloads]
+
+    batcher = Batcher(handle, window=0.0, max_batch=4, max_waiting=5)
+    try:
+        first = batcher.submit("a")
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:  # the thread holds "a", the model is busy
+            time.sleep(0.01)
+        # these wait meanwhile: 2 + 1 queries fit the cap of 4 with "bad", the 3-query one goes next, never split
+        waiting = [batcher.submit("b", 2), batcher.submit("bad"), batcher.submit("c"), batcher.submit("d", 3)]
+        batcher.submit("e")
+        with pytest.raises(Busy, match="5 requests are waiting"):
+            batcher.submit("f")
+        release.set()
+        assert first.result(10) == "A"
+        assert waiting[0].result(10) == "B" and waiting[2].result(10) == "C" and waiting[3].result(10) == "D"
+        with pytest.raises(ValueError, match="bad payload"):
+            waiting[1].result(10)
+    finally:
+        batcher.close()
+    # the failed batch was answered one request at a time
+    assert seen == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"], ["d", "e"]]
+    with pytest.raises(Busy, match="shutting down"):
+        batcher.submit("g")
+
+
+def test_requests_that_arrive_together_share_a_model_call_and_get_their_own_results(index):
+    """Concurrent requests with different options, through the app: answered in shared batches, each exactly as
+    the same request alone."""
+    import httpx
+
+    requests = [
+        {"q": DESCRIPTION, "k": 3},
+        {"q": "春天睡醒不觉天已大亮", "k": 5, "hybrid": "true"},
+        {"q": "明月", "k": 2, "hybrid": "true", "fusion": "rrf", "depth": 10},
+        {"q": "千山鸟飞", "k": 4},
+        {"q": "野火", "k": 1, "hybrid": "true", "alpha": 0.3},
+        {"q": "🌙", "k": 3},
+    ] * 2
+    app = create_app(index, config(index, max_k=50, hybrid=False, batch_window_ms=100))
+    searcher = app.state.searcher
+    batches = []
+    answer = searcher.answer
+    searcher.batcher.handle = lambda payloads: batches.append(len(payloads)) or answer(payloads)
+
+    async def ask_all(parallel: bool) -> list[dict]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            if parallel:
+                answers = await asyncio.gather(*(client.get("/api/search", params=params) for params in requests))
+            else:
+                answers = [await client.get("/api/search", params=params) for params in requests]
+        assert all(answer.status_code == 200 for answer in answers), [answer.text for answer in answers]
+        return [answer.json() for answer in answers]
+
+    together = asyncio.run(ask_all(parallel=True))
+    assert sum(batches) == len(requests) and max(batches) > 1  # shared model calls
+    batches.clear()
+    alone = asyncio.run(ask_all(parallel=False))
+    assert batches == [1] * len(requests)
+    assert together == alone
+    assert [len(answer["results"]) for answer in together[:6]] == [3, 5, 2, 4, 1, 3]
+    assert together[0]["results"][0]["text"] == "独钓寒江雪" and "dense_score" in together[1]["results"][0]
+    searcher.batcher.close()
+
+
+def test_a_burst_of_requests_gets_answers_or_503s_and_health_answers_throughout(index):
+    """200 concurrent requests on the real server while the model is slow: each is answered (200) or told to
+    come back (503 with Retry-After), none crashes, and /health answers while the batcher works."""
+    import httpx
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = ServeConfig(index=str(index.folder), port=port, max_waiting=24, max_batch=8, batch_window_ms=2)
+    app = create_app(index, settings)
+    searcher, busy = app.state.searcher, []  # (start, end) of every model call
+    answer = searcher.answer
+
+    def slow(payloads):  # a model call that takes a while, so requests pile up
+        start = time.monotonic()
+        time.sleep(0.2)
+        try:
+            return answer(payloads)
+        finally:
+            busy.append((start, time.monotonic()))
+
+    searcher.batcher.handle = slow
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    async def burst() -> tuple[list[httpx.Response], list[tuple[float, bool]]]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as client:
+            searches = [
+                asyncio.create_task(client.get("/api/search", params={"q": f"{DESCRIPTION}{n}", "k": 5}))
+                for n in range(200)
+            ]
+            health = []  # (sent, answered) of every /health request
+            while not all(task.done() for task in searches):
+                sent = time.monotonic()
+                response = await client.get("/health")
+                assert response.status_code == 200 and response.json()["status"] == "ok"
+                health.append((sent, time.monotonic()))
+                await asyncio.sleep(0.02)
+            return await asyncio.gather(*searches), health
+
+    try:
+        responses, health = asyncio.run(burst())
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 24 and statuses.count(503) > 0, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1" and "busy" in response.json()["detail"]
+        else:
+            assert response.json()["results"][0]["text"] == "独钓寒江雪"
+    # answered while a model call was under way: /health does not wait for the encoder
+    assert any(start < answered < end for _, answered in health for start, end in busy), (health, busy)
+    assert max(answered - sent for sent, answered in health) < 5, health
+
+
+def test_batching_options_are_checked(capsys):
+    for flags, message in (
+        (["--max-batch", "0"], "max_batch must be >= 1"),
+        (["--batch-window-ms", "-1"], "batch_window_ms must be in [0, 1000]"),
+        (["--max-waiting", "0"], "max_waiting must be >= 1"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_config(ServeConfig, flags)
+        assert message in capsys.readouterr().err
+    settings = parse_config(ServeConfig, ["--batch-window-ms", "0", "--max-batch", "64"])
+    assert (settings.batch_window_ms, settings.max_batch, settings.max_waiting) == (0, 64, 256)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -583,7 +583,7 @@ class RerankOptions:
 
 
 @dataclass
-class SearchOptions(FusionOptions, RerankOptions):
+class RetrievalOptions(FusionOptions, RerankOptions):
     """What `just search` and `just serve` share: the index, the model and backend, and how to retrieve."""
 
     # Hybrid by default: on the eval split it beat the better of dense and BM25 by 5 points of R@1 (BENCHMARKS).
@@ -596,7 +596,7 @@ class SearchOptions(FusionOptions, RerankOptions):
 
 
 @stage_config
-class QueryConfig(SearchOptions):
+class QueryConfig(RetrievalOptions):
     """Find the poem lines that modern-Chinese descriptions describe."""
 
     queries: list[str] = option((), "descriptions to search for", positional=True)
@@ -638,7 +638,7 @@ def _host_pattern(host: str) -> bool:
 
 
 @stage_config
-class ServeConfig(SearchOptions):
+class ServeConfig(RetrievalOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
 
     The search options are the server's defaults, which a request may override (hybrid=false, rerank=false, ...)."""
@@ -661,6 +661,16 @@ class ServeConfig(SearchOptions):
         "Host header names answered besides --host (and localhost, 127.0.0.1, [::1] when --host is one of them or "
         "0.0.0.0), e.g. the name a proxy or the LAN reaches it by; '*.example.org' for subdomains, '*' for any; "
         "others get a 400",
+    )
+    batch_window_ms: float = option(
+        5.0,
+        "how long the first waiting request waits for others to share its model call (0: only those already waiting)",
+        ge=0,
+        le=1000,
+    )
+    max_batch: int = option(32, "the most descriptions encoded and searched in one model call", ge=1)
+    max_waiting: int = option(
+        256, "requests waiting for the model beyond which a request gets a 503 (Retry-After)", ge=1
     )
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ An index folder holds
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ import bm25s
 import faiss
 import numpy as np
 from datasets import Dataset, load_from_disk
-from sentence_transformers import CrossEncoder, SentenceTransformer
+from sentence_transformers import SentenceTransformer
 from tqdm import tqdm
 
 from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_backend
@@ -44,7 +45,7 @@ from st_poetry.core.modeling import document_prompt, load_model, load_reranker, 
 from st_poetry.core.schema import CORPUS
 from st_poetry.retrieval.hybrid import fused_ranking
 from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
-from st_poetry.retrieval.rerank import rerank
+from st_poetry.retrieval.service import SearchOptions, SearchService, check_query, fusion_options
 
 INDEX_INFO = IndexConfig.MARKER
 FAISS_FILE = "index.faiss"
@@ -55,7 +56,6 @@ METADATA = CORPUS.names
 INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
 PROBE_TEXT = "空山新雨后，天气晚来秋。"
-EXAMPLE_QUERY = "山中下雨后傍晚的秋天"  # what a message about a bad query suggests
 # Lines encoded per call while building: the peak holds one chunk's embeddings besides the index (see add_encoded).
 ENCODE_CHUNK = 65_536
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
@@ -301,22 +301,30 @@ class PoetryIndex:
         self, queries: Sequence[str], top_k: int = 10, hybrid: bool = False, fusion: FusionOptions | None = None
     ) -> list[list[dict[str, Any]]]:
         """For each query, its top_k lines (all of them when the index has fewer) best first: rank, score and the
-        line's metadata. A query without a letter, number or symbol is an error (`check_query`).
+        line's metadata; the retrieval service's path (`SearchService`) without a reranker.
 
         score is the cosine; with `hybrid` it is the fused score (`fusion`'s settings, FusionOptions' defaults
         when None) and each hit also carries its dense_score (cosine) and bm25_score.
         """
-        for text in queries:
-            check_query(text)
-        if hybrid:
+        fusion = dataclasses.replace(fusion_options(fusion or FusionOptions()), hybrid=hybrid)
+        return SearchService(self).search(queries, SearchOptions(top_k, fusion))
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """The queries' normalized embeddings, one row each, in one model call."""
+        return encode(self.model.encode_query, queries)
+
+    def retrieve(
+        self, queries: Sequence[str], embeddings: np.ndarray, top_k: int, fusion: FusionOptions
+    ) -> list[list[dict[str, Any]]]:
+        """Each query's top_k hits from its embedding: by cosine (one faiss call for all queries), or with
+        `fusion.hybrid` fused with BM25 over the query's characters; then the lines' metadata in one read."""
+        if fusion.hybrid:
             bm25 = self.bm25
-        embeddings = encode(self.model.encode_query, queries)
-        if hybrid:
             tokenize = BM25_TOKENIZERS[self.info["bm25"]["tokens"]]
             tokens = [tokenize(text) for text in queries]  # none for a query of symbols: the dense side alone
             hits = [
                 [(i, fused, {"dense_score": dense, "bm25_score": bm25}) for i, dense, bm25, fused in row]
-                for row in fused_ranking(self.index, embeddings, bm25, tokens, fusion or FusionOptions(), top_k)
+                for row in fused_ranking(self.index, embeddings, bm25, tokens, fusion, top_k)
             ]
         else:
             scores, ids = self.index.search(embeddings, min(top_k, self.index.ntotal))
@@ -332,32 +340,6 @@ class PoetryIndex:
             [{"rank": rank, "score": score, **extra, **metadata[i]} for rank, (i, score, extra) in enumerate(row, 1)]
             for row in hits
         ]
-
-
-def query_problem(text: str) -> str | None:
-    """Why a query cannot be searched for ("is empty", ...), or None when it has a letter, number or symbol.
-
-    Symbols count (an emoji is text a description may be made of, and a tokenizer encodes it); what is left has
-    nothing to describe: whitespace, zero-width and other invisible characters, lone marks, punctuation.
-    """
-    stripped = text.strip()
-    kinds = {unicodedata.category(char)[0] for char in stripped}
-    if kinds & {"L", "N", "S"}:
-        return None
-    if not stripped:
-        return "is empty"
-    if "P" in kinds:
-        return "is punctuation only"
-    return "has no visible character (only invisible or combining ones)"
-
-
-def check_query(text: str) -> str:
-    """The query stripped; one without a letter, number or symbol (`query_problem`) is an error."""
-    problem = query_problem(text)
-    if problem:
-        what = "empty query" if not text.strip() else f"query {text.strip()!r} {problem}"
-        raise UserError(f'{what}: describe what you are looking for, e.g. "{EXAMPLE_QUERY}"')
-    return text.strip()
 
 
 def read_queries(config: QueryConfig) -> list[str]:
@@ -410,17 +392,6 @@ def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
     return "\n".join([f"» {query}", *(line.rstrip() for line in lines)])
 
 
-def reranked(
-    reranker: CrossEncoder, queries: Sequence[str], hits: Sequence[Sequence[dict[str, Any]]], k: int, top_k: int
-) -> list[list[dict[str, Any]]]:
-    """The reranker's order of each query's first k hits, cut to top_k; "rank" is the new place, the retriever's
-    place and score stay as "retrieval_rank" and "score"."""
-    return [
-        [{**hit, "rank": rank, "retrieval_rank": hit["rank"]} for rank, hit in enumerate(query_hits[:top_k], start=1)]
-        for query_hits in rerank(reranker, queries, hits, k)
-    ]
-
-
 def query(config: QueryConfig) -> list[dict[str, Any]]:
     """Search the index for every query and print a table per query (or one JSON object per line).
 
@@ -430,33 +401,30 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
     queries = read_queries(config)  # before the slow model loads
     index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
     reranker = load_reranker(config.reranker) if config.reranker else None
+    service = SearchService(index, reranker, config.rerank_top_k)
     if config.top_k > index.index.ntotal:
         print(
             f"note: --top-k {config.top_k} is more than the index's {index.index.ntotal:,} lines: all of them",
             file=sys.stderr,
         )
-    k = min(config.rerank_top_k, index.index.ntotal)
+    k = service.rerank_depth
     if reranker and k < config.rerank_top_k:
         print(
             f"note: --rerank-top-k {config.rerank_top_k} is more than the index's {k:,} lines: reranking them all",
             file=sys.stderr,
         )
-    start = time.perf_counter()
-    hits = index.search(
-        queries, max(config.top_k, k) if reranker else config.top_k, hybrid=config.hybrid, fusion=config
-    )
-    latency = {"retrieval_ms": (time.perf_counter() - start) * 1000 / len(queries)}
-    if reranker:
-        start = time.perf_counter()
-        hits = reranked(reranker, queries, hits, k, config.top_k)
-        latency["rerank_ms"] = (time.perf_counter() - start) * 1000 / len(queries)
+    seconds: dict[str, float] = {}
+    options = SearchOptions(config.top_k, fusion_options(config), rerank=reranker is not None)
+    hits = service.search(queries, options, timing=seconds)
     results = [{"query": query, "results": query_hits} for query, query_hits in zip(queries, hits, strict=True)]
     for result in results:
         if config.json:
             print(json.dumps(result, ensure_ascii=False))
         else:
             print(format_table(result["query"], result["results"]), end="\n\n")
-    timing = ", ".join(f"{name.removesuffix('_ms')} {ms:.1f} ms" for name, ms in latency.items())
+    timing = ", ".join(
+        f"{name} {seconds[name] * 1000 / len(queries):.1f} ms" for name in ("retrieval", "rerank") if name in seconds
+    )
     reranking = f" (reranking the top {k})" if reranker else ""
     print(f"{len(queries)} queries, per query: {timing}{reranking}", file=sys.stderr)
     return results

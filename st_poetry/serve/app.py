@@ -1,4 +1,4 @@
-"""The search page and JSON API: the model and index are loaded once, then every request is one encode and a scan.
+"""The search page and JSON API: the model and index are loaded once, then requests are encoded and searched.
 
     st-poetry serve --index indexes/poetry --port 8000
 
@@ -8,6 +8,9 @@
   spares the reload, and a poem unfolds with a plain <details> element;
 - `GET /health`; `GET /api/info`: the index's index.json, models and files by name, without the server's paths.
 
+Searches are micro-batched (`Batcher`): one thread owns the model and answers the requests waiting for it
+together, in one encode and one faiss call; when --max-waiting requests wait, the next is a 503.
+
 Bad input (empty, too long, non-UTF-8, k out of range) is a 4xx with a one-line `detail`; nothing a client sends
 stops the server. Every response carries SECURITY_HEADERS; a Host header the server is not known by is a 400 (a
 DNS-rebinding page reaches 127.0.0.1 under its own name) and a body over --max-body-bytes a 413.
@@ -15,12 +18,17 @@ DNS-rebinding page reaches 127.0.0.1 under its own name) and a body over --max-b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import queue
 import threading
+import time
 import typing
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import fields
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, fields
 from itertools import groupby
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +50,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from st_poetry.core.config import FusionOptions, ServeConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_reranker
-from st_poetry.retrieval.search import EXAMPLE_QUERY, PoetryIndex, query_problem, reranked
+from st_poetry.retrieval.search import PoetryIndex
+from st_poetry.retrieval.service import EXAMPLE_QUERY, SearchOptions, SearchService, fusion_options, query_problem
 
 WEB = Path(__file__).parent / "web"
 # What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but
@@ -97,26 +106,124 @@ class Queries(Options):
     queries: list[str]
 
 
-class Searcher:
-    """The index with its poems, one model call at a time, and the limits every request is checked against.
+class Busy(Exception):
+    """Too many requests are waiting for the model: the next one is a 503."""
 
-    The lock: a fast tokenizer refuses concurrent use from several threads ("Already borrowed"), and on a few
-    CPU cores parallel encodes would only compete for the same cores.
+
+@dataclass
+class Job:
+    """A request waiting for the model: what to do, how many queries it holds, where its answer goes."""
+
+    payload: Any
+    size: int
+    future: Future
+    arrived: float
+
+
+class Batcher:
+    """The model's single consumer: requests wait in a bounded queue, and one thread answers them in batches.
+
+    A fast tokenizer refuses concurrent use ("Already borrowed") and on a few CPU cores parallel encodes would
+    only compete, so one thread calls the model; a batch of queries costs it far less than the same queries one
+    by one. The first waiting request waits at most `window` seconds from its arrival (one that already waited while
+    the model was busy goes at once) for others to join, up to `max_batch` queries; a request is never split. When
+    `max_waiting` requests wait, `submit` raises Busy. `handle` gets the batch's payloads and returns their answers
+    in order; when it fails, the batch's requests are answered one at a time, so an error is only its own request's.
     """
+
+    def __init__(
+        self, handle: Callable[[list[Any]], list[Any]], window: float, max_batch: int, max_waiting: int
+    ) -> None:
+        self.handle, self.window, self.max_batch = handle, window, max_batch
+        self.jobs: queue.Queue[Job | None] = queue.Queue(max_waiting)
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, payload: Any, size: int = 1) -> Future:
+        """Queue a request; its future resolves to its answer (or raises its error). Never blocks."""
+        if self.closed:
+            raise Busy("the server is shutting down")
+        future: Future = Future()
+        try:
+            self.jobs.put_nowait(Job(payload, size, future, time.monotonic()))
+        except queue.Full:
+            raise Busy(f"{self.jobs.maxsize} requests are waiting for the model") from None
+        return future
+
+    def close(self, timeout: float = 30) -> None:
+        """Answer what is being answered, refuse the rest, stop the thread."""
+        self.closed = True
+        with contextlib.suppress(queue.Full):  # when full, the thread sees `closed` after its batch
+            self.jobs.put_nowait(None)
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        carried: Job | None = None
+        while not self.closed or carried is not None:
+            first = carried if carried is not None else self.jobs.get()
+            carried = None
+            if first is None:
+                break
+            batch, size = [first], first.size
+            while size < self.max_batch:
+                try:
+                    job = self.jobs.get(timeout=max(0.0, first.arrived + self.window - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    self.closed = True
+                    break
+                if size + job.size > self.max_batch:
+                    carried = job
+                    break
+                batch.append(job)
+                size += job.size
+            self._answer([job for job in batch if job.future.set_running_or_notify_cancel()])
+        leftover = [carried] if carried is not None else []
+        while True:
+            try:
+                leftover.append(self.jobs.get_nowait())
+            except queue.Empty:
+                break
+        for job in leftover:
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(Busy("the server is shutting down"))
+
+    def _answer(self, batch: list[Job]) -> None:
+        if not batch:
+            return
+        try:
+            answers = self.handle([job.payload for job in batch])
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+            else:
+                for job in batch:
+                    self._answer([job])
+            return
+        for job, answer in zip(batch, answers, strict=True):
+            job.future.set_result(answer)
+
+
+class Searcher:
+    """The retrieval service behind the batcher, the poems of its hits, and the limits every request is checked
+    against."""
 
     def __init__(self, index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder | None = None) -> None:
         self.index, self.config, self.reranker = index, config, reranker
+        self.service = SearchService(index, reranker, config.rerank_top_k)
         self.fusion_fields = [f.name for f in fields(FusionOptions)]
-        self.lock = threading.Lock()
         # Rows of a group in corpus order: a poem's lines. CCPM and FlagEmbedding groups are records of choices,
         # not poems; they carry no title, which is how a poem is told apart.
         self.groups: dict[str, list[int]] = defaultdict(list)
         for row, (group, title) in enumerate(zip(index.lines["group"], index.lines["title"], strict=True)):
             if group and title:
                 self.groups[group].append(row)
+        self.batcher = Batcher(self.answer, config.batch_window_ms / 1000, config.max_batch, config.max_waiting)
 
-    def check(self, queries: Sequence[str], options: Options) -> tuple[list[str], int, bool, FusionOptions]:
-        """Stripped queries, k, whether to rerank and the fusion settings, or an HTTP 400 saying what is wrong."""
+    def check(self, queries: Sequence[str], options: Options) -> tuple[list[str], SearchOptions]:
+        """Stripped queries and what the service is to do with them, or an HTTP 400 saying what is wrong."""
         limits = self.config
         k = limits.top_k if options.k is None else options.k
         rerank = self.reranker is not None if options.rerank is None else options.rerank
@@ -124,7 +231,7 @@ class Searcher:
             raise HTTPException(400, "this server has no reranker (start it with --reranker PATH): leave out rerank")
         chosen = {name: getattr(options, name) for name in self.fusion_fields if getattr(options, name) is not None}
         try:
-            fusion = FusionOptions(**{name: getattr(limits, name) for name in self.fusion_fields} | chosen)
+            fusion = FusionOptions(**vars(fusion_options(limits)) | chosen)
         except ValueError as error:
             raise HTTPException(400, str(error)) from None
         if not 1 <= k <= limits.max_k:
@@ -144,20 +251,36 @@ class Searcher:
                 raise HTTPException(
                     400, f"{where} has {len(query):,} characters; the limit is {limits.max_query_chars:,}"
                 )
-        return stripped, k, rerank, fusion
+        return stripped, SearchOptions(k, fusion, rerank)
 
-    def search(self, queries: Sequence[str], options: Options) -> list[dict[str, Any]]:
-        """`just search --json`'s objects for valid queries, every hit with its poem (None when unknown)."""
-        queries, k, rerank, fusion = self.check(queries, options)
-        depth = min(self.config.rerank_top_k, self.index.index.ntotal)
-        with self.lock:
-            try:
-                found = self.index.search(queries, max(k, depth) if rerank else k, hybrid=fusion.hybrid, fusion=fusion)
-            except UserError as error:  # a hybrid search on an index without BM25
-                raise HTTPException(400, str(error)) from None
-            if rerank:
-                found = reranked(self.reranker, queries, found, depth, k)
-        hits = [hit for hits in found for hit in hits]
+    async def search(self, queries: Sequence[str], options: Options) -> list[dict[str, Any]]:
+        """`just search --json`'s objects for valid queries, every hit with its poem (None when unknown), answered
+        by the batcher; the event loop only waits, so /health and the checks answer while the model works."""
+        queries, chosen = self.check(queries, options)
+        try:
+            found = await asyncio.wrap_future(self.batcher.submit((queries, chosen), len(queries)))
+        except Busy as error:
+            detail = f"the server is busy ({error}): retry in a moment"
+            raise HTTPException(503, detail, headers={"Retry-After": "1"}) from None
+        except UserError as error:  # a hybrid search on an index without BM25
+            raise HTTPException(400, str(error)) from None
+        return [{"query": query, "results": hits} for query, hits in zip(queries, found, strict=True)]
+
+    def answer(self, requests: list[tuple[list[str], SearchOptions]]) -> list[list[list[dict[str, Any]]]]:
+        """The batcher's handler: every request's queries in one service call, the hits' poems in one read."""
+        found = self.service.search(
+            [query for queries, _ in requests for query in queries],
+            [options for queries, options in requests for _ in queries],
+        )
+        self.add_poems([hit for hits in found for hit in hits])
+        answers, start = [], 0
+        for queries, _ in requests:
+            answers.append(found[start : start + len(queries)])
+            start += len(queries)
+        return answers
+
+    def add_poems(self, hits: list[dict[str, Any]]) -> None:
+        """Each hit's "poem": its group's whole lines, the hit's line marked, or None for a group without a title."""
         rows = sorted({row for hit in hits for row in self.groups.get(hit["group"], ())})
         texts = dict(zip(rows, self.index.lines[rows]["text"], strict=True)) if rows else {}
         for hit in hits:
@@ -165,7 +288,6 @@ class Searcher:
             poem = {key: hit[key] for key in ("title", "author", "dynasty", "group")}
             position = next((number for number, line in enumerate(lines) if hit["text"] in line), None)
             hit["poem"] = {**poem, "lines": lines, "hit": position} if lines else None
-        return [{"query": query, "results": hits} for query, hits in zip(queries, found, strict=True)]
 
 
 def whole_lines(lines: list[str]) -> list[str]:
@@ -295,8 +417,21 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
     searcher = Searcher(index, config, reranker)
     templates = Jinja2Templates(directory=WEB)
     templates.env.filters["highlight"] = highlight
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        searcher.batcher.close()
+
     # FastAPI's /docs and /redoc pages load their scripts from a CDN: off, so nothing here reaches outside.
-    app = App(title="st_poetry", summary="poem lines for modern-Chinese descriptions", docs_url=None, redoc_url=None)
+    app = App(
+        title="st_poetry",
+        summary="poem lines for modern-Chinese descriptions",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.searcher = searcher
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
     shown_info = public_info(index.info)
     footer = {
@@ -327,24 +462,25 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(error)}, status_code=422)
 
+    # Every route is async: none waits for a worker thread, so /health answers however many searches wait.
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "lines": index.index.ntotal}
 
     @app.get("/api/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         return shown_info
 
     @app.get("/api/search")
-    def search_get(query: Annotated[Query, QueryParameters()]) -> dict[str, Any]:
-        return searcher.search([query.q], query)[0]
+    async def search_get(query: Annotated[Query, QueryParameters()]) -> dict[str, Any]:
+        return (await searcher.search([query.q], query))[0]
 
     @app.post("/api/search")
-    def search_post(body: Queries) -> dict[str, Any]:
-        return {"queries": searcher.search(body.queries, body)}
+    async def search_post(body: Queries) -> dict[str, Any]:
+        return {"queries": await searcher.search(body.queries, body)}
 
     @app.get("/", response_class=HTMLResponse)
-    def page(request: Request, options: Annotated[Options, QueryParameters()], q: str = "") -> HTMLResponse:
+    async def page(request: Request, options: Annotated[Options, QueryParameters()], q: str = "") -> HTMLResponse:
         # the request's own options stay on the form, the example links and the JSON link
         chosen = {name: str(value).lower() if isinstance(value, bool) else value for name, value in options}
         chosen = {name: value for name, value in chosen.items() if value is not None}
@@ -352,7 +488,7 @@ def create_app(index: PoetryIndex, config: ServeConfig, reranker: CrossEncoder |
         status = 200
         if q.strip():
             try:
-                context["result"] = searcher.search([q], options)[0]
+                context["result"] = (await searcher.search([q], options))[0]
             except HTTPException as error:
                 context["error"], status = error.detail, error.status_code
         return templates.TemplateResponse(request, "page.html", context, status_code=status)
