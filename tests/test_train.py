@@ -575,7 +575,7 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tiny
         [sys.executable, "-m", "st_poetry", "train", *flags, "--resume"], capture_output=True, text=True, env=env
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "checkpoint-4 is incomplete" in resumed.stdout and "resuming from" in resumed.stdout
+    assert "checkpoint-4 is incomplete" in resumed.stderr and "resuming from" in resumed.stderr
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["global_step"] == 6 and (out / "modules.json").is_file()
 
