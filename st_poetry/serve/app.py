@@ -49,9 +49,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from st_poetry.core.config import FusionOptions, ServeConfig
 from st_poetry.core.errors import UserError
+from st_poetry.core.log import get_logger
 from st_poetry.core.modeling import load_reranker
 from st_poetry.retrieval.search import PoetryIndex
 from st_poetry.retrieval.service import EXAMPLE_QUERY, SearchOptions, SearchService, fusion_options, query_problem
+
+logger = get_logger(__name__)
 
 WEB = Path(__file__).parent / "web"
 # What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but
@@ -508,7 +511,7 @@ def serve(config: ServeConfig) -> None:
     index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
     app = create_app(index, config, load_reranker(config.reranker) if config.reranker else None)
     host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
-    print(
+    logger.info(
         f"serving {index.info['size']:,} lines of {config.index} at http://{host}:{config.port}/ "
         f"(Host names answered: {', '.join(trusted_hosts(config))}; more with --allowed-hosts)"
     )
