@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from st_poetry.cli import main
+from st_poetry.cli.options import parse_config
 from st_poetry.core.backends import RuntimeModel
-from st_poetry.core.config import BACKENDS, EvaluateConfig, ExportConfig, IndexConfig, parse_config
+from st_poetry.core.config import BACKENDS, EvaluateConfig, ExportConfig, IndexConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_model
 from st_poetry.core.schema import CORPUS, PAIR

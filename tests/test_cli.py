@@ -42,6 +42,18 @@ def test_the_entry_point_and_the_data_layer_load_no_torch():
     assert _loaded("import st_poetry.data.prepare") == ["opencc"]  # --poems converts to simplified script
 
 
+def test_parsing_loads_no_torch_until_a_training_stage_needs_its_trainers_fields(tmp_path):
+    """The parser is transformers' HfArgumentParser, which loads no torch; `train`'s loads the trainer's arguments."""
+    (tmp_path / "pipeline.toml").write_text('[prepare]\nworks = ["w"]\n[index]\nmodel = "m"\n', encoding="utf-8")
+    light = "from st_poetry.core.config import DownloadConfig, PipelineConfig, PrepareConfig, QueryConfig; "
+    light += "parse_config(PrepareConfig, ['--works', 'w']); parse_config(DownloadConfig, []); "
+    light += f"parse_config(QueryConfig, ['q']); parse_config(PipelineConfig, ['--config', '{tmp_path}/pipeline.toml', "
+    light += "'--stages', 'prepare', 'index'])"
+    assert _loaded(f"from st_poetry.cli.options import parse_config; {light}") == []
+    train = "from st_poetry.cli.options import parse_config; from st_poetry.core.config import TrainConfig; "
+    assert "torch" in _loaded(train + "parse_config(TrainConfig, [])")
+
+
 def test_the_query_path_loads_no_training_evaluation_plots_or_opencc():
     """sentence-transformers' own __init__ imports transformers' Trainer; ours stays out of the query path."""
     assert _loaded("import st_poetry.retrieval.search, st_poetry.serve.app") == ["torch", "sentence_transformers"]

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from st_poetry.cli import run_cli
+from st_poetry.cli.options import Parser, load_config_file, parse_config
 from st_poetry.core.config import (
     DEFAULT_MODEL,
     EvaluateConfig,
@@ -21,10 +23,6 @@ from st_poetry.core.config import (
     RerankConfig,
     TrainConfig,
     UserError,
-    build_parser,
-    load_config_file,
-    parse_config,
-    run_cli,
 )
 
 
@@ -60,8 +58,8 @@ def test_prepare_without_inputs_is_an_error(capsys):
 
 def test_unknown_config_key_names_the_file(tmp_path):
     config_file = tmp_path / "bad.json"
-    config_file.write_text(json.dumps({"learning_rate": 1}))
-    with pytest.raises(UserError, match=r"bad\.json: unknown field\(s\) learning_rate"):
+    config_file.write_text(json.dumps({"learning_rat": 1}))
+    with pytest.raises(UserError, match=r"bad\.json: unknown field\(s\) learning_rat \(did you mean learning_rate\?\)"):
         load_config_file(config_file, TrainConfig)
 
 
@@ -78,7 +76,7 @@ def test_malformed_config_file(tmp_path):
 
 
 def test_help_documents_every_field_with_its_default():
-    text = " ".join(build_parser(TrainConfig).format_help().split())
+    text = " ".join(Parser(TrainConfig).format_help().split())
     for flag in [
         "--data",
         "--model",
@@ -112,7 +110,8 @@ def test_ctrl_c_is_one_line_and_exit_code_130():
     # A real SIGINT to a running stage, as a terminal's Ctrl-C sends it.
     code = (
         "import time\n"
-        "from st_poetry.core.config import QueryConfig, run_cli\n"
+        "from st_poetry.cli import run_cli\n"
+        "from st_poetry.core.config import QueryConfig\n"
         "def stage(config):\n"
         "    print('running', flush=True)\n"
         "    time.sleep(60)\n"
@@ -215,4 +214,4 @@ def test_a_literal_field_takes_its_choices_from_its_annotation(capsys):
     with pytest.raises(SystemExit):
         parse_config(MineConfig, ["--sampling-strategy", "hardest"])
     assert "invalid choice: 'hardest'" in capsys.readouterr().err
-    assert "{top,random}" in build_parser(MineConfig).format_help()
+    assert "{top,random}" in Parser(MineConfig).format_help()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
@@ -122,3 +124,13 @@ def test_a_relative_path_that_does_not_exist_is_not_a_hub_failure(tmp_path, monk
     monkeypatch.setattr(modeling, "hf_hub_download", no_hub)
     with pytest.raises(UserError, match=r"^model folder not found: models/nope$"):
         load_model("models/nope")
+
+
+def test_the_hubs_retry_warnings_stay_out_of_the_one_line_error():
+    """An unreachable Hub makes huggingface_hub warn at each retry; load_model already says it in one line."""
+    code = (
+        "import logging, st_poetry.core.modeling; "
+        "print(logging.getLogger('huggingface_hub.utils._http').getEffectiveLevel() >= logging.ERROR)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True"

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import POEMS
 
+from st_poetry.cli.options import parse_config, stage_configs
 from st_poetry.cli.pipeline import is_fresh, newest_input, run_pipeline
-from st_poetry.core.config import PipelineConfig, parse_config
+from st_poetry.core.config import PipelineConfig
 from st_poetry.core.errors import UserError
 
 ROOT = Path(__file__).parents[1]
@@ -128,7 +129,10 @@ def test_freshness_compares_the_marker_with_every_input_file(tmp_path):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ('[train]\nlearning_rate = 1e-4\n[prepare]\nworks = ["w"]', r"\[train\]: unknown field\(s\) learning_rate"),
+        (
+            '[train]\nlearning_rat = 1e-4\n[prepare]\nworks = ["w"]',
+            r"\[train\]: unknown field\(s\) learning_rat \(did you mean learning_rate\?\)",
+        ),
         ('stages = ["train"]\n[train]\nlr = -1\n', r"\[train\] lr must be > 0"),
         ("[prepare]\n", r"\[prepare\] no input given"),
         ('stages = ["deploy"]\n', "stages must be some of prepare, mine, train, evaluate, index"),
@@ -178,13 +182,13 @@ def test_only_the_chosen_stages_need_a_section(tmp_path):
     path = tmp_path / "train-only.toml"
     path.write_text('[train]\nmodel = "m"\n', encoding="utf-8")
     config = parse_config(PipelineConfig, ["--config", str(path), "--stages", "train", "index"])
-    assert list(config.stage_configs()) == ["train", "index"]  # pipeline order, whatever the flag's order
-    assert config.stage_configs()["train"].model == "m"
+    assert list(stage_configs(config)) == ["train", "index"]  # pipeline order, whatever the flag's order
+    assert stage_configs(config)["train"].model == "m"
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.toml")), ids=lambda path: path.name)
 def test_the_shipped_presets_are_valid(preset):
-    configs = parse_config(PipelineConfig, ["--config", str(preset)]).stage_configs()
+    configs = stage_configs(parse_config(PipelineConfig, ["--config", str(preset)]))
     assert list(configs) == ["prepare", "mine", "train", "evaluate", "index"]
     assert configs["train"].model == configs["mine"].model  # the base model mines its own negatives
     assert configs["train"].data == configs["mine"].out and configs["index"].model == configs["train"].out

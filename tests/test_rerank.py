@@ -3,6 +3,7 @@ reranker, `evaluate --reranker`, `search --reranker`, and the one-line errors fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import prepared_rows
-from sentence_transformers import CrossEncoder, SentenceTransformer
-from test_train import _Interrupt, _InterruptAfterSave
+from sentence_transformers import CrossEncoder, SentenceTransformer, SentenceTransformerTrainingArguments
+from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+from test_train import _Interrupt, _InterruptAfterSave, _Stop, _StopBeforeTheFirstStep
 from transformers import BertForSequenceClassification, TrainerCallback, TrainerState
 
-from st_poetry.core.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, TrainConfig, parse_config
+from st_poetry.cli.options import parse_config, trainer_class
+from st_poetry.core.config import EvaluateConfig, IndexConfig, QueryConfig, RerankConfig, TrainConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import CROSS_ENCODER, load_model, load_reranker, model_kind
 from st_poetry.core.schema import PAIR
@@ -192,6 +195,20 @@ def test_bad_values_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_config(RerankConfig, argv)
     assert message in capsys.readouterr().err
+
+
+def test_trainer_fields_reach_the_cross_encoders_trainer(tiny_hf_model, hard_negatives_dir, tmp_path):
+    flags = ["--gradient_accumulation_steps", "2", "--report_to", "none", "--per-device-train-batch-size", "6"]
+    parsed = parse_config(RerankConfig, flags)
+    assert trainer_class(RerankConfig) is CrossEncoderTrainingArguments
+    assert trainer_class(TrainConfig) is SentenceTransformerTrainingArguments  # the classes the recipes build
+    config = _config(hard_negatives_dir, tiny_hf_model, tmp_path / "out", batch_size=parsed.batch_size)
+    started = _StopBeforeTheFirstStep()
+    with pytest.raises(_Stop):
+        train(dataclasses.replace(config, trainer=parsed.trainer), callbacks=[started])
+    args = started.args
+    assert isinstance(args, CrossEncoderTrainingArguments)
+    assert (args.gradient_accumulation_steps, args.report_to, args.per_device_train_batch_size) == (2, [], 6)
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from st_poetry.cli import main
-from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_config
+from st_poetry.cli.options import parse_config
+from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_model
 from st_poetry.retrieval import search, service

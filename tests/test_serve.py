@@ -25,7 +25,8 @@ from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
 from fastapi.testclient import TestClient
 
 from st_poetry.cli import main as cli_main
-from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, ServeConfig, parse_config
+from st_poetry.cli.options import parse_config
+from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, ServeConfig
 from st_poetry.core.modeling import load_reranker
 from st_poetry.core.schema import CORPUS
 from st_poetry.retrieval.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query

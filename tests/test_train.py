@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -18,7 +19,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from transformers import TrainerCallback
 
-from st_poetry.core.config import BGE_QUERY_INSTRUCTION, TrainConfig, parse_config
+from st_poetry.cli import main as cli_main
+from st_poetry.cli.options import parse_config, stage_configs
+from st_poetry.core.config import BGE_QUERY_INSTRUCTION, PipelineConfig, TrainConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import write_jsonl
 from st_poetry.core.schema import CORPUS, MINED, PAIR, mined_row
@@ -234,6 +237,117 @@ def test_the_final_model_joins_out_whole_or_not_at_all(tiny_st_model, tmp_path, 
     monkeypatch.undo()
     publish_model(model, out)  # a rerun completes it
     assert SentenceTransformer(str(out)).prompts["query"] == "query: "
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every training argument: the trainer's fields beside ours, on the command line and in a [train] section
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopBeforeTheFirstStep(TrainerCallback):
+    """Keeps the arguments and the model the trainer starts with, and ends the run before its first step."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.args, self.model = args, model
+        raise _Stop
+
+
+def _trainer_start(config: TrainConfig) -> _StopBeforeTheFirstStep:
+    stop = _StopBeforeTheFirstStep()
+    with pytest.raises(_Stop):
+        train(config, callbacks=[stop])
+    return stop
+
+
+@pytest.mark.parametrize("source", ["flags", "toml"])
+def test_trainer_fields_reach_the_trainer(source, mined_dir, tiny_st_model, tmp_path):
+    out = tmp_path / "out"
+    ours = {"data": str(mined_dir), "model": tiny_st_model, "out": str(out), "max_steps": 2, "eval_steps": 2}
+    ours |= {"batch_size": 4, "mini_batch_size": 2}
+    theirs = {"gradient_accumulation_steps": 2, "gradient_checkpointing": True, "report_to": ["none"]}
+    if source == "flags":
+        flags = [f"--{name.replace('_', '-')}={value}" for name, value in ours.items()]
+        flags += ["--gradient_accumulation_steps", "2", "--gradient_checkpointing", "--report_to", "none"]
+        config = parse_config(TrainConfig, [*flags, "--learning_rate", "3e-5", "--weight-decay", "0.1"])
+    else:
+        preset = tmp_path / "preset.toml"
+        section = {**ours, **theirs, "lr": 3e-5, "weight_decay": 0.1}
+        preset.write_text("[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in section.items()))
+        config = stage_configs(parse_config(PipelineConfig, ["--config", str(preset), "--stages", "train"]))["train"]
+    started = _trainer_start(config)
+    args = started.args
+    assert (args.gradient_accumulation_steps, args.gradient_checkpointing, args.report_to) == (2, True, [])
+    assert started.model[0].auto_model.is_activation_checkpointing  # the library's new name for it
+    assert (args.learning_rate, args.weight_decay, args.per_device_train_batch_size) == (3e-5, 0.1, 4)
+    # what the stage sets around them: its defaults, and the fields it derives
+    assert args.per_device_eval_batch_size == 4 and args.batch_sampler == "no_duplicates"
+    assert args.output_dir == str(out / CHECKPOINTS) and args.run_name == "out" and args.save_steps == 2
+    assert args.load_best_model_at_end and args.metric_for_best_model == NDCG
+
+
+def test_a_trainer_field_given_takes_over_the_stages_default(mined_dir, tiny_st_model, tmp_path):
+    flags = ["--per_device_eval_batch_size", "3", "--batch_sampler", "batch_sampler", "--lr_scheduler_type", "constant"]
+    config = parse_config(TrainConfig, flags)
+    config = _config(mined_dir, tiny_st_model, tmp_path / "out", trainer=config.trainer)
+    args = _trainer_start(config).args
+    assert (args.per_device_eval_batch_size, args.batch_sampler, args.lr_scheduler_type) == (
+        3,
+        "batch_sampler",
+        "constant",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--gradient_acumulation_steps", "2"], "unrecognized arguments: --gradient_acumulation_steps 2"),
+        (["--gradient_accumulation_steps", "two"], "invalid int value: 'two'"),
+        (["--output_dir", "x"], "unrecognized arguments: --output_dir x"),  # the stage's: --out
+        (["--lr_scheduler_type", "sometimes"], "invalid choice: 'sometimes'"),
+    ],
+)
+def test_a_bad_trainer_flag_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(TrainConfig, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("error:") == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("gradient_acumulation_steps = 2", r"unknown field\(s\) gradient_acumulation_steps \(did you mean gradient_a"),
+        ('gradient_accumulation_steps = "2"', "gradient_accumulation_steps must be an integer, got '2'"),
+        ('output_dir = "x"', "output_dir is set by the stage: --out/checkpoints"),
+    ],
+)
+def test_a_bad_trainer_field_in_a_file_is_one_line_naming_it(line, message, tmp_path, capsys):
+    path = tmp_path / "train.toml"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(TrainConfig, ["--config", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and str(path) in err
+    assert re.search(message, err), err
+
+
+def test_trainer_arguments_the_library_refuses_are_one_line(mined_dir, tiny_st_model, tmp_path):
+    config = _config(mined_dir, tiny_st_model, tmp_path / "out", trainer={"dataloader_prefetch_factor": 2})
+    with pytest.raises(UserError, match=r"^training arguments: --dataloader_prefetch_factor can only be set when"):
+        train(config)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_help_lists_the_trainer_fields(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--gradient_accumulation_steps", "--gradient_checkpointing", "--report_to", "--learning_rate"):
+        assert flag in text
+    assert "--output_dir" not in text  # the stage derives it from --out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -461,7 +575,7 @@ def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tiny
         [sys.executable, "-m", "st_poetry", "train", *flags, "--resume"], capture_output=True, text=True, env=env
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "checkpoint-4 is incomplete" in resumed.stdout and "resuming from" in resumed.stdout
+    assert "checkpoint-4 is incomplete" in resumed.stderr and "resuming from" in resumed.stderr
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["global_step"] == 6 and (out / "modules.json").is_file()
 

@@ -8,7 +8,8 @@ The commands are `st_poetry.cli.COMMANDS` (command -> its config class), so a ne
 the dispatcher knows it. `commands()` is the one function that knows how a command's parser is built: a new CLI
 library changes that function and nothing else. The hook imports only `st_poetry.cli`, `st_poetry.core.config` and
 `st_poetry.core.schema`, which load no torch (import-linter's contract, checked again below), so the site builds
-in seconds.
+in seconds; a training command's reference lists its own options, and its --help's closing note says that every
+field of the trainer's arguments is one too (documented by sentence-transformers).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's st_poetry, not a copy installed elsewhere
 
 _TORCH_BEFORE = "torch" in sys.modules
-from st_poetry.cli import COMMANDS  # noqa: E402
-from st_poetry.core import config, schema  # noqa: E402
+from st_poetry.cli import COMMANDS, options  # noqa: E402
+from st_poetry.core import schema  # noqa: E402
 
 if "torch" in sys.modules and not _TORCH_BEFORE:
     raise PluginError("docs/hooks/cli_reference.py: importing st_poetry.cli or st_poetry.core loaded torch")
@@ -43,7 +44,7 @@ def commands() -> Iterator[tuple[str, str]]:
     by_recipe = {command: recipe for recipe, command in _recipe_commands().items()}
     for name, (cls, _runner) in COMMANDS.items():
         prog = f"just {by_recipe[name]}" if name in by_recipe else f"st-poetry {name}"
-        parser = config.build_parser(cls, prog=prog)
+        parser = options.Parser(cls, prog=prog, trainer=False)  # the trainer's fields would import torch
         parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=HELP_WIDTH, max_help_position=30)
         yield prog, parser.format_help()
 

@@ -1,19 +1,22 @@
 """`st-poetry COMMAND [options]`: every stage behind one entry point; the Justfile's recipes are its aliases.
 
 A command's module is imported only once its options are parsed, so `--help`, `prepare` and `download` never pay
-for torch. Options come from the stage's config dataclass (st_poetry.core.config): defaults < `--config FILE`
-< flags.
+for torch. Options come from the stage's config dataclass (st_poetry.core.config), parsed by st_poetry.cli.options:
+defaults < `--config FILE` < flags.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from st_poetry.core import config as configs
+from st_poetry.core.errors import INTERRUPTED_EXIT, MACHINE_ERRNOS, UserError, describe_os_error
 from st_poetry.core.log import apply_cli_verbosity
+
+C = TypeVar("C")
 
 # command -> (its config class, "module:function" that runs it)
 COMMANDS: dict[str, tuple[type, str]] = {
@@ -45,6 +48,29 @@ def run_command(name: str, config: Any) -> Any:
     return getattr(importlib.import_module(module), function)(config)
 
 
+def run_cli(
+    cls: type[C], stage: Callable[[C], Any], argv: Sequence[str] | None = None, prog: str | None = None
+) -> None:
+    """The whole `__main__` of a stage: parse and run, and end in one line on stderr instead of a traceback for
+    a UserError (exit code 2), a machine error such as a full disk (1), or Ctrl-C (130)."""
+    from st_poetry.cli.options import parse_config  # (transformers' parser: not for `st-poetry --help`)
+
+    config = parse_config(cls, argv, prog)
+    try:
+        stage(config)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    except OSError as error:
+        if error.errno not in MACHINE_ERRNOS:
+            raise
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = apply_cli_verbosity(sys.argv[1:] if argv is None else argv)  # -v/-q, anywhere, for every command
     if argv[:1] in (["-h"], ["--help"]):
@@ -55,4 +81,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{usage()}\n\nerror: {given}: choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(2)
     name = argv[0]
-    configs.run_cli(COMMANDS[name][0], lambda config: run_command(name, config), argv[1:], prog=f"{PROG} {name}")
+    run_cli(COMMANDS[name][0], lambda config: run_command(name, config), argv[1:], prog=f"{PROG} {name}")

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from st_poetry.cli import run_command
+from st_poetry.cli.options import stage_configs
 from st_poetry.core.config import FitConfig, PipelineConfig, input_paths
 from st_poetry.core.files import recover_set_aside, replaced_when_complete
 from st_poetry.core.log import get_logger
@@ -48,7 +49,7 @@ def is_fresh(marker: Path, inputs: Iterable[str]) -> bool:
 def run_pipeline(config: PipelineConfig) -> dict[str, str]:
     """Run the chosen stages in order, skipping fresh ones unless forced; returns each stage's outcome."""
     outcomes: dict[str, str] = {}
-    for name, stage_config in config.stage_configs().items():
+    for name, stage_config in stage_configs(config).items():
         out, marker_name = Path(stage_config.out), type(stage_config).MARKER
         replacing = name == "train" and not stage_config.resume
         if replacing:

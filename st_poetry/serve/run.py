@@ -16,6 +16,9 @@ from typing import Any
 
 from st_poetry.core.config import IndexConfig, ServeConfig
 from st_poetry.core.errors import UserError
+from st_poetry.core.log import get_logger
+
+logger = get_logger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 # `serve --workers N` hands its ServeConfig to the worker processes in this environment variable, as JSON.
@@ -71,12 +74,12 @@ def serve(config: ServeConfig) -> None:
 
         app = load_app(config)
         lines = app.state.searcher.index.info["size"]
-        print(f"serving {lines:,} lines of {config.index} at http://{host}:{config.port}/ {hosts}")
+        logger.info(f"serving {lines:,} lines of {config.index} at http://{host}:{config.port}/ {hosts}")
         uvicorn.run(app, **uvicorn_options(config))
         return
     lines = index_size(Path(config.index))
     os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
-    print(
+    logger.info(
         f"serving {lines:,} lines of {config.index} at http://{host}:{config.port}/ with {config.workers} worker "
         f"processes {hosts}"
     )

@@ -413,7 +413,7 @@ class Recipe:
     model: SentenceTransformer | CrossEncoder  # its model card data filled in
     trainer_class: type[Trainer]
     args_class: type[TrainingArguments]
-    args: dict[str, Any]  # training arguments only this stage sets (prompts, batch sampler)
+    args: dict[str, Any]  # training arguments this stage chooses (prompts; a batch sampler a config may override)
     loss: Callable[[TrainingArguments], torch.nn.Module]  # built once the arguments say how many processes run
     evaluator: Callable[[Any], dict[str, float]]  # a sentence-transformers evaluator
     best: str  # the evaluator's metric key that picks the best checkpoint
@@ -493,36 +493,36 @@ def fit(
     out = Path(config.out)
     model = recipe.model
 
-    # 3. Training arguments. --batch-size is per process.
+    # 3. Training arguments: the stage's defaults, then the config's (its fields that name a trainer argument, then
+    #    every other one given), then what the stage derives. --batch-size is per process.
     metric_for_best = f"eval_{recipe.best}"
-    args = recipe.args_class(
-        output_dir=str(out / CHECKPOINTS),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.lr,
-        warmup_steps=config.warmup,  # transformers 5: a float below 1 is a share of all steps
-        seed=config.seed,
-        **_device_args(),
+    given = config.training_arguments()
+    defaults = {
+        "per_device_eval_batch_size": config.batch_size,
+        "report_to": ["tensorboard"] if find_spec("tensorboard") else "none",
+        "restore_callback_states_from_checkpoint": True,  # early stopping resumes with its patience count
+        **({} if given.keys() & {"use_cpu", "bf16", "fp16"} else _device_args()),
         **recipe.args,
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.eval_steps * config.save_every_evals,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=metric_for_best,
-        greater_is_better=True,
-        restore_callback_states_from_checkpoint=True,  # early stopping resumes with its patience count
-        logging_steps=config.logging_steps,
-        report_to=["tensorboard"] if find_spec("tensorboard") else "none",
-        run_name=out.name,
-    )
+    }
+    derived = {  # FitConfig.DERIVED: the best checkpoint, by the evaluator, becomes the final model
+        "output_dir": str(out / CHECKPOINTS),
+        "run_name": out.name,
+        "eval_strategy": "steps",
+        "save_strategy": "steps",
+        "save_steps": config.eval_steps * config.save_every_evals,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": metric_for_best,
+        "greater_is_better": True,
+    }
+    try:
+        args = recipe.args_class(**defaults | given | derived)
+    except (TypeError, ValueError) as error:  # a trainer argument the library refuses
+        raise UserError(f"training arguments: {error}") from None
     is_main = args.process_index == 0
     kind = CROSS_ENCODER if isinstance(model, CrossEncoder) else BI_ENCODER
     resume_from = _resume_checkpoint(out, config.resume, is_main, kind)
-    steps_per_epoch = math.ceil(len(data.train) / (config.batch_size * args.world_size))
+    samples_per_step = config.batch_size * args.world_size * args.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(data.train) / samples_per_step)
     total_steps = config.max_steps if config.max_steps > 0 else math.floor(config.epochs * steps_per_epoch)
     if total_steps < config.eval_steps:
         raise UserError(
@@ -592,7 +592,7 @@ def fit(
     log = [base_record, *state.log_history]
     best_label = next((label for label, key in recipe.headline.items() if key == recipe.best), recipe.best)
     plot_training_curves(log, out / CURVES, metric=metric_for_best, metric_label=best_label)
-    speed = _training_speed(state.log_history, checkpoint_step(resume_from), config.batch_size * args.world_size)
+    speed = _training_speed(state.log_history, checkpoint_step(resume_from), samples_per_step)
     summary = TrainSummary(
         model=config.model,
         out=str(out),
