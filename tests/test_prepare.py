@@ -4,8 +4,6 @@ import errno
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -476,15 +474,6 @@ def test_cli_prints_a_summary_and_reports_user_errors_in_one_line(tmp_path, caps
         cli_main(["prepare", "--works", str(tmp_path / "nope.json")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: --works: no such file or folder: {tmp_path / 'nope.json'}"
-
-
-def test_prepare_does_not_import_torch():
-    code = (
-        "import sys, st_poetry.data.prepare; "
-        "print(sorted(m for m in ('torch', 'sentence_transformers') if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
 
 
 def test_group_falls_back_to_the_record_index_without_an_id(tmp_path):

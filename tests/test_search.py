@@ -234,7 +234,7 @@ def test_hnsw_index_builds_and_finds_the_same_lines(capsys, tmp_path, tiny_hf_mo
 def test_index_and_search_from_the_command_line(capsys, tmp_path, tiny_hf_model, prepared_dir):
     out = tmp_path / "cli-index"
     main(["index", "--model", tiny_hf_model, "--corpus", str(prepared_dir / "corpus.jsonl"), "--out", str(out)])
-    assert "indexed 38 lines" in capsys.readouterr().out
+    assert "indexed 38 lines" in capsys.readouterr().err
     main(["search", "--index", str(out), "--top-k", "1", "--json", "疑是地上霜"])
     assert json.loads(capsys.readouterr().out)["results"][0]["title"] == "静夜思"
 

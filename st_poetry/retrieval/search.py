@@ -47,7 +47,7 @@ from st_poetry.core import tables
 from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_backend
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import atomic_output_dir, check_output_dir, decode_text, write_json
-from st_poetry.core.log import get_logger
+from st_poetry.core.log import get_logger, progress_off
 from st_poetry.core.modeling import document_prompt, load_model, load_reranker, query_prompt
 from st_poetry.core.schema import CORPUS
 from st_poetry.retrieval.hybrid import fused_ranking
@@ -139,7 +139,7 @@ def add_encoded(
     clipped to it. `keep(start, embeddings)` gets each chunk's exact embeddings besides (for the rescoring file).
     """
     encoding = adding = 0.0
-    with tqdm(total=len(texts), desc="encoding", unit=" lines", unit_scale=True) as bar:
+    with tqdm(total=len(texts), desc="encoding", unit=" lines", unit_scale=True, disable=progress_off()) as bar:
         for start in range(0, len(texts), ENCODE_CHUNK):
             chunk = texts[start : start + ENCODE_CHUNK]
             began = time.perf_counter()
@@ -178,7 +178,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
         index, model, texts, config.batch_size, keep if exact is not None else None
     )
     start = time.perf_counter()
-    bm25 = build_bm25(texts, BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=True)
+    bm25 = build_bm25(texts, BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=not progress_off())
     index_seconds = add_seconds + time.perf_counter() - start
 
     info = {
@@ -210,7 +210,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
         write_json(tmp / INDEX_INFO, info)
 
     size_mb, bm25_mb = _folder_mb(Path(config.out)), _folder_mb(Path(config.out) / BM25_DIR)
-    print(
+    logger.info(
         f"indexed {index.ntotal:,} lines from {config.corpus} with {config.model} (--backend {config.backend})\n"
         f"  {info['embedding_dim']}-dim, {config.index_type} index, prompts {info['prompts']}\n"
         f"  encoding {encode_seconds:.1f}s ({index.ntotal / max(encode_seconds, 1e-9):.0f} lines/s), "
