@@ -57,8 +57,9 @@ search *args:
 serve *args:
     {{python}} -m st_poetry serve "$@"
 
-# prepare -> mine -> train -> evaluate -> index from one TOML file (--config configs/cpu-e5-small.toml)
+# the whole job, download -> ... -> index -> a demo query, from one TOML file (default: the CPU preset)
 pipeline *args:
+    case " $* " in *" --config "*|*" --config="*) ;; *) set -- --config configs/cpu-e5-small.toml "$@";; esac; \
     {{python}} -m st_poetry pipeline "$@"
 
 # the benchmarks: `just bench --list`, `just bench NAME [ARGS]` (scripts/bench_NAME.py) -> benchmarks/results/NAME.json

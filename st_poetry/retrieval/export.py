@@ -29,7 +29,7 @@ from sentence_transformers import SentenceTransformer
 from st_poetry.core.backends import require
 from st_poetry.core.config import BACKENDS, ExportConfig
 from st_poetry.core.errors import UserError
-from st_poetry.core.files import atomic_output_dir
+from st_poetry.core.files import atomic_output_dir, write_json
 from st_poetry.core.log import get_logger
 from st_poetry.core.modeling import document_prompt, load_model, query_prompt
 from st_poetry.core.schema import CORPUS, read_split, require_files
@@ -183,4 +183,5 @@ def export(config: ExportConfig) -> dict[str, Any]:
     ]
     table = format_table(["--backend", "file", "MB", "min cosine to torch"], rows, align="llr", indent="  ")
     logger.info(f"\nexported {folder}:\n{table}")
+    write_json(folder / ExportConfig.MARKER, report)  # last: every file is in place and checked
     return report
