@@ -12,18 +12,17 @@ else. Times are compared, not settings: after editing a section, run that stage 
 stages after it then see a newer input and follow. A rerun of train replaces the earlier run in its `out` only once
 the new model is complete (files.replaced_when_complete).
 
-Each stage runs as its own `st-poetry STAGE --config SECTION.json` process: the kernel reports its wall time and
-peak memory (what the summary table shows), and what one stage held is returned to the OS before the next starts.
+Each stage runs as its own `st-poetry STAGE --config SECTION.json` process, started through measure.py: the kernel
+reports its wall time and peak memory (what the summary table shows), and what one stage held is returned to the OS
+before the next starts.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,6 +36,7 @@ from st_poetry.core.log import get_logger, verbosity_flags
 from st_poetry.core.tables import format_table
 
 logger = get_logger(__name__)
+MEASURE = Path(__file__).with_name("measure.py")  # the launcher that measures a stage (its docstring says why)
 
 
 def newest_input(paths: Iterable[str], ignore: Path | None = None) -> float | None:
@@ -62,22 +62,18 @@ def is_fresh(marker: Path, inputs: Iterable[str]) -> bool:
 def run_stage(name: str, section: dict[str, Any]) -> dict[str, Any]:
     """Run `st-poetry NAME` on its section in a process of its own; its exit code, wall seconds and peak RSS."""
     with tempfile.TemporaryDirectory(prefix="st-poetry-pipeline-") as folder:
-        config = Path(folder) / f"{name}.json"
+        config, result = Path(folder) / f"{name}.json", Path(folder) / "result.json"
         config.write_text(json.dumps(section, ensure_ascii=False), encoding="utf-8")
-        command = [sys.executable, "-m", "st_poetry", name, "--config", str(config), *verbosity_flags()]
-        start = time.perf_counter()
-        process = subprocess.Popen(command)
+        stage = [sys.executable, "-m", "st_poetry", name, "--config", str(config), *verbosity_flags()]
+        process = subprocess.Popen([sys.executable, "-I", str(MEASURE), str(result), *stage])
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
         except KeyboardInterrupt:  # Ctrl-C reached the stage too: it ends in its own words, then the pipeline
             process.wait()
             raise
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return {
-        "exit_code": process.returncode,
-        "seconds": round(time.perf_counter() - start, 1),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024),  # KiB on Linux
-    }
+        if process.returncode:
+            raise RuntimeError(f"the stage launcher {MEASURE} failed (exit code {process.returncode})")
+        return json.loads(result.read_text(encoding="utf-8"))
 
 
 def run_pipeline(config: PipelineConfig) -> dict[str, dict[str, Any]]:
