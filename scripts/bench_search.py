@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tmp", default=None, help="folder for the index files whose size is measured")
     parser.add_argument("--out", type=Path, default=Path(".bench/bench_search.json"))
+    parser.add_argument("--result", help="result name (default: search, or search-compressed with --queries-from)")
     args = parser.parse_args()
     types = [] if args.no_hnsw else args.types
 
@@ -268,7 +269,8 @@ def main() -> None:
         summary[f"{kind} recall@{args.k}"] = round(row["recall"], 4)
         summary[f"{kind} b={args.batches[0]} p50 ms"] = round(row["latency"][0]["p50_ms"], 2)
         summary[f"{kind} file MB"] = round(row["size_mb"])
-    write_result("search" if not args.queries_from else "search-compressed", report, args, summary=summary)
+    name = args.result or ("search" if not args.queries_from else "search-compressed")
+    write_result(name, report, args, summary=summary)
 
 
 if __name__ == "__main__":

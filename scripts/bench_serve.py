@@ -269,6 +269,7 @@ def main() -> None:
     parser.add_argument("--screenshot", type=Path, help="write the page's screenshot here (and a -phone one)")
     parser.add_argument("--memory-workers", type=int, nargs="+", help="measure memory of these --workers instead")
     parser.add_argument("--out", type=Path, default=Path(".bench/bench_serve.json"))
+    parser.add_argument("--result", help="result name (default: serve, or serve-memory with --memory-workers)")
     args = parser.parse_args()
     work = args.out.parent
     work.mkdir(parents=True, exist_ok=True)
@@ -292,7 +293,7 @@ def main() -> None:
         report["workers"] = {n: worker_memory(args, n, queries, work) for n in args.memory_workers}
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         summary = {f"{n} workers, sum of PSS MB": row["sum"]["pss"] for n, row in report["workers"].items()}
-        write_result("serve-memory", report, args, summary=summary)
+        write_result(args.result or "serve-memory", report, args, summary=summary)
         return
     port, log = free_port(), work / "serve.log"
     with open(log, "w", encoding="utf-8") as handle:
@@ -335,7 +336,9 @@ def main() -> None:
     print(f"wrote {args.out}")
     latency = report["load"]["latency_ms"]
     summary = {"p50 ms": latency["p50"], "p95 ms": latency["p95"], "requests/s": report["load"]["requests_per_s"]}
-    write_result("serve", report, args, summary=summary | {"errors": sum(report["load"]["errors"].values())})
+    write_result(
+        args.result or "serve", report, args, summary=summary | {"errors": sum(report["load"]["errors"].values())}
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_model
 from st_poetry.core.schema import CORPUS, PAIR
 from st_poetry.evaluation.evaluate import evaluate
+from st_poetry.retrieval.encoder import ExportedEncoder, open_encoder
 from st_poetry.retrieval.export import export
 from st_poetry.retrieval.search import (
     INDEX_INFO,
@@ -134,7 +136,7 @@ def test_index_records_its_backend_and_queries_use_it(tmp_path, exported_model, 
     info = json.loads((out / INDEX_INFO).read_text(encoding="utf-8"))
     assert (info["backend"], info["model_file"]) == ("onnx", "onnx/model.onnx")
     index = PoetryIndex(out)
-    assert index.backend == "onnx" and isinstance(index.model[0].auto_model, RuntimeModel)
+    assert index.backend == "onnx" and isinstance(index.model, ExportedEncoder)  # the query path needs no torch
     # torch encodes like the fp32 export: the probe accepts it
     assert PoetryIndex(out, backend="torch").search(["空山新雨后"], top_k=1)[0][0]["text"] == "空山新雨后"
 
@@ -186,3 +188,41 @@ def test_probe_threshold_lets_another_backend_of_the_same_weights_through(tmp_pa
                 PoetryIndex(out, backend=backend)
             reported = float(re.search(r"probe cosine (\d\.\d+)", str(refused.value)).group(1))
             assert reported == pytest.approx(cosine, abs=margin), backend
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_the_torch_free_encoder_encodes_like_sentence_transformers(exported_model, backend):
+    light = open_encoder(exported_model, max_seq_length=12, backend=backend)
+    library = load_model(exported_model, max_seq_length=12, backend=backend)
+    assert isinstance(light, ExportedEncoder) and light.prompts == library.prompts
+    texts = [*TEXTS, " 前后有空格 ", "长" * 40]  # spaces kept as the library keeps them; a long text cut at 12 tokens
+    for encode in ("encode_query", "encode_document"):
+        got, expected = getattr(light, encode)(texts, batch_size=4), getattr(library, encode)(texts)
+        if backend == "onnx-int8":  # activations quantized per batch: other batches, other rounding
+            assert _cosines(got, expected).min() > 0.9999
+        else:
+            np.testing.assert_allclose(got, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=2e-5)
+    assert light.get_embedding_dimension() == library.get_embedding_dimension()
+
+
+def test_a_model_the_light_encoder_cannot_reproduce_is_loaded_by_sentence_transformers(tmp_path, exported_model):
+    assert not isinstance(open_encoder(exported_model, max_seq_length=12, backend="torch"), ExportedEncoder)
+    folder = tmp_path / "max-pooled"
+    shutil.copytree(exported_model, folder)
+    pooling = folder / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({**json.loads(pooling.read_text()), "pooling_mode": "max"}), encoding="utf-8")
+    model = open_encoder(str(folder), max_seq_length=12, backend="onnx")
+    assert isinstance(model[0].auto_model, RuntimeModel) and model[1].pooling_mode == "max"
+
+
+def test_searching_an_exported_index_loads_no_torch(tmp_path, exported_model, prepared_dir):
+    out = tmp_path / "index"
+    config = IndexConfig(model=exported_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out), backend="onnx")
+    build_index(config)
+    code = (
+        "import sys; from st_poetry.retrieval.search import PoetryIndex; "
+        f"hit = PoetryIndex({str(out)!r}).search(['空山新雨后'], top_k=1, hybrid=True)[0][0]; "
+        "print(hit['text'], *[m for m in ('torch', 'sentence_transformers') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["空山新雨后"]

@@ -147,3 +147,10 @@ def test_the_table_pads_short_rows_indents_and_writes_markdown():
     ]
     with pytest.raises(ValueError, match="l or r"):
         format_table(["a"], [["b"]], align="c")
+
+
+@pytest.mark.parametrize("flags", [[], ["-q"], ["-qq"], ["-v"], ["-vv"]])
+def test_the_verbosity_a_command_passes_on_is_the_one_it_was_given(flags):
+    """The pipeline runs each stage as its own command with these flags."""
+    log.apply_cli_verbosity(flags)
+    assert log.verbosity_flags() == flags

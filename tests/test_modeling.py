@@ -11,7 +11,8 @@ from st_poetry.cli import main as cli_main
 from st_poetry.core import modeling
 from st_poetry.core.config import TrainConfig
 from st_poetry.core.errors import UserError
-from st_poetry.core.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.core.modeling import load_model, load_reranker
+from st_poetry.core.prompts import document_prompt, query_prompt
 from st_poetry.training.train import load_base_model
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from st_poetry.cli import main
 from st_poetry.cli.options import parse_config
+from st_poetry.core import modeling
 from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.modeling import load_model
@@ -198,7 +199,7 @@ def test_a_foreign_out_folder_is_refused_before_the_model_is_loaded(monkeypatch,
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before --out was checked")
 
-    monkeypatch.setattr(search, "load_model", no_model)
+    monkeypatch.setattr(modeling, "load_model", no_model)  # (search imports it when it builds)
     config = IndexConfig(model="unused", corpus=str(prepared_dir / "corpus.jsonl"), out=str(out))
     with pytest.raises(UserError, match=rf"refusing to overwrite {out}: it is not empty and has no {INDEX_INFO}"):
         build_index(config)

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/, for
 from benchlib import run_timed
 
 from st_poetry.core.files import write_jsonl
-from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.modeling import load_model
+from st_poetry.core.prompts import document_prompt, query_prompt
 from st_poetry.core.schema import PAIR
 
 

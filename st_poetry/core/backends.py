@@ -9,11 +9,8 @@ stay the library's, only the forward pass changes.
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,43 +21,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import sha256
-
-# the extra that installs each runtime's packages: `pip install -e ".[onnx]"`
-EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "onnxscript": "onnx", "openvino": "openvino", "nncf": "openvino"}
-
-
-def require(module: str) -> ModuleType:
-    """Import an optional runtime package, or fail in one line naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        extra = EXTRAS[module]
-        raise UserError(f"{module} is not installed: pip install -e '.[{extra}]' (the {extra} extra)") from None
-
-
-def _open_onnx(path: Path) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], list[str]]:
-    ort = require("onnxruntime")
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...) derive from Exception
-        raise UserError(
-            f"{path} is not a loadable ONNX model ({str(error).splitlines()[0]}): "
-            f"re-export it with `just export --model {path.parent.parent}`"
-        ) from None
-    return (lambda feed: session.run(None, feed)[0]), [graph_input.name for graph_input in session.get_inputs()]
-
-
-def _open_openvino(path: Path) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], list[str]]:
-    ov = require("openvino")
-    try:
-        # f32: on a CPU with bf16 (this one) OpenVINO would otherwise compute in bf16 by default
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    except RuntimeError:
-        raise UserError(
-            f"{path} is not a loadable OpenVINO model (or its .bin is missing or damaged): "
-            f"re-export it with `just export --model {path.parent.parent} --backend openvino`"
-        ) from None
-    return (lambda feed: compiled(feed)[0]), [graph_input.any_name for graph_input in compiled.inputs]
+from st_poetry.core.runtimes import open_graph
 
 
 class RuntimeModel(torch.nn.Module):
@@ -76,7 +37,7 @@ class RuntimeModel(torch.nn.Module):
         self.config = config
         self.runtime = runtime
         self.path = path
-        self.run, self.input_names = (_open_onnx if runtime == "onnx" else _open_openvino)(path)
+        self.run, self.input_names = open_graph(runtime, path)
         self.register_buffer("file_sha256", torch.tensor(list(bytes.fromhex(sha256(path))), dtype=torch.uint8))
 
     def forward(

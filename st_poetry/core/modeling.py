@@ -30,6 +30,7 @@ from st_poetry.core.backends import exported_sentence_transformer, exported_tran
 from st_poetry.core.config import parse_backend
 from st_poetry.core.errors import UserError
 from st_poetry.core.log import get_logger, get_verbosity, sync_libraries
+from st_poetry.core.prompts import QUERY_PROMPT, query_prompt
 
 sync_libraries()  # sentence-transformers and transformers are imported now: give them -q/-v
 # The Hub client warns at every retry of a host it cannot reach; load_model reports that failure in one line (-v
@@ -38,11 +39,8 @@ if get_verbosity() > logging.DEBUG:
     logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
 logger = get_logger(__name__)
 
-QUERY_PROMPT = "query"
 # Checkpoints may pad their embedding matrix (to a multiple of 64, say); a tokenizer under half of it is broken.
 MIN_VOCABULARY_SHARE = 0.5
-# sentence-transformers' encode_document takes the first of these that the model's prompts have
-DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
 
 BI_ENCODER = "SentenceTransformer"
@@ -194,14 +192,3 @@ def load_reranker(name_or_path: str, *, max_seq_length: int | None = None, base:
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model
-
-
-def query_prompt(model: SentenceTransformer) -> str | None:
-    """The text `model.encode_query` prepends, or None: for what must add it by hand (the trainer's columns)."""
-    return model.prompts.get(QUERY_PROMPT) or None
-
-
-def document_prompt(model: SentenceTransformer) -> str | None:
-    """The text `model.encode_document` prepends, or None, found the way it finds it."""
-    name = next((name for name in DOCUMENT_PROMPTS if name in model.prompts), None)
-    return (model.prompts[name] or None) if name else None

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-from st_poetry.core.backends import require
 from st_poetry.core.config import BACKENDS, ExportConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import atomic_output_dir, write_json
 from st_poetry.core.log import get_logger
-from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.modeling import load_model
+from st_poetry.core.prompts import document_prompt, query_prompt
+from st_poetry.core.runtimes import require
 from st_poetry.core.schema import CORPUS, read_split, require_files
 from st_poetry.core.tables import format_table
 

@@ -8,9 +8,10 @@ returns. `just evaluate --reranker`, `just search --reranker` and the server use
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sentence_transformers import CrossEncoder
+if TYPE_CHECKING:  # the reranker is passed in: the query path without one loads no torch
+    from sentence_transformers import CrossEncoder
 
 
 def rerank_scores(

@@ -34,13 +34,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bm25s
 import faiss
 import numpy as np
 from datasets import Dataset, load_from_disk
-from sentence_transformers import SentenceTransformer
 from tqdm import tqdm
 
 from st_poetry.core import tables
@@ -48,11 +47,15 @@ from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import atomic_output_dir, check_output_dir, decode_text, write_json
 from st_poetry.core.log import get_logger, progress_off
-from st_poetry.core.modeling import document_prompt, load_model, load_reranker, query_prompt
+from st_poetry.core.prompts import document_prompt, query_prompt
 from st_poetry.core.schema import CORPUS
+from st_poetry.retrieval.encoder import open_encoder
 from st_poetry.retrieval.hybrid import fused_ranking
 from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
 from st_poetry.retrieval.service import SearchOptions, SearchService, check_query, fusion_options
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = get_logger(__name__)
 
@@ -98,7 +101,7 @@ def encode(encoder: Callable[..., np.ndarray], texts: Sequence[str], **kwargs: A
     return np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
-def model_record(model: SentenceTransformer) -> dict[str, Any]:
+def model_record(model: Any) -> dict[str, Any]:
     """What a querying model must reproduce: the prompt strings, the embedding size and the probe's embedding."""
     return {
         "prompts": {"query": query_prompt(model), "document": document_prompt(model)},
@@ -123,6 +126,28 @@ def new_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
     return index
 
 
+class VectorsFile:
+    """The exact vectors an 8-bit index is rescored from, written to a .npy file chunk by chunk as they are encoded
+    (`np.load(path, mmap_mode="r")` reads it back); with `keep=False` it writes nothing."""
+
+    def __init__(self, path: Path, rows: int, dim: int, keep: bool = True) -> None:
+        self.handle = open(path, "wb") if keep else None  # noqa: SIM115 (closed by __exit__)
+        if self.handle:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(self.handle, {**header, "shape": (rows, dim)})
+
+    def write(self, start: int, embeddings: np.ndarray) -> None:
+        if self.handle:
+            self.handle.write(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+
+    def __enter__(self) -> VectorsFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.handle:
+            self.handle.close()
+
+
 def add_encoded(
     index: faiss.Index,
     model: SentenceTransformer,
@@ -134,7 +159,7 @@ def add_encoded(
     and adding (an HNSW graph is built as it is added to).
 
     One encode call over a whole corpus holds its embeddings several times over (the batches, their stack, the
-    array, the index's copy): 13.4 GB at the peak for the 1.68M-line corpus. Chunks leave the index's copy.
+    array, the index's copy); chunks leave the index's copy.
     An untrained (sq8) index learns each dimension's range from the first chunk; a later value outside it is
     clipped to it. `keep(start, embeddings)` gets each chunk's exact embeddings besides (for the rescoring file).
     """
@@ -156,9 +181,15 @@ def add_encoded(
 
 
 def build_index(config: IndexConfig) -> dict[str, Any]:
-    """Encode every corpus line, index the embeddings and write the index folder; returns what index.json records."""
+    """Encode every corpus line, index the embeddings and write the index folder; returns what index.json records.
+
+    The lines' table is written first and the exact vectors (8-bit types) go to vectors.npy chunk by chunk, so
+    neither the parsed rows nor a second copy of the vectors stays in memory while the corpus is encoded.
+    """
     rows = read_corpus(config.corpus)  # bad input, or an --out this stage may not replace, fails before encoding
     check_output_dir(config.out, INDEX_INFO)
+    from st_poetry.core.modeling import load_model  # (torch: not for the query path, which imports this module)
+
     model = load_model(
         config.model,
         max_seq_length=config.max_seq_length,
@@ -166,46 +197,37 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
         backend=config.backend,
     )
     record = model_record(model)
-
-    texts = [row["text"] for row in rows]
-    index = new_faiss_index(config, record["embedding_dim"])
-    exact = np.empty((len(texts), record["embedding_dim"]), dtype=np.float32) if rescored(config.index_type) else None
-
-    def keep(start: int, embeddings: np.ndarray) -> None:
-        exact[start : start + len(embeddings)] = embeddings
-
-    encode_seconds, add_seconds = add_encoded(
-        index, model, texts, config.batch_size, keep if exact is not None else None
-    )
-    start = time.perf_counter()
-    bm25 = build_bm25(texts, BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=not progress_off())
-    index_seconds = add_seconds + time.perf_counter() - start
-
-    info = {
-        "model": config.model,
-        "backend": config.backend,
-        "model_file": parse_backend(config.backend)[1],
-        "query_instruction": config.query_instruction,
-        "max_seq_length": config.max_seq_length,
-        **record,
-        "index_type": config.index_type,
-        "hnsw": (
-            {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search}
-            if config.index_type.startswith("hnsw")
-            else None
-        ),
-        "bm25": {"folder": BM25_DIR, "tokens": HYBRID_LEXICAL, "k1": bm25.k1, "b": bm25.b},
-        "corpus": str(config.corpus),
-        "size": index.ntotal,
-        "encode_seconds": round(encode_seconds, 1),
-        "index_seconds": round(index_seconds, 1),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
     with atomic_output_dir(config.out, INDEX_INFO) as tmp:
-        faiss.write_index(index, str(tmp / FAISS_FILE))
-        if exact is not None:
-            np.save(tmp / VECTORS_FILE, exact)
         Dataset.from_dict({key: [row[key] for row in rows] for key in METADATA}).save_to_disk(str(tmp / LINES_DIR))
+        texts = [row["text"] for row in rows]
+        del rows
+        index = new_faiss_index(config, record["embedding_dim"])
+        with VectorsFile(tmp / VECTORS_FILE, len(texts), record["embedding_dim"], rescored(config.index_type)) as kept:
+            encode_seconds, add_seconds = add_encoded(index, model, texts, config.batch_size, kept.write)
+        start = time.perf_counter()
+        bm25 = build_bm25(texts, BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=not progress_off())
+        index_seconds = add_seconds + time.perf_counter() - start
+        info = {
+            "model": config.model,
+            "backend": config.backend,
+            "model_file": parse_backend(config.backend)[1],
+            "query_instruction": config.query_instruction,
+            "max_seq_length": config.max_seq_length,
+            **record,
+            "index_type": config.index_type,
+            "hnsw": (
+                {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search}
+                if config.index_type.startswith("hnsw")
+                else None
+            ),
+            "bm25": {"folder": BM25_DIR, "tokens": HYBRID_LEXICAL, "k1": bm25.k1, "b": bm25.b},
+            "corpus": str(config.corpus),
+            "size": index.ntotal,
+            "encode_seconds": round(encode_seconds, 1),
+            "index_seconds": round(index_seconds, 1),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        faiss.write_index(index, str(tmp / FAISS_FILE))
         bm25.save(str(tmp / BM25_DIR), show_progress=False)
         write_json(tmp / INDEX_INFO, info)
 
@@ -336,7 +358,7 @@ class PoetryIndex:
         name = model or self.info["model"]
         self.backend = backend or self.info.get("backend", "torch")  # indexes from before --backend: torch
         try:
-            self.model = load_model(
+            self.model = open_encoder(
                 name,
                 max_seq_length=self.info["max_seq_length"],
                 query_instruction=self.info["query_instruction"],
@@ -488,7 +510,11 @@ def query(config: QueryConfig) -> list[dict[str, Any]]:
     """
     queries = read_queries(config)  # before the slow model loads
     index = PoetryIndex(config.index, model=config.model, ef_search=config.ef_search, backend=config.backend)
-    reranker = load_reranker(config.reranker) if config.reranker else None
+    reranker = None
+    if config.reranker:
+        from st_poetry.core.modeling import load_reranker  # torch: only for a search that reranks
+
+        reranker = load_reranker(config.reranker)
     service = SearchService(index, reranker, config.rerank_top_k)
     if config.top_k > index.index.ntotal:
         logger.info(f"note: --top-k {config.top_k} is more than the index's {index.index.ntotal:,} lines: all of them")

@@ -44,7 +44,8 @@ from st_poetry.core.config import MineConfig
 from st_poetry.core.errors import UserError, warn
 from st_poetry.core.files import atomic_output_dir, check_output_dir, sha256, write_json
 from st_poetry.core.log import get_logger, get_verbosity
-from st_poetry.core.modeling import document_prompt, load_model, query_prompt
+from st_poetry.core.modeling import load_model
+from st_poetry.core.prompts import document_prompt, query_prompt
 from st_poetry.core.schema import CORPUS, MINED, PAIR, SPLITS, mined_row, read_split, require_files
 from st_poetry.core.tables import format_table
 from st_poetry.data.records import normalize

@@ -51,7 +51,8 @@ from st_poetry.core.config import FitConfig, TrainConfig
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import apply_umask, atomic_output_dir, write_json, write_jsonl
 from st_poetry.core.log import get_logger, get_verbosity
-from st_poetry.core.modeling import BI_ENCODER, CROSS_ENCODER, document_prompt, load_model, model_kind, query_prompt
+from st_poetry.core.modeling import BI_ENCODER, CROSS_ENCODER, load_model, model_kind
+from st_poetry.core.prompts import document_prompt, query_prompt
 from st_poetry.core.schema import CORPUS, mined_row, read_split, require_files
 from st_poetry.core.tables import format_table
 from st_poetry.data.prepare import Input, SourceStats, is_eval_group, read_records
