@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import typing
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
@@ -34,10 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote_to_bytes
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-from datasets import Dataset
 from fastapi import FastAPI, HTTPException, Request
 from fastapi import Query as QueryParameters
 from fastapi.exceptions import RequestValidationError
@@ -216,34 +213,6 @@ class Batcher:
             job.future.set_result(answer)
 
 
-class Poems:
-    """Each poem's rows in corpus order, its lines, kept as arrays: a table of the whole collection's groups as
-    Python lists would be a large part of every worker's own memory.
-
-    A poem is a group with a title: CCPM and FlagEmbedding groups are records of choices, not poems, and carry
-    no title.
-    """
-
-    def __init__(self, lines: Dataset) -> None:
-        group, title = lines.data.column("group"), lines.data.column("title")
-        kept = np.flatnonzero(pc.and_(pc.not_equal(group, ""), pc.not_equal(title, "")).to_numpy(zero_copy_only=False))
-        encoded = pc.dictionary_encode(pc.take(group, pa.array(kept))).combine_chunks()
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
-        self.rows_by_poem = kept[np.argsort(codes, kind="stable")]  # a stable sort keeps corpus order in a poem
-        self.starts = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(encoded.dictionary)))])
-        names = encoded.dictionary.to_numpy(zero_copy_only=False).astype(str)
-        self.order = np.argsort(names)
-        self.names = names[self.order]
-
-    def rows(self, group: str) -> np.ndarray:
-        """The rows of `group`'s poem in corpus order; none for a group that is not a poem."""
-        at = int(np.searchsorted(self.names, group))
-        if at == len(self.names) or self.names[at] != group:
-            return self.rows_by_poem[:0]
-        code = self.order[at]
-        return self.rows_by_poem[self.starts[code] : self.starts[code + 1]]
-
-
 class Searcher:
     """The retrieval service behind the batcher, the poems of its hits, and the limits every request is checked
     against."""
@@ -252,7 +221,12 @@ class Searcher:
         self.index, self.config, self.reranker = index, config, reranker
         self.service = SearchService(index, reranker, config.rerank_top_k)
         self.fusion_fields = [f.name for f in fields(FusionOptions)]
-        self.poems = Poems(index.lines)
+        # Rows of a group in corpus order: a poem's lines. CCPM and FlagEmbedding groups are records of choices,
+        # not poems; they carry no title, which is how a poem is told apart.
+        self.groups: dict[str, list[int]] = defaultdict(list)
+        for row, (group, title) in enumerate(zip(index.lines["group"], index.lines["title"], strict=True)):
+            if group and title:
+                self.groups[group].append(row)
         self.batcher = Batcher(self.answer, config.batch_window_ms / 1000, config.max_batch, config.max_waiting)
 
     def check(self, queries: Sequence[str], options: Options) -> tuple[list[str], SearchOptions]:
@@ -314,11 +288,10 @@ class Searcher:
 
     def add_poems(self, hits: list[dict[str, Any]]) -> None:
         """Each hit's "poem": its group's whole lines, the hit's line marked, or None for a group without a title."""
-        rows_of = {hit["group"]: self.poems.rows(hit["group"]).tolist() for hit in hits}
-        rows = sorted({row for group_rows in rows_of.values() for row in group_rows})
+        rows = sorted({row for hit in hits for row in self.groups.get(hit["group"], ())})
         texts = dict(zip(rows, self.index.lines[rows]["text"], strict=True)) if rows else {}
         for hit in hits:
-            lines = whole_lines([texts[row] for row in rows_of[hit["group"]]])
+            lines = whole_lines([texts[row] for row in self.groups.get(hit["group"], ())])
             poem = {key: hit[key] for key in ("title", "author", "dynasty", "group")}
             position = next((number for number, line in enumerate(lines) if hit["text"] in line), None)
             hit["poem"] = {**poem, "lines": lines, "hit": position} if lines else None
