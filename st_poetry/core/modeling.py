@@ -30,7 +30,7 @@ from st_poetry.core.backends import exported_sentence_transformer, exported_tran
 from st_poetry.core.config import parse_backend
 from st_poetry.core.errors import UserError
 from st_poetry.core.log import get_logger, get_verbosity, sync_libraries
-from st_poetry.core.prompts import QUERY_PROMPT, query_prompt
+from st_poetry.core.prompts import set_query_instruction
 
 sync_libraries()  # sentence-transformers and transformers are imported now: give them -q/-v
 # The Hub client warns at every retry of a host it cannot reach; load_model reports that failure in one line (-v
@@ -152,17 +152,7 @@ def load_model(
     _check_tokenizer(model, name_or_path)
     if max_seq_length is not None and model.max_seq_length != math.inf:  # a static embedding has no token limit
         model.max_seq_length = max_seq_length
-    if query_instruction:
-        recorded = query_prompt(model)
-        if recorded not in (None, query_instruction):
-            if not replace_query_prompt:
-                raise UserError(
-                    f"--query-instruction {query_instruction!r} contradicts the query prompt {recorded!r} that "
-                    f"{name_or_path} records (set when it was trained): omit --query-instruction to use the "
-                    "model's own, or train with the instruction you want"
-                )
-            logger.info(f"note: the query prompt of {name_or_path} becomes {query_instruction!r} (was {recorded!r})")
-        model.prompts[QUERY_PROMPT] = query_instruction
+    set_query_instruction(model, query_instruction, name_or_path, replace=replace_query_prompt)
     return model
 
 

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from st_poetry.core.config import parse_backend
 from st_poetry.core.errors import UserError
 from st_poetry.core.log import get_logger
-from st_poetry.core.prompts import QUERY_PROMPT, document_prompt, query_prompt
+from st_poetry.core.prompts import document_prompt, query_prompt, set_query_instruction
 from st_poetry.core.runtimes import open_graph
 
 logger = get_logger(__name__)
@@ -46,14 +46,7 @@ def open_encoder(
             name_or_path, max_seq_length=max_seq_length, query_instruction=query_instruction, backend=backend
         )
     encoder = ExportedEncoder(Path(name_or_path), runtime, file, pooling, max_seq_length)
-    if query_instruction:
-        recorded = query_prompt(encoder)
-        if recorded not in (None, query_instruction):
-            raise UserError(
-                f"--query-instruction {query_instruction!r} contradicts the query prompt {recorded!r} that "
-                f"{name_or_path} records: omit --query-instruction to use the model's own"
-            )
-        encoder.prompts[QUERY_PROMPT] = query_instruction
+    set_query_instruction(encoder, query_instruction, name_or_path)
     return encoder
 
 
