@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--tree", action="append", required=True, metavar="LABEL=PATH")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", help="also write the result as JSON here")
+    parser.add_argument("--result", default="cold_start", help="result name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     trees = {label: Path(path).resolve() for label, path in (spec.split("=", 1) for spec in args.tree)}
     index = str(Path(args.index).resolve())
@@ -68,7 +69,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     summary = {f"{label} median s": median for label, median in result["median_s"].items()}
     summary |= {f"{label} / {next(iter(trees))}": ratio for label, ratio in list(result["ratio_to_first"].items())[1:]}
-    write_result("cold_start", result, args, summary=summary)
+    write_result(args.result, result, args, summary=summary)
 
 
 if __name__ == "__main__":

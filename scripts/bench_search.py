@@ -43,7 +43,17 @@ from benchlib import write_result
 
 from st_poetry.core.config import IndexConfig
 from st_poetry.core.files import read_jsonl
-from st_poetry.retrieval.search import FAISS_FILE, VECTORS_FILE, PoetryIndex, RescoredIndex, new_faiss_index
+from st_poetry.retrieval.search import (
+    FAISS_FILE,
+    REFINE_CANDIDATES,
+    TRAIN_SAMPLE,
+    VECTORS_FILE,
+    PoetryIndex,
+    RefinedIndex,
+    RescoredIndex,
+    new_faiss_index,
+    training_rows,
+)
 
 
 def rss_mb() -> float:
@@ -142,7 +152,7 @@ def measure(kind: str, corpus: np.ndarray, args: argparse.Namespace) -> tuple[fa
     tick = time.perf_counter()
     index = new_faiss_index(config, corpus.shape[1])
     if not index.is_trained:
-        index.train(corpus[:65_536])  # what `just index` trains on: its first chunk
+        index.train(corpus[training_rows(len(corpus), TRAIN_SAMPLE)])  # what `just index` trains on
     index.add(corpus)
     build = time.perf_counter() - tick
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -164,7 +174,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000, help="queries for recall")
     parser.add_argument("--k", type=int, default=10, help="recall@k and the k of every search")
     parser.add_argument(
-        "--types", nargs="*", default=["hnsw"], help="index types measured against flat (sq8, hnsw, hnsw-sq8)"
+        "--types", nargs="*", default=["hnsw"], help="index types measured against flat (sq8, pq4-sq8, hnsw, hnsw-sq8)"
+    )
+    parser.add_argument(
+        "--refine-candidates",
+        type=int,
+        nargs="+",
+        default=[REFINE_CANDIDATES],
+        help="pq4-sq8: the 4-bit scan's candidates reordered by the 8-bit codes",
     )
     parser.add_argument("--hnsw-m", type=int, default=IndexConfig.hnsw_m)
     parser.add_argument("--hnsw-ef-construction", type=int, default=IndexConfig.hnsw_ef_construction)
@@ -218,7 +235,13 @@ def main() -> None:
             measured["score_error"] = score_error(index, corpus, queries, candidates)
             print(f"  hybrid dense-score error against the exact cosine: {measured['score_error']}")
         name = f"{kind} M={args.hnsw_m} efC={args.hnsw_ef_construction}" if kind.startswith("hnsw") else kind
-        for ef in args.ef_search if kind.startswith("hnsw") else [None]:
+        for candidates in args.refine_candidates if kind == "pq4-sq8" else []:  # as `just search` uses it
+            refined = RefinedIndex(index, candidates)
+            _, found = refined.search(queries, args.k)
+            label = f"{name}, {candidates} candidates"
+            rows.append({"index": label, "recall": recall_at_k(found, exact), **measured, "latency": timings(refined)})
+            print(f"  {label}: recall@{args.k} {rows[-1]['recall']:.4f}")
+        for ef in args.ef_search if kind.startswith("hnsw") else [] if kind == "pq4-sq8" else [None]:
             if ef is not None:
                 index.hnsw.efSearch = ef
             _, found = index.search(queries, args.k)
@@ -265,7 +288,8 @@ def main() -> None:
     for row in rows[1:]:
         if row["index"].startswith("hnsw") and f"efSearch={IndexConfig.hnsw_ef_search}" not in row["index"]:
             continue
-        kind = row["index"].split()[0] + (" + rescoring" if row["index"].endswith("rescoring") else "")
+        kind = row["index"].split()[0].rstrip(",") + (" + rescoring" if row["index"].endswith("rescoring") else "")
+        kind += f" {row['index'].split(', ')[1]}" if ", " in row["index"] else ""
         summary[f"{kind} recall@{args.k}"] = round(row["recall"], 4)
         summary[f"{kind} b={args.batches[0]} p50 ms"] = round(row["latency"][0]["p50_ms"], 2)
         summary[f"{kind} file MB"] = round(row["size_mb"])

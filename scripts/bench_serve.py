@@ -21,7 +21,8 @@
 6. `--memory-workers N [N ...]`: instead of 3-5, memory of `serve --workers N` for each N, after --requests
    searches: per process (the supervisor and each worker) RSS, USS (pages only it holds), PSS (shared pages
    divided among their processes) and its file-backed resident pages, from psutil; the server's sum of PSS
-   counts the memory-mapped index once however many workers map it.
+   counts the memory-mapped index once however many workers map it; and that sum by mapping (each index file,
+   libraries, anonymous memory), from /proc/PID/smaps.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ def worker_memory(args: argparse.Namespace, workers: int, queries: list[dict], w
         for row in queries[: args.requests]:
             request(port, "GET", "/api/search?" + urlencode({"q": row["anchor"], "k": args.k}))
         processes = [parent, *parent.children(recursive=True)]
+        pss = pss_by_mapping(processes, args.index.resolve())
         rows = []
         for process in processes:
             memory = process.memory_full_info()
@@ -251,7 +253,27 @@ def worker_memory(args: argparse.Namespace, workers: int, queries: list[dict], w
     print(f"--workers {workers}: {len(rows)} processes, sum {total}")
     for row in rows:
         print(f"  {row}")
-    return {"processes": rows, "sum": total}
+    print(f"  sum of PSS by mapping (MB): {pss}")
+    return {"processes": rows, "sum": total, "pss_by_mapping": pss}
+
+
+def pss_by_mapping(processes: list, index: Path) -> dict[str, float]:
+    """The processes' PSS (MB) summed by what is mapped: each file of the index folder (shared by the workers that
+    map it, so counted once), shared libraries, other files, and anonymous memory (heap, arenas: private)."""
+    totals: dict[str, float] = {}
+    for process in processes:
+        for mapping in process.memory_maps(grouped=True):
+            path = Path(mapping.path)
+            if path.is_relative_to(index):
+                kind = f"index: {path.relative_to(index).parts[0]}"
+            elif ".so" in path.suffixes or path.name.endswith(".so"):
+                kind = "libraries"
+            elif mapping.path.startswith("/"):
+                kind = "other files"
+            else:
+                kind = "anonymous"
+            totals[kind] = totals.get(kind, 0.0) + mapping.pss / 2**20
+    return {kind: round(mb, 1) for kind, mb in sorted(totals.items(), key=lambda item: -item[1])}
 
 
 def main() -> None:

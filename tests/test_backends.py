@@ -190,14 +190,18 @@ def test_probe_threshold_lets_another_backend_of_the_same_weights_through(tmp_pa
             assert reported == pytest.approx(cosine, abs=margin), backend
 
 
+@pytest.mark.parametrize("throughput", [False, True], ids=["latency", "throughput"])
 @pytest.mark.parametrize("backend", EXPORTED)
-def test_the_torch_free_encoder_encodes_like_sentence_transformers(exported_model, backend):
-    light = open_encoder(exported_model, max_seq_length=12, backend=backend)
+def test_the_torch_free_encoder_encodes_like_sentence_transformers(exported_model, backend, throughput):
+    """As a query path (one call at a time) and as an index build opens it (OpenVINO: requests in flight whose
+    answers come back in any order), row i is text i's embedding."""
+    light = open_encoder(exported_model, max_seq_length=12, backend=backend, throughput=throughput)
     library = load_model(exported_model, max_seq_length=12, backend=backend)
     assert isinstance(light, ExportedEncoder) and light.prompts == library.prompts
     texts = [*TEXTS, " 前后有空格 ", "长" * 40]  # spaces kept as the library keeps them; a long text cut at 12 tokens
+    texts += [text[: 1 + i % 5] for i, text in enumerate(texts * 3)]  # many batches of unlike lengths
     for encode in ("encode_query", "encode_document"):
-        got, expected = getattr(light, encode)(texts, batch_size=4), getattr(library, encode)(texts)
+        got, expected = getattr(light, encode)(texts, batch_size=2), getattr(library, encode)(texts)
         if backend == "onnx-int8":  # activations quantized per batch: other batches, other rounding
             assert _cosines(got, expected).min() > 0.9999
         else:

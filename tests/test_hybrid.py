@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from st_poetry.core.config import FusionOptions, QueryConfig
-from st_poetry.retrieval.hybrid import Candidates, candidates, fuse, fused_choice_scores, fused_ranking, ranking
+from st_poetry.retrieval.hybrid import (
+    Candidates,
+    candidates,
+    fuse,
+    fused_choice_scores,
+    fused_ranking,
+    ranking,
+    top_ids,
+)
 from st_poetry.retrieval.lexical import bm25_scores, build_bm25, single_chars
 
 # One query, four candidates (ids 0-3), and a second query with two candidates and two padding columns.
@@ -106,3 +114,18 @@ def test_fusion_options_are_checked_also_beside_a_configs_other_options():
         QueryConfig(alpha=-0.1)
     with pytest.raises(ValueError, match="rerank_top_k"):  # the reranking options' checks still run
         QueryConfig(rerank_top_k=0)
+
+
+@pytest.mark.parametrize("k", [1, 10, 50, 999, 1000, 5000])
+def test_top_ids_are_the_k_highest_scores_whatever_their_spread(k):
+    """The sampled threshold keeps the exact top k: on scores mostly zero like BM25's, on scores whose top all
+    fall between the samples, on ties, and when k is most or all of the array (a full partition)."""
+    rng = np.random.default_rng(0)
+    sparse = np.where(rng.random(4000) < 0.3, rng.random(4000), 0).astype(np.float32)
+    hidden = np.zeros(4000, dtype=np.float32)
+    hidden[1::32] = np.arange(125)  # every top score off the sample's stride
+    tied = np.ones(4000, dtype=np.float32)
+    for scores in (sparse, hidden, tied):
+        found = top_ids(scores, k)
+        assert len(found) == min(k, len(scores)) == len(set(found.tolist()))
+        assert np.sort(scores[found]).tolist() == np.sort(scores)[::-1][: len(found)][::-1].tolist()

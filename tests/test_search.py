@@ -463,16 +463,63 @@ def test_the_index_file_is_memory_mapped_so_processes_share_it(index_dir):
 def test_a_missing_index_type_is_refused():
     with pytest.raises(SystemExit):
         parse_config(IndexConfig, ["--index-type", "pq"])
+    assert parse_config(IndexConfig, ["--index-type", "pq4-sq8"]).index_type == "pq4-sq8"
 
 
-def test_the_default_index_is_sq8_with_its_exact_vectors(tmp_path, tiny_hf_model, prepared_dir, index_dir):
-    """The default (chosen on the 133k-line index, docs/BENCHMARKS.md#compressed-index): 8-bit codes, the exact
-    vectors beside them for rescoring; the same hits as the flat index."""
+def test_the_default_index_is_sq8_below_the_auto_size_and_pq4_sq8_from_it(
+    monkeypatch, tmp_path, tiny_hf_model, prepared_dir, index_dir
+):
+    """`auto` (chosen on the whole collection, docs/BENCHMARKS.md): 8-bit codes with the exact vectors beside them
+    for a small corpus (the same hits and scores as the flat index), pq4-sq8 for a large one; index.json records
+    the type it chose."""
+    corpus = str(prepared_dir / "corpus.jsonl")
     out = tmp_path / "default"
-    info = build_index(IndexConfig(model=tiny_hf_model, corpus=str(prepared_dir / "corpus.jsonl"), out=str(out)))
-    assert IndexConfig().index_type == info["index_type"] == "sq8" and info["hnsw"] is None
+    info = build_index(IndexConfig(model=tiny_hf_model, corpus=corpus, out=str(out)))
+    assert IndexConfig().index_type == "auto" and info["index_type"] == "sq8" and info["hnsw"] is None
     assert {path.name for path in out.iterdir()} == {"index.faiss", "vectors.npy", "lines", "bm25", INDEX_INFO}
     exact = PoetryIndex(index_dir).search(["举头望明月"], 3, hybrid=False)[0]
     found = PoetryIndex(out).search(["举头望明月"], 3, hybrid=False)[0]
     assert found[0]["text"] == exact[0]["text"] == "举头望明月"
     assert [hit["score"] for hit in found] == pytest.approx([hit["score"] for hit in exact], abs=1e-5)
+
+    monkeypatch.setattr(search, "AUTO_PQ_LINES", 38)
+    large = tmp_path / "large"
+    assert build_index(IndexConfig(model=tiny_hf_model, corpus=corpus, out=str(large)))["index_type"] == "pq4-sq8"
+
+
+def test_a_pq4_sq8_index_reorders_its_fast_scan_by_8bit_codes(tmp_path):
+    """4-bit codes (trained on a sample of the rows) scanned for candidates that 8-bit codes reorder: nearly the
+    exact top 10 on clustered unit vectors, dense scores within the 8-bit codes' rounding of the exact cosines."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 32)).astype(np.float32)
+    rows = centres[rng.integers(0, 50, 3000)] + 0.5 * rng.standard_normal((3000, 32)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    queries = rows[:100] + 0.3 * rng.standard_normal((100, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    vectors = search.VectorsFile(tmp_path / "vectors.npy", len(rows), 32)
+    vectors.append(rows[:1234])
+    vectors.append(rows[1234:])
+    np.testing.assert_array_equal(np.load(tmp_path / "vectors.npy"), rows)
+    index = search.RefinedIndex(search.index_vectors(search.new_faiss_index(IndexConfig(), 32, "pq4-sq8"), vectors))
+    exact = rows @ queries.T
+    scores, ids = index.search(queries, 10)
+    top = np.argsort(-exact, axis=0)[:10].T
+    assert np.mean([len(set(found) & set(best)) / 10 for found, best in zip(ids, top, strict=True)]) >= 0.95
+    assert np.abs(scores - np.take_along_axis(exact.T, ids, axis=1)).max() < 0.02
+    assert np.abs(index.reconstruct_batch(ids[0]) @ queries[0] - scores[0]).max() < 1e-5
+    _, every = index.search(queries[:1], 3000)  # more than the scan's candidates: every row, once
+    assert sorted(every[0]) == list(range(3000))
+
+
+def test_a_pq4_sq8_index_folder_is_searched_without_a_vectors_file(capsys, tmp_path, tiny_hf_model, prepared_dir):
+    out = tmp_path / "pq"
+    corpus = str(prepared_dir / "corpus.jsonl")
+    assert build_index(IndexConfig(model=tiny_hf_model, corpus=corpus, out=str(out), index_type="pq4-sq8"))
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", "bm25", INDEX_INFO}
+    opened = PoetryIndex(out)
+    assert type(opened.index).__name__ == "IndexRefine"
+    for hybrid in (False, True):
+        (hits,) = opened.search(["明月"], 38, hybrid=hybrid)
+        assert len({hit["text"] for hit in hits}) == 38
+    maps = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(out / FAISS_NAME))]
+    assert maps and all(line.split()[1] == "r--s" for line in maps)

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import pytest
 from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
+from datasets import Dataset
 from fastapi.testclient import TestClient
 
 from st_poetry.cli import main as cli_main
@@ -43,6 +44,7 @@ from st_poetry.serve.app import (
     trusted_hosts,
     uvicorn_options,
 )
+from st_poetry.serve.poems import Poems
 
 DESCRIPTION = "独自在大雪覆盖的寒冷江面上垂钓"  # shares 独 钓 寒 江 雪 with 独钓寒江雪 (江雪, 柳宗元)
 JSON = {"Content-Type": "application/json"}
@@ -855,3 +857,16 @@ def test_the_process_that_supervises_workers_loads_no_torch():
     probe = "import sys, st_poetry.cli, st_poetry.serve.run; print('torch' in sys.modules, 'faiss' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert found.split() == ["False", "False"]
+
+
+def test_poems_are_the_titled_groups_lines_in_corpus_order():
+    """A poem's lines wherever they sit in the corpus (a choice linked to its poem comes later); a group without a
+    title (CCPM's records) or a name the table lacks is no poem."""
+    lines = Dataset.from_dict(
+        {
+            "group": ["a", "a", "ccpm:1", "b", "a", "", "ccpm:1"],
+            "title": ["静夜思", "静夜思", "", "江雪", "静夜思", "无题", ""],
+        }
+    )
+    poems = Poems(lines)
+    assert poems.rows_of(["a", "b", "ccpm:1", "", "nowhere", "a"]) == [[0, 1, 4], [3], [], [], [], [0, 1, 4]]

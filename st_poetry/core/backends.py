@@ -37,7 +37,7 @@ class RuntimeModel(torch.nn.Module):
         self.config = config
         self.runtime = runtime
         self.path = path
-        self.run, self.input_names = open_graph(runtime, path)
+        self.graph = open_graph(runtime, path)
         self.register_buffer("file_sha256", torch.tensor(list(bytes.fromhex(sha256(path))), dtype=torch.uint8))
 
     def forward(
@@ -50,7 +50,7 @@ class RuntimeModel(torch.nn.Module):
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if token_type_ids is None:
             given["token_type_ids"] = torch.zeros_like(input_ids)
-        hidden = self.run({name: given[name].cpu().numpy() for name in self.input_names})
+        hidden = self.graph.run({name: given[name].cpu().numpy() for name in self.graph.input_names})
         return BaseModelOutput(last_hidden_state=torch.from_numpy(np.asarray(hidden)))
 
 

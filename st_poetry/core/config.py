@@ -544,6 +544,10 @@ class EvaluateConfig(FusionOptions):
         _check(bool(self.rerank_top_k), "name at least one --rerank-top-k")
 
 
+# `--index-type auto` takes pq4-sq8 from this corpus size up, sq8 below it (docs/search.md#index-types).
+AUTO_PQ_LINES = 500_000
+
+
 @stage_config
 class IndexConfig:
     """Encode a corpus once and save a faiss index with its metadata."""
@@ -557,11 +561,13 @@ class IndexConfig:
         input=True,
     )
     out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)", output=True)
-    index_type: Literal["sq8", "flat", "hnsw", "hnsw-sq8"] = option(
-        "sq8",
-        "sq8 = a scan of 8-bit codes (a quarter of flat's memory), its candidates rescored exactly from the vectors "
-        "on disk; flat = exact inner product over float32 vectors in memory; hnsw = approximate graph search; "
-        "hnsw-sq8 = the graph over 8-bit codes, rescored",
+    index_type: Literal["auto", "sq8", "pq4-sq8", "flat", "hnsw", "hnsw-sq8"] = option(
+        "auto",
+        f"auto = sq8 below {AUTO_PQ_LINES:,} lines, pq4-sq8 from there; sq8 = a scan of 8-bit codes (a "
+        "quarter of flat's memory), its candidates rescored exactly from the vectors on disk; pq4-sq8 = a fast "
+        "scan of 4-bit codes (an eighth of flat's), its candidates reordered by 8-bit codes; flat = exact inner "
+        "product over float32 vectors; hnsw = approximate graph search; hnsw-sq8 = the graph over 8-bit codes, "
+        "rescored",
     )
     hnsw_m: int = option(32, "hnsw: graph neighbours per node (more = better recall, more memory)", ge=4)
     hnsw_ef_construction: int = option(

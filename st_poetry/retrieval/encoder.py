@@ -12,7 +12,7 @@ pooling, the normalization. `open_encoder` takes this path when it can and loads
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,23 @@ logger = get_logger(__name__)
 # modules.json types, by class name, that this path reproduces, in this order (Normalize optional)
 SHAPE = ("Transformer", "Pooling", "Normalize")
 POOLING_MODES = ("cls", "mean")
+# Queries are padded to a multiple of this many tokens: OpenVINO keeps memory for every input shape it has run,
+# and a server meeting every query length would grow with them (docs/BENCHMARKS.md, "The whole collection with
+# pq4-sq8"); an index build's full batches of sorted lines meet few shapes and are not padded.
+QUERY_PAD_MULTIPLE = 16
 
 
 def open_encoder(
-    name_or_path: str, *, max_seq_length: int, query_instruction: str | None = None, backend: str = "torch"
+    name_or_path: str,
+    *,
+    max_seq_length: int,
+    query_instruction: str | None = None,
+    backend: str = "torch",
+    throughput: bool = False,
 ) -> Any:
     """What encodes queries and documents for an index: an ExportedEncoder when the backend is an exported file
-    of a model folder whose shape it reproduces, else the sentence-transformers model, loaded as load_model does."""
+    of a model folder whose shape it reproduces, else the sentence-transformers model, loaded as load_model does.
+    `throughput`: opened to encode a corpus, many batches in flight, rather than one query at a time."""
     runtime, file = parse_backend(backend)
     pooling = _pooling_mode(Path(name_or_path)) if runtime != "torch" else None
     if pooling is None or (Path(name_or_path) / file).suffix not in (".onnx", ".xml"):
@@ -45,7 +55,7 @@ def open_encoder(
         return load_model(
             name_or_path, max_seq_length=max_seq_length, query_instruction=query_instruction, backend=backend
         )
-    encoder = ExportedEncoder(Path(name_or_path), runtime, file, pooling, max_seq_length)
+    encoder = ExportedEncoder(Path(name_or_path), runtime, file, pooling, max_seq_length, throughput)
     set_query_instruction(encoder, query_instruction, name_or_path)
     return encoder
 
@@ -79,7 +89,9 @@ def _pooling_mode(folder: Path) -> str | None:
 class ExportedEncoder:
     """A sentence-transformers model folder's exported graph, encoding as the library does with that model."""
 
-    def __init__(self, folder: Path, runtime: str, file: str, pooling: str, max_seq_length: int) -> None:
+    def __init__(
+        self, folder: Path, runtime: str, file: str, pooling: str, max_seq_length: int, throughput: bool = False
+    ) -> None:
         if not (folder / file).is_file():
             raise UserError(
                 f"{folder} has no {file}: export it first with `just export --model {folder} --backend {runtime}`"
@@ -89,19 +101,38 @@ class ExportedEncoder:
         pad_token = (_read_json(folder / "tokenizer_config.json") or {}).get("pad_token")
         pad_id = self.tokenizer.token_to_id(pad_token) if isinstance(pad_token, str) else None
         self.tokenizer.enable_truncation(max_length=max_seq_length)
-        self.tokenizer.enable_padding(pad_id=pad_id or 0, pad_token=pad_token if pad_id is not None else "[PAD]")
+        self.tokenizer.enable_padding(
+            pad_id=pad_id or 0,
+            pad_token=pad_token if pad_id is not None else "[PAD]",
+            pad_to_multiple_of=None if throughput else QUERY_PAD_MULTIPLE,
+        )
         settings = _read_json(folder / "config_sentence_transformers.json") or {}
         self.prompts: dict[str, str] = dict(settings.get("prompts") or {})
         self.max_seq_length = max_seq_length
-        self.run, self.input_names = open_graph(runtime, folder / file)
+        self.graph = open_graph(runtime, folder / file, throughput)
         self._dimension: int | None = None
         logger.debug(f"encoding with {folder / file} ({runtime}, {pooling} pooling) without torch")
 
     def encode(self, texts: Sequence[str], prompt: str | None = None, batch_size: int = 32, **_: Any) -> np.ndarray:
         """Normalized float32 embeddings, one row per text (`normalize_embeddings` and the like are implied)."""
-        texts = [f"{prompt or ''}{text}" for text in texts]
-        batches = [self._encode_batch(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
-        return np.concatenate(batches) if batches else np.empty((0, self.get_embedding_dimension()), np.float32)
+        if not texts:
+            return np.empty((0, self.get_embedding_dimension()), np.float32)
+        # longest first, as sentence-transformers does: a batch of similar lengths pads little
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        ordered = [f"{prompt or ''}{texts[i]}" for i in order]
+        masks: list[np.ndarray] = []
+        pooled: dict[int, np.ndarray] = {}
+
+        def feeds() -> Iterator[dict[str, np.ndarray]]:
+            for start in range(0, len(ordered), batch_size):
+                feed, mask = self._features(ordered[start : start + batch_size])
+                masks.append(mask)
+                yield feed
+
+        self.graph.map(feeds(), lambda i, hidden: pooled.__setitem__(i, self._pool(hidden, masks[i])))
+        embeddings = np.empty((len(texts), pooled[0].shape[1]), np.float32)
+        embeddings[order] = np.concatenate([pooled[i] for i in range(len(pooled))])
+        return embeddings
 
     def encode_query(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         return self.encode(texts, query_prompt(self), **kwargs)
@@ -115,11 +146,19 @@ class ExportedEncoder:
         return self._dimension
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        feed, mask = self._features(texts)
+        return self._pool(self.graph.run(feed), mask)
+
+    def _features(self, texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The graph's inputs for a batch (token ids padded to the batch's longest) and its attention mask."""
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([encoding.ids for encoding in encodings], dtype=np.int64)
         mask = np.array([encoding.attention_mask for encoding in encodings], dtype=np.int64)
         given = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = np.asarray(self.run({name: given[name] for name in self.input_names}), dtype=np.float32)
+        return {name: given[name] for name in self.graph.input_names}, mask
+
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        hidden = np.asarray(hidden, dtype=np.float32)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:

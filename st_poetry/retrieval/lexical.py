@@ -4,6 +4,7 @@ the lexical side of hybrid search."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 
 import bm25s
@@ -19,8 +20,9 @@ def jieba_words(text: str) -> list[str]:
 
 
 def single_chars(text: str) -> list[str]:
-    """Every letter/character on its own: classical poetry has no reliable word boundaries."""
-    return [ch for ch in text if ch.isalnum()]
+    """Every letter/character on its own: classical poetry has no reliable word boundaries. Interned: a corpus's
+    token lists then point at one string per character instead of a new object per occurrence."""
+    return [sys.intern(ch) for ch in text if ch.isalnum()]
 
 
 BM25_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"bm25-jieba": jieba_words, "bm25-chars": single_chars}

@@ -5,11 +5,13 @@
     st-poetry search --index indexes/poetry --reranker models/reranker "山中下雨后傍晚的秋天"
 
 An index folder holds
-- `index.faiss`: the normalized line embeddings (so inner product = cosine), exact `IndexFlatIP` by default,
-  `IndexScalarQuantizer` (`sq8`: 8-bit codes, a quarter of the size), or an approximate HNSW graph over either
-  (`hnsw`, `hnsw-sq8`) for corpora of millions. It is opened memory-mapped (`faiss.IO_FLAG_MMAP_IFC`): the
-  vectors stay in the OS page cache, shared by every process (server worker) that opens the same file;
-- `vectors.npy` (sq8 types only): the exact float32 embeddings, memory-mapped. A query takes the 8-bit index's
+- `index.faiss`: the normalized line embeddings (so inner product = cosine), by `--index-type`: exact
+  `IndexFlatIP`, `IndexScalarQuantizer` (`sq8`: 8-bit codes, a quarter of the size), an approximate HNSW graph
+  over either (`hnsw`, `hnsw-sq8`), or 4-bit PQ codes scanned by SIMD whose candidates the 8-bit codes reorder
+  (`pq4-sq8`, a faiss `IndexRefine`: the whole collection's default). It is opened memory-mapped
+  (`faiss.IO_FLAG_MMAP_IFC`): the codes stay in the OS page cache, shared by every process (server worker) that
+  opens the same file;
+- `vectors.npy` (sq8, hnsw-sq8): the exact float32 embeddings, memory-mapped. A query takes the 8-bit index's
   top RESCORE_FACTOR x k and reorders them by their exact cosines read from here (`RescoredIndex`), so results
   and scores are the exact ones and only the candidates' rows are read from disk; a hybrid search gets the exact
   cosine of a BM25-only candidate the same way;
@@ -30,11 +32,11 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bm25s
 import faiss
@@ -43,7 +45,7 @@ from datasets import Dataset, load_from_disk
 from tqdm import tqdm
 
 from st_poetry.core import tables
-from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, parse_backend
+from st_poetry.core.config import AUTO_PQ_LINES, FusionOptions, IndexConfig, QueryConfig, parse_backend
 from st_poetry.core.errors import UserError
 from st_poetry.core.files import atomic_output_dir, check_output_dir, decode_text, write_json
 from st_poetry.core.log import get_logger, progress_off
@@ -53,9 +55,6 @@ from st_poetry.retrieval.encoder import open_encoder
 from st_poetry.retrieval.hybrid import fused_ranking
 from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
 from st_poetry.retrieval.service import SearchOptions, SearchService, check_query, fusion_options
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 logger = get_logger(__name__)
 
@@ -73,8 +72,14 @@ METADATA = CORPUS.names
 INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
 PROBE_TEXT = "空山新雨后，天气晚来秋。"
-# Lines encoded per call while building: the peak holds one chunk's embeddings besides the index (see add_encoded).
+# Lines encoded per call while building: the peak holds one chunk's embeddings (see encode_to_file).
 ENCODE_CHUNK = 65_536
+# Rows a coded index learns its codebooks or ranges from (a random sample of the corpus).
+TRAIN_SAMPLE = 65_536
+# pq4-sq8: dimensions per 4-bit PQ code, and the 4-bit scan's candidates that the 8-bit codes reorder: chosen on the
+# whole collection for recall@10 against exact search (docs/BENCHMARKS.md#choosing-the-whole-collections-index).
+PQ_DIMS_PER_CODE = 4
+REFINE_CANDIDATES = 3_000
 # The same weights give a cosine of 1 up to float noise (CPU vs GPU, fp16); even a lightly fine-tuned copy of a
 # model moves the probe further than this.
 PROBE_MIN_COSINE = 0.999
@@ -110,14 +115,26 @@ def model_record(model: Any) -> dict[str, Any]:
     }
 
 
-def new_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
-    """Exact inner product over float32 vectors or 8-bit codes, or an HNSW graph over either; an sq8 index must
-    be trained (each dimension's range) before vectors are added: `add_encoded` does it with the first chunk."""
-    if config.index_type == "flat":
+def chosen_index_type(index_type: str, lines: int) -> str:
+    """`auto`: exact 8-bit rescoring (sq8) for a corpus that one scan serves quickly, the 4-bit fast scan refined by
+    8-bit codes (pq4-sq8) from AUTO_PQ_LINES lines up (docs/search.md#index-types)."""
+    if index_type != "auto":
+        return index_type
+    return "pq4-sq8" if lines >= AUTO_PQ_LINES else "sq8"
+
+
+def new_faiss_index(config: IndexConfig, dim: int, index_type: str | None = None) -> faiss.Index:
+    """The faiss index of a type (`config.index_type` unless given): exact inner product over float32 vectors or
+    8-bit codes, an HNSW graph over either, or 4-bit PQ codes scanned by SIMD and refined by 8-bit codes. The coded
+    types must be trained before vectors are added: `index_vectors` does it on a sample of the corpus."""
+    index_type = index_type or config.index_type
+    if index_type == "flat":
         return faiss.IndexFlatIP(dim)
-    if config.index_type == "sq8":
+    if index_type == "sq8":
         return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    if config.index_type == "hnsw-sq8":
+    if index_type == "pq4-sq8":
+        return faiss.index_factory(dim, f"PQ{pq_subquantizers(dim)}x4fs,Refine(SQ8)", faiss.METRIC_INNER_PRODUCT)
+    if index_type == "hnsw-sq8":
         index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     else:
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -126,87 +143,114 @@ def new_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
     return index
 
 
+def pq_subquantizers(dim: int) -> int:
+    """PQ_DIMS_PER_CODE dimensions per 4-bit code where the size divides evenly, else the nearest finer split."""
+    return next(m for m in range(max(1, dim // PQ_DIMS_PER_CODE), dim + 1) if dim % m == 0)
+
+
 class VectorsFile:
-    """The exact vectors an 8-bit index is rescored from, written to a .npy file chunk by chunk as they are encoded
-    (`np.load(path, mmap_mode="r")` reads it back); with `keep=False` it writes nothing."""
+    """A .npy file of float32 rows written chunk by chunk as they are encoded, and read back the same way: plain
+    file IO, not a memory map, so a whole corpus's vectors pass through without staying in the process's memory
+    (`np.load(path, mmap_mode="r")` reads it as an array)."""
 
-    def __init__(self, path: Path, rows: int, dim: int, keep: bool = True) -> None:
-        self.handle = open(path, "wb") if keep else None  # noqa: SIM115 (closed by __exit__)
-        if self.handle:
+    def __init__(self, path: Path, rows: int, dim: int) -> None:
+        self.path, self.rows, self.dim = path, rows, dim
+        with open(path, "wb") as handle:
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
-            np.lib.format.write_array_header_1_0(self.handle, {**header, "shape": (rows, dim)})
+            np.lib.format.write_array_header_1_0(handle, {**header, "shape": (rows, dim)})
+            self.offset = handle.tell()
 
-    def write(self, start: int, embeddings: np.ndarray) -> None:
-        if self.handle:
-            self.handle.write(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+    def append(self, embeddings: np.ndarray) -> None:
+        with open(self.path, "ab") as handle:
+            np.ascontiguousarray(embeddings, dtype=np.float32).tofile(handle)
 
-    def __enter__(self) -> VectorsFile:
-        return self
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            for start in range(0, self.rows, size):
+                count = min(size, self.rows - start) * self.dim
+                yield np.fromfile(handle, dtype=np.float32, count=count).reshape(-1, self.dim)
 
-    def __exit__(self, *_: object) -> None:
-        if self.handle:
-            self.handle.close()
+    def sample(self, size: int) -> np.ndarray:
+        """The rows `training_rows` picks, read into memory."""
+        mapped = np.load(self.path, mmap_mode="r")
+        return np.ascontiguousarray(mapped[training_rows(self.rows, size)])  # a copy: the mapping goes with `mapped`
 
 
-def add_encoded(
-    index: faiss.Index,
-    model: SentenceTransformer,
-    texts: Sequence[str],
-    batch_size: int,
-    keep: Callable[[int, np.ndarray], None] | None = None,
-) -> tuple[float, float]:
-    """Encode `texts` as documents into `index`, ENCODE_CHUNK lines at a time; returns the seconds spent encoding
-    and adding (an HNSW graph is built as it is added to).
+def training_rows(rows: int, size: int) -> np.ndarray:
+    """`size` of `rows` row numbers (all when fewer), seeded, in order: what a coded index is trained on."""
+    return np.sort(np.random.default_rng(0).choice(rows, min(size, rows), replace=False))
+
+
+def encode_to_file(model: Any, texts: Sequence[str], vectors: VectorsFile, batch_size: int) -> float:
+    """Encode `texts` as documents into `vectors`, ENCODE_CHUNK lines per call; returns the seconds spent.
 
     One encode call over a whole corpus holds its embeddings several times over (the batches, their stack, the
-    array, the index's copy); chunks leave the index's copy.
-    An untrained (sq8) index learns each dimension's range from the first chunk; a later value outside it is
-    clipped to it. `keep(start, embeddings)` gets each chunk's exact embeddings besides (for the rescoring file).
+    array); chunks hold one chunk's.
     """
-    encoding = adding = 0.0
+    seconds = 0.0
     with tqdm(total=len(texts), desc="encoding", unit=" lines", unit_scale=True, disable=progress_off()) as bar:
         for start in range(0, len(texts), ENCODE_CHUNK):
             chunk = texts[start : start + ENCODE_CHUNK]
             began = time.perf_counter()
-            embeddings = encode(model.encode_document, chunk, batch_size=batch_size)
-            encoded = time.perf_counter()
-            if not index.is_trained:
-                index.train(embeddings)
-            index.add(embeddings)
-            if keep is not None:
-                keep(start, embeddings)
-            encoding, adding = encoding + encoded - began, adding + time.perf_counter() - encoded
+            vectors.append(encode(model.encode_document, chunk, batch_size=batch_size))
+            seconds += time.perf_counter() - began
             bar.update(len(chunk))
-    return encoding, adding
+    return seconds
+
+
+def index_vectors(index: faiss.Index, vectors: VectorsFile) -> faiss.Index:
+    """Train `index` (a coded type) on TRAIN_SAMPLE random rows of the corpus, not its first lines, which come from
+    one source and dynasty; then add every row in order (row i = faiss id i). An HNSW graph is built as it is
+    added to."""
+    if not index.is_trained:
+        index.train(vectors.sample(TRAIN_SAMPLE))
+    for chunk in tqdm(
+        vectors.chunks(ENCODE_CHUNK),
+        desc="indexing",
+        unit=" chunks",
+        disable=progress_off(),
+        total=-(-vectors.rows // ENCODE_CHUNK),
+    ):
+        index.add(chunk)
+    return index
 
 
 def build_index(config: IndexConfig) -> dict[str, Any]:
     """Encode every corpus line, index the embeddings and write the index folder; returns what index.json records.
 
-    The lines' table is written first and the exact vectors (8-bit types) go to vectors.npy chunk by chunk, so
-    neither the parsed rows nor a second copy of the vectors stays in memory while the corpus is encoded.
+    The lines' table is written first and the vectors go to vectors.npy chunk by chunk, then into the index, so
+    neither the parsed rows nor the whole matrix stays in memory; the file stays beside an sq8 index, which is
+    rescored from it. The faiss index is written and let go before BM25 is built, the other large step.
     """
     rows = read_corpus(config.corpus)  # bad input, or an --out this stage may not replace, fails before encoding
     check_output_dir(config.out, INDEX_INFO)
-    from st_poetry.core.modeling import load_model  # (torch: not for the query path, which imports this module)
-
-    model = load_model(
+    model = open_encoder(
         config.model,
         max_seq_length=config.max_seq_length,
         query_instruction=config.query_instruction,
         backend=config.backend,
+        throughput=True,
     )
     record = model_record(model)
+    index_type = chosen_index_type(config.index_type, len(rows))
     with atomic_output_dir(config.out, INDEX_INFO) as tmp:
         Dataset.from_dict({key: [row[key] for row in rows] for key in METADATA}).save_to_disk(str(tmp / LINES_DIR))
-        texts = [row["text"] for row in rows]
-        del rows
-        index = new_faiss_index(config, record["embedding_dim"])
-        with VectorsFile(tmp / VECTORS_FILE, len(texts), record["embedding_dim"], rescored(config.index_type)) as kept:
-            encode_seconds, add_seconds = add_encoded(index, model, texts, config.batch_size, kept.write)
+        del rows  # the texts are read back from the table: the rows' objects can then all be freed, none pinned
+        texts = load_from_disk(str(tmp / LINES_DIR))["text"][:]
+        vectors = VectorsFile(tmp / VECTORS_FILE, len(texts), record["embedding_dim"])
+        encode_seconds = encode_to_file(model, texts, vectors, config.batch_size)
+        del model
         start = time.perf_counter()
+        index = index_vectors(new_faiss_index(config, record["embedding_dim"], index_type), vectors)
+        size = index.ntotal
+        faiss.write_index(index, str(tmp / FAISS_FILE))
+        del index
+        if not rescored(index_type):
+            vectors.path.unlink()
         bm25 = build_bm25(texts, BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=not progress_off())
-        index_seconds = add_seconds + time.perf_counter() - start
+        bm25.save(str(tmp / BM25_DIR), show_progress=False)
+        index_seconds = time.perf_counter() - start
         info = {
             "model": config.model,
             "backend": config.backend,
@@ -214,28 +258,26 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
             "query_instruction": config.query_instruction,
             "max_seq_length": config.max_seq_length,
             **record,
-            "index_type": config.index_type,
+            "index_type": index_type,
             "hnsw": (
                 {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search}
-                if config.index_type.startswith("hnsw")
+                if index_type.startswith("hnsw")
                 else None
             ),
             "bm25": {"folder": BM25_DIR, "tokens": HYBRID_LEXICAL, "k1": bm25.k1, "b": bm25.b},
             "corpus": str(config.corpus),
-            "size": index.ntotal,
+            "size": size,
             "encode_seconds": round(encode_seconds, 1),
             "index_seconds": round(index_seconds, 1),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        faiss.write_index(index, str(tmp / FAISS_FILE))
-        bm25.save(str(tmp / BM25_DIR), show_progress=False)
         write_json(tmp / INDEX_INFO, info)
 
     size_mb, bm25_mb = _folder_mb(Path(config.out)), _folder_mb(Path(config.out) / BM25_DIR)
     logger.info(
-        f"indexed {index.ntotal:,} lines from {config.corpus} with {config.model} (--backend {config.backend})\n"
-        f"  {info['embedding_dim']}-dim, {config.index_type} index, prompts {info['prompts']}\n"
-        f"  encoding {encode_seconds:.1f}s ({index.ntotal / max(encode_seconds, 1e-9):.0f} lines/s), "
+        f"indexed {size:,} lines from {config.corpus} with {config.model} (--backend {config.backend})\n"
+        f"  {info['embedding_dim']}-dim, {index_type} index, prompts {info['prompts']}\n"
+        f"  encoding {encode_seconds:.1f}s ({size / max(encode_seconds, 1e-9):.0f} lines/s), "
         f"indexing (faiss + BM25) {index_seconds:.1f}s\n"
         f"  wrote {config.out} ({size_mb:.1f} MB, of which BM25 {bm25_mb:.1f} MB)"
     )
@@ -244,7 +286,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
 
 def rescored(index_type: str) -> bool:
     """Whether an index type keeps its exact vectors beside its codes, to rescore its candidates."""
-    return index_type.endswith("sq8")
+    return index_type in ("sq8", "hnsw-sq8")
 
 
 class RescoredIndex:
@@ -273,6 +315,20 @@ class RescoredIndex:
         vectors = np.empty((len(ids), self.d), dtype=np.float32)
         vectors[order] = self.vectors[ids[order]]
         return vectors
+
+
+class RefinedIndex:
+    """A pq4-sq8 index (faiss `IndexRefine`) searched as retrieval calls a faiss index: the 4-bit scan's top
+    REFINE_CANDIDATES lines (more when k asks for more) reordered by their 8-bit codes. A candidate's dense score,
+    a BM25-only line's included, is its cosine to the 8-bit decoded vector (`reconstruct_batch`)."""
+
+    def __init__(self, index: faiss.Index, candidates: int = REFINE_CANDIDATES) -> None:
+        self.index, self.candidates, self.ntotal, self.d = index, candidates, index.ntotal, index.d
+        self.reconstruct_batch = index.reconstruct_batch
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = faiss.IndexRefineSearchParameters(k_factor=max(1.0, self.candidates / k))
+        return self.index.search(queries, k, params=params)
 
 
 def _folder_mb(folder: Path) -> float:
@@ -351,9 +407,11 @@ class PoetryIndex:
                 raise UserError(f"--ef-search applies to hnsw indexes; {self.folder} is {self.info['index_type']}")
             self.index.hnsw.efSearch = ef_search
         # what retrieval searches: the faiss index, or an 8-bit one rescored from the exact vectors
-        self.searched: faiss.Index | RescoredIndex = self.index
+        self.searched: faiss.Index | RescoredIndex | RefinedIndex = self.index
         if rescored(self.info["index_type"]):
             self.searched = RescoredIndex(self.index, read_vectors(self.folder, self.index))
+        elif self.info["index_type"] == "pq4-sq8":
+            self.searched = RefinedIndex(self.index)
 
         name = model or self.info["model"]
         self.backend = backend or self.info.get("backend", "torch")  # indexes from before --backend: torch

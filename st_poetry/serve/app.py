@@ -26,7 +26,6 @@ import queue
 import threading
 import time
 import typing
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
@@ -52,6 +51,7 @@ from st_poetry.core.errors import UserError
 from st_poetry.core.log import get_logger
 from st_poetry.retrieval.search import PoetryIndex
 from st_poetry.retrieval.service import EXAMPLE_QUERY, SearchOptions, SearchService, fusion_options, query_problem
+from st_poetry.serve.poems import Poems
 from st_poetry.serve.run import CONFIG_ENV, LOOPBACK_NAMES, trusted_hosts, uvicorn_options
 
 if TYPE_CHECKING:  # a reranker is loaded only when asked for: without one, an exported model's server loads no torch
@@ -221,12 +221,7 @@ class Searcher:
         self.index, self.config, self.reranker = index, config, reranker
         self.service = SearchService(index, reranker, config.rerank_top_k)
         self.fusion_fields = [f.name for f in fields(FusionOptions)]
-        # Rows of a group in corpus order: a poem's lines. CCPM and FlagEmbedding groups are records of choices,
-        # not poems; they carry no title, which is how a poem is told apart.
-        self.groups: dict[str, list[int]] = defaultdict(list)
-        for row, (group, title) in enumerate(zip(index.lines["group"], index.lines["title"], strict=True)):
-            if group and title:
-                self.groups[group].append(row)
+        self.poems = Poems(index.lines)
         self.batcher = Batcher(self.answer, config.batch_window_ms / 1000, config.max_batch, config.max_waiting)
 
     def check(self, queries: Sequence[str], options: Options) -> tuple[list[str], SearchOptions]:
@@ -288,10 +283,11 @@ class Searcher:
 
     def add_poems(self, hits: list[dict[str, Any]]) -> None:
         """Each hit's "poem": its group's whole lines, the hit's line marked, or None for a group without a title."""
-        rows = sorted({row for hit in hits for row in self.groups.get(hit["group"], ())})
+        poem_rows = self.poems.rows_of([hit["group"] for hit in hits]) if hits else []
+        rows = sorted({row for found in poem_rows for row in found})
         texts = dict(zip(rows, self.index.lines[rows]["text"], strict=True)) if rows else {}
-        for hit in hits:
-            lines = whole_lines([texts[row] for row in self.groups.get(hit["group"], ())])
+        for hit, found in zip(hits, poem_rows, strict=True):
+            lines = whole_lines([texts[row] for row in found])
             poem = {key: hit[key] for key in ("title", "author", "dynasty", "group")}
             position = next((number for number, line in enumerate(lines) if hit["text"] in line), None)
             hit["poem"] = {**poem, "lines": lines, "hit": position} if lines else None
