@@ -21,11 +21,7 @@ class Poems:
     """Which lines (rows of the index) make up the poem of a group."""
 
     def __init__(self, lines: Dataset) -> None:
-        group = lines.data.column("group").combine_chunks()
-        titled = pc.and_(pc.not_equal(group, ""), pc.not_equal(lines.data.column("title"), "")).to_numpy()
-        encoded = pc.dictionary_encode(group)
-        self.groups = encoded.dictionary
-        codes = np.where(titled, encoded.indices.to_numpy(), -1)
+        self.groups, codes = _group_codes(lines)
         self.rows = np.argsort(codes, kind="stable").astype(np.int32)  # by group, corpus order within one
         self.starts = np.searchsorted(codes[self.rows], np.arange(len(self.groups) + 1))
         # a group's code from its name: the names' hashes, sorted (a dict of every name would hold them all as
@@ -33,7 +29,7 @@ class Poems:
         hashes = np.fromiter(map(hash, self.groups.to_pylist()), dtype=np.int64, count=len(self.groups))
         self.by_hash = np.argsort(hashes)
         self.hashes = hashes[self.by_hash]
-        pa.default_memory_pool().release_unused()  # the column copies just freed: not kept for later allocations
+        pa.default_memory_pool().release_unused()  # the column copies, freed: not kept for later allocations
 
     def code(self, group: str) -> int:
         """The group's code, -1 for a name the table does not have."""
@@ -50,3 +46,11 @@ class Poems:
         """Each group's lines in corpus order; none for a group that is not a poem."""
         codes = [self.code(group) for group in groups]
         return [self.rows[self.starts[code] : self.starts[code + 1]].tolist() if code >= 0 else [] for code in codes]
+
+
+def _group_codes(lines: Dataset) -> tuple[pa.Array, np.ndarray]:
+    """The distinct groups and each line's code among them, -1 for a line without a title (no poem)."""
+    group = lines.data.column("group").combine_chunks()
+    titled = pc.and_(pc.not_equal(group, ""), pc.not_equal(lines.data.column("title"), "")).to_numpy()
+    encoded = pc.dictionary_encode(group)
+    return encoded.dictionary, np.where(titled, encoded.indices.to_numpy(), -1)
