@@ -3,7 +3,7 @@ choices, not poems; they carry no title, which is how a poem is told apart.
 
 Kept as arrays over the lines table (a code per line, the lines sorted by code) computed by pyarrow, with no Python
 object per line: each server worker holds its own copy, and a dict of row lists for the whole collection's poems
-took a process about 140 MB where these arrays take about 50 (docs/BENCHMARKS.md, "The whole collection with
+took a process about 140 MB where these arrays take about 60 (docs/BENCHMARKS.md, "The whole collection with
 pq4-sq8").
 """
 
@@ -49,8 +49,17 @@ class Poems:
 
 
 def _group_codes(lines: Dataset) -> tuple[pa.Array, np.ndarray]:
-    """The distinct groups and each line's code among them, -1 for a line without a title (no poem)."""
-    group = lines.data.column("group").combine_chunks()
-    titled = pc.and_(pc.not_equal(group, ""), pc.not_equal(lines.data.column("title"), "")).to_numpy()
+    """The distinct groups and each line's code among them, -1 for a line without a title (no poem).
+
+    A table on disk is read again for it with plain reads (and the copy freed), not through its memory map: a scan
+    of two columns through the map would leave their pages resident in every worker's share of the table, where
+    searches touch only the rows they return.
+    """
+    files = [entry["filename"] for entry in lines.cache_files]
+    table = (
+        pa.concat_tables([pa.ipc.open_stream(pa.OSFile(file)).read_all() for file in files]) if files else lines.data
+    )
+    group = table.column("group").combine_chunks()
+    titled = pc.and_(pc.not_equal(group, ""), pc.not_equal(table.column("title"), "")).to_numpy()
     encoded = pc.dictionary_encode(group)
     return encoded.dictionary, np.where(titled, encoded.indices.to_numpy(), -1)
