@@ -1,4 +1,4 @@
-"""Compressed (sq8) and approximate (HNSW) against exact (flat inner product) search: recall, speed, memory.
+"""Compressed (sq8, pq4-sq8) and approximate (HNSW) against exact (flat inner product) search: recall, speed, memory.
 
     flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py               # 1M synthetic vectors, dim 384
     flock /tmp/st_poetry_heavy.lock python scripts/bench_search.py --vectors indexes/poetry   # a real index

@@ -500,7 +500,9 @@ def test_a_pq4_sq8_index_reorders_its_fast_scan_by_8bit_codes(tmp_path):
     vectors.append(rows[:1234])
     vectors.append(rows[1234:])
     np.testing.assert_array_equal(np.load(tmp_path / "vectors.npy"), rows)
-    index = search.RefinedIndex(search.index_vectors(search.new_faiss_index(IndexConfig(), 32, "pq4-sq8"), vectors))
+    index = search.RefinedIndex(
+        search.index_vectors(search.new_faiss_index(IndexConfig(index_type="pq4-sq8"), 32), vectors)
+    )
     exact = rows @ queries.T
     scores, ids = index.search(queries, 10)
     top = np.argsort(-exact, axis=0)[:10].T

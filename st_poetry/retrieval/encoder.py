@@ -142,15 +142,12 @@ class ExportedEncoder:
 
     def get_embedding_dimension(self) -> int:
         if self._dimension is None:
-            self._dimension = int(self._encode_batch(["."]).shape[1])
+            self._dimension = int(self.encode(["."]).shape[1])
         return self._dimension
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        feed, mask = self._features(texts)
-        return self._pool(self.graph.run(feed), mask)
-
     def _features(self, texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """The graph's inputs for a batch (token ids padded to the batch's longest) and its attention mask."""
+        """The graph's inputs for a batch (token ids padded to the batch's longest, for queries to a multiple of
+        QUERY_PAD_MULTIPLE) and its attention mask."""
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([encoding.ids for encoding in encodings], dtype=np.int64)
         mask = np.array([encoding.attention_mask for encoding in encodings], dtype=np.int64)

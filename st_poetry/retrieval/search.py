@@ -123,18 +123,17 @@ def chosen_index_type(index_type: str, lines: int) -> str:
     return "pq4-sq8" if lines >= AUTO_PQ_LINES else "sq8"
 
 
-def new_faiss_index(config: IndexConfig, dim: int, index_type: str | None = None) -> faiss.Index:
-    """The faiss index of a type (`config.index_type` unless given): exact inner product over float32 vectors or
-    8-bit codes, an HNSW graph over either, or 4-bit PQ codes scanned by SIMD and refined by 8-bit codes. The coded
-    types must be trained before vectors are added: `index_vectors` does it on a sample of the corpus."""
-    index_type = index_type or config.index_type
-    if index_type == "flat":
+def new_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
+    """The faiss index of `config.index_type` (not `auto`: `chosen_index_type` resolves it): exact inner product
+    over float32 vectors or 8-bit codes, an HNSW graph over either, or 4-bit PQ codes scanned by SIMD and refined by
+    8-bit codes. The coded types must be trained before vectors are added: `index_vectors` does it on a sample."""
+    if config.index_type == "flat":
         return faiss.IndexFlatIP(dim)
-    if index_type == "sq8":
+    if config.index_type == "sq8":
         return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    if index_type == "pq4-sq8":
+    if config.index_type == "pq4-sq8":
         return faiss.index_factory(dim, f"PQ{pq_subquantizers(dim)}x4fs,Refine(SQ8)", faiss.METRIC_INNER_PRODUCT)
-    if index_type == "hnsw-sq8":
+    if config.index_type == "hnsw-sq8":
         index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     else:
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -233,7 +232,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
         throughput=True,
     )
     record = model_record(model)
-    index_type = chosen_index_type(config.index_type, len(rows))
+    config = dataclasses.replace(config, index_type=chosen_index_type(config.index_type, len(rows)))
     with atomic_output_dir(config.out, INDEX_INFO) as tmp:
         Dataset.from_dict({key: [row[key] for row in rows] for key in METADATA}).save_to_disk(str(tmp / LINES_DIR))
         del rows  # the texts are read back from the table: the rows' objects can then all be freed, none pinned
@@ -242,11 +241,11 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
         encode_seconds = encode_to_file(model, texts, vectors, config.batch_size)
         del model
         start = time.perf_counter()
-        index = index_vectors(new_faiss_index(config, record["embedding_dim"], index_type), vectors)
+        index = index_vectors(new_faiss_index(config, record["embedding_dim"]), vectors)
         size = index.ntotal
         faiss.write_index(index, str(tmp / FAISS_FILE))
         del index
-        if not rescored(index_type):
+        if not rescored(config.index_type):
             vectors.path.unlink()
         bm25 = build_bm25(texts, BM25_TOKENIZERS[HYBRID_LEXICAL], show_progress=not progress_off())
         bm25.save(str(tmp / BM25_DIR), show_progress=False)
@@ -258,10 +257,10 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
             "query_instruction": config.query_instruction,
             "max_seq_length": config.max_seq_length,
             **record,
-            "index_type": index_type,
+            "index_type": config.index_type,
             "hnsw": (
                 {"m": config.hnsw_m, "ef_construction": config.hnsw_ef_construction, "ef_search": config.hnsw_ef_search}
-                if index_type.startswith("hnsw")
+                if config.index_type.startswith("hnsw")
                 else None
             ),
             "bm25": {"folder": BM25_DIR, "tokens": HYBRID_LEXICAL, "k1": bm25.k1, "b": bm25.b},
@@ -276,7 +275,7 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
     size_mb, bm25_mb = _folder_mb(Path(config.out)), _folder_mb(Path(config.out) / BM25_DIR)
     logger.info(
         f"indexed {size:,} lines from {config.corpus} with {config.model} (--backend {config.backend})\n"
-        f"  {info['embedding_dim']}-dim, {index_type} index, prompts {info['prompts']}\n"
+        f"  {info['embedding_dim']}-dim, {config.index_type} index, prompts {info['prompts']}\n"
         f"  encoding {encode_seconds:.1f}s ({size / max(encode_seconds, 1e-9):.0f} lines/s), "
         f"indexing (faiss + BM25) {index_seconds:.1f}s\n"
         f"  wrote {config.out} ({size_mb:.1f} MB, of which BM25 {bm25_mb:.1f} MB)"
