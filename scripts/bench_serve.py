@@ -46,10 +46,10 @@ from urllib.parse import quote, urlencode
 
 import numpy as np
 from benchlib import ROOT, write_result
-from datasets import load_from_disk
 
 from st_poetry.core.schema import CORPUS, read_split
-from st_poetry.retrieval.search import INDEX_INFO, LINES_DIR
+from st_poetry.retrieval.lines import LINES_FILE, Lines
+from st_poetry.retrieval.search import INDEX_INFO
 from st_poetry.serve.app import EXAMPLES
 
 
@@ -305,7 +305,7 @@ def main() -> None:
         subprocess.run([*command, "--corpus", str(corpus), "--out", str(args.index)], cwd=ROOT, check=True)
     info = json.loads((args.index / INDEX_INFO).read_text(encoding="utf-8"))
 
-    indexed = set(load_from_disk(str(args.index / LINES_DIR))["text"])
+    indexed = set(Lines(args.index / LINES_FILE).column("text").to_pylist())
     queries = [row for row in read_split(args.data / "eval.jsonl").rows if row["positive"] in indexed]
     random.Random(args.seed).shuffle(queries)
     print(f"{len(queries):,} eval descriptions whose line is in the index")

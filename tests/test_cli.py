@@ -32,7 +32,10 @@ def test_a_commands_help_comes_from_its_config(capsys):
 
 
 def _loaded(code: str) -> list[str]:
-    heavy = ["torch", "sentence_transformers", "st_poetry.training", "st_poetry.evaluation", "matplotlib", "opencc"]
+    heavy = [
+        *("torch", "sentence_transformers", "datasets"),
+        *("st_poetry.training", "st_poetry.evaluation", "matplotlib", "opencc"),
+    ]
     probe = f"import sys; {code}; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
 
@@ -54,7 +57,7 @@ def test_parsing_loads_no_torch_until_a_training_stage_needs_its_trainers_fields
     assert "torch" in _loaded(train + "parse_config(TrainConfig, [])")
 
 
-def test_the_query_path_loads_no_torch_training_evaluation_plots_or_opencc():
+def test_the_query_path_loads_no_torch_datasets_training_evaluation_plots_or_opencc():
     """torch and sentence-transformers come only with a model that needs them (tests/test_backends.py searches an
-    exported model's index without them)."""
+    exported model's index without them); the lines table is read by pyarrow, not `datasets`."""
     assert _loaded("import st_poetry.retrieval.search, st_poetry.serve.app") == []

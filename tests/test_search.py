@@ -48,7 +48,7 @@ def test_build_writes_index_and_records_model_and_prompts(capsys, tmp_path, tiny
     assert info["embedding_dim"] == 32 and len(info["probe"]) == 32
     assert info["index_type"] == "flat" and info["hnsw"] is None
     assert info["size"] == len(read_corpus(prepared_dir / "corpus.jsonl")) == 38
-    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", "bm25", INDEX_INFO}
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines.arrow", "bm25", INDEX_INFO}
     assert info["bm25"] == {"folder": "bm25", "tokens": "bm25-chars", "k1": 1.5, "b": 0.75}
     # the recorded model is found again and passes its own check
     results, _ = _query(capsys, out, "山中下雨后傍晚的秋天", top_k=38)
@@ -330,10 +330,11 @@ def _truncate(path, size=None):
         (lambda folder: _truncate(folder / "index.faiss"), r"index\.faiss is unreadable \(truncated or corrupt"),
         (lambda folder: (folder / INDEX_INFO).write_text("{not json"), r"index\.json is unreadable"),
         (lambda folder: (folder / INDEX_INFO).write_text("{}"), r"index\.json lacks model, .*size: not written by"),
-        (lambda folder: shutil.rmtree(folder / "lines"), r"lines is missing or unreadable"),
+        (lambda folder: (folder / "lines.arrow").unlink(), r"lines\.arrow is missing or unreadable"),
+        (lambda folder: _truncate(folder / "lines.arrow"), r"lines\.arrow is missing or unreadable"),
         (
             lambda folder: faiss.write_index(faiss.IndexFlatIP(32), str(folder / "index.faiss")),
-            r"does not hold together: index\.faiss has 0 32-dim vectors, lines/ 38 lines",
+            r"does not hold together: index\.faiss has 0 32-dim vectors, lines\.arrow 38 lines",
         ),
     ],
 )
@@ -476,7 +477,7 @@ def test_the_default_index_is_sq8_below_the_auto_size_and_pq4_sq8_from_it(
     out = tmp_path / "default"
     info = build_index(IndexConfig(model=tiny_hf_model, corpus=corpus, out=str(out)))
     assert IndexConfig().index_type == "auto" and info["index_type"] == "sq8" and info["hnsw"] is None
-    assert {path.name for path in out.iterdir()} == {"index.faiss", "vectors.npy", "lines", "bm25", INDEX_INFO}
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "vectors.npy", "lines.arrow", "bm25", INDEX_INFO}
     exact = PoetryIndex(index_dir).search(["举头望明月"], 3, hybrid=False)[0]
     found = PoetryIndex(out).search(["举头望明月"], 3, hybrid=False)[0]
     assert found[0]["text"] == exact[0]["text"] == "举头望明月"
@@ -517,11 +518,21 @@ def test_a_pq4_sq8_index_folder_is_searched_without_a_vectors_file(capsys, tmp_p
     out = tmp_path / "pq"
     corpus = str(prepared_dir / "corpus.jsonl")
     assert build_index(IndexConfig(model=tiny_hf_model, corpus=corpus, out=str(out), index_type="pq4-sq8"))
-    assert {path.name for path in out.iterdir()} == {"index.faiss", "lines", "bm25", INDEX_INFO}
+    assert {path.name for path in out.iterdir()} == {"index.faiss", "scan.faiss", "lines.arrow", "bm25", INDEX_INFO}
     opened = PoetryIndex(out)
-    assert type(opened.index).__name__ == "IndexRefine"
+    assert type(opened.index).__name__ == "IndexScalarQuantizer"  # the 8-bit codes, memory-mapped
+    assert type(opened.searched.index).__name__ == "IndexRefine" and opened.searched.index.ntotal == 38
     for hybrid in (False, True):
         (hits,) = opened.search(["明月"], 38, hybrid=hybrid)
         assert len({hit["text"] for hit in hits}) == 38
-    maps = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(out / FAISS_NAME))]
-    assert maps and all(line.split()[1] == "r--s" for line in maps)
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    codes = [line for line in maps if line.endswith(str(out / FAISS_NAME))]
+    assert codes and all(line.split()[1] == "r--s" for line in codes)
+    assert not [line for line in maps if line.endswith(str(out / "scan.faiss"))]  # read: faiss copies it anyway
+
+    (out / "scan.faiss").unlink()
+    with pytest.raises(UserError, match=r"scan\.faiss is unreadable .*: rebuild it: just index"):
+        PoetryIndex(out)
+    faiss.write_index(faiss.IndexPQFastScan(32, 8, 4), str(out / "scan.faiss"))
+    with pytest.raises(UserError, match=r"does not hold together: scan\.faiss has 0 32-dim vectors, index\.faiss 38"):
+        PoetryIndex(out)

@@ -22,7 +22,6 @@ from urllib.parse import quote
 
 import pytest
 from conftest import EXTRA_CORPUS, POEMS, prepared_rows, save_bag_of_chars_model
-from datasets import Dataset
 from fastapi.testclient import TestClient
 
 from st_poetry.cli import main as cli_main
@@ -30,7 +29,8 @@ from st_poetry.cli.options import parse_config
 from st_poetry.core.config import FusionOptions, IndexConfig, QueryConfig, ServeConfig
 from st_poetry.core.modeling import load_reranker
 from st_poetry.core.schema import CORPUS
-from st_poetry.retrieval.search import INDEX_INFO, METADATA, PoetryIndex, build_index, query
+from st_poetry.retrieval.lines import FIELDS, LINES_FILE, Lines, write_lines
+from st_poetry.retrieval.search import INDEX_INFO, PoetryIndex, build_index, query
 from st_poetry.retrieval.service import SearchOptions, SearchService
 from st_poetry.serve.app import (
     CONFIG_ENV,
@@ -89,7 +89,7 @@ def test_get_returns_the_search_results_with_the_whole_poem(client, index):
     assert body["query"] == DESCRIPTION
     assert [{key: hit[key] for key in hit if key != "poem"} for hit in body["results"]] == expected
     first = body["results"][0]
-    assert set(first) == {"rank", "score", *METADATA, "poem"}
+    assert set(first) == {"rank", "score", *FIELDS, "poem"}
     assert (first["text"], first["title"], first["author"]) == ("独钓寒江雪", "江雪", "柳宗元")
     group, title, author, dynasty, lines, _ = RIVER_SNOW
     assert first["poem"] == {
@@ -859,14 +859,15 @@ def test_the_process_that_supervises_workers_loads_no_torch():
     assert found.split() == ["False", "False"]
 
 
-def test_poems_are_the_titled_groups_lines_in_corpus_order():
+def test_poems_are_the_titled_groups_lines_in_corpus_order(tmp_path):
     """A poem's lines wherever they sit in the corpus (a choice linked to its poem comes later); a group without a
     title (CCPM's records) or a name the table lacks is no poem."""
-    lines = Dataset.from_dict(
-        {
-            "group": ["a", "a", "ccpm:1", "b", "a", "", "ccpm:1"],
-            "title": ["静夜思", "静夜思", "", "江雪", "静夜思", "无题", ""],
-        }
-    )
-    poems = Poems(lines)
+    groups = ["a", "a", "ccpm:1", "b", "a", "", "ccpm:1"]
+    titles = ["静夜思", "静夜思", "", "江雪", "静夜思", "无题", ""]
+    rows = [
+        {**dict.fromkeys(FIELDS, "x"), "group": group, "title": title}
+        for group, title in zip(groups, titles, strict=True)
+    ]
+    write_lines(tmp_path / LINES_FILE, rows)
+    poems = Poems(Lines(tmp_path / LINES_FILE))
     assert poems.rows_of(["a", "b", "ccpm:1", "", "nowhere", "a"]) == [[0, 1, 4], [3], [], [], [], [0, 1, 4]]

@@ -7,16 +7,17 @@
 An index folder holds
 - `index.faiss`: the normalized line embeddings (so inner product = cosine), by `--index-type`: exact
   `IndexFlatIP`, `IndexScalarQuantizer` (`sq8`: 8-bit codes, a quarter of the size), an approximate HNSW graph
-  over either (`hnsw`, `hnsw-sq8`), or 4-bit PQ codes scanned by SIMD whose candidates the 8-bit codes reorder
-  (`pq4-sq8`, a faiss `IndexRefine`: the whole collection's default). It is opened memory-mapped
-  (`faiss.IO_FLAG_MMAP_IFC`): the codes stay in the OS page cache, shared by every process (server worker) that
-  opens the same file;
+  over either (`hnsw`, `hnsw-sq8`), or, for `pq4-sq8` (the whole collection's default), the 8-bit codes that
+  reorder the candidates of a 4-bit scan. It is opened memory-mapped (`faiss.IO_FLAG_MMAP_IFC`): the codes stay
+  in the OS page cache, shared by every process (server worker) that opens the same file;
+- `scan.faiss` (pq4-sq8): 4-bit PQ codes scanned by SIMD, read into memory (faiss copies fast-scan codes out of
+  a mapped file too, whose pages would then be held twice); with index.faiss it makes a faiss `IndexRefine`;
 - `vectors.npy` (sq8, hnsw-sq8): the exact float32 embeddings, memory-mapped. A query takes the 8-bit index's
   top RESCORE_FACTOR x k and reorders them by their exact cosines read from here (`RescoredIndex`), so results
   and scores are the exact ones and only the candidates' rows are read from disk; a hybrid search gets the exact
   cosine of a BM25-only candidate the same way;
-- `lines/`: the corpus metadata (id, text, title, author, dynasty, group) as a memory-mapped `datasets` table whose
-  row i is faiss id i, so opening a large index does not parse the whole corpus;
+- `lines.arrow`: the corpus metadata (id, text, title, author, dynasty, group), row i = faiss id i, an Arrow file
+  opened memory-mapped (st_poetry.retrieval.lines), so opening a large index does not parse the whole corpus;
 - `bm25/`: a bm25s index of the lines' single characters (document i = faiss id i), memory-mapped when opened,
   for `--hybrid` search (st_poetry.retrieval.hybrid);
 - `index.json`, written last: the model and the `--backend` that encoded it, the exact prompt strings, the
@@ -41,7 +42,7 @@ from typing import Any
 import bm25s
 import faiss
 import numpy as np
-from datasets import Dataset, load_from_disk
+import pyarrow as pa
 from tqdm import tqdm
 
 from st_poetry.core import tables
@@ -54,20 +55,20 @@ from st_poetry.core.schema import CORPUS
 from st_poetry.retrieval.encoder import open_encoder
 from st_poetry.retrieval.hybrid import fused_ranking
 from st_poetry.retrieval.lexical import BM25_TOKENIZERS, HYBRID_LEXICAL, build_bm25
+from st_poetry.retrieval.lines import FIELDS, LINES_FILE, Lines, write_lines
 from st_poetry.retrieval.service import SearchOptions, SearchService, check_query, fusion_options
 
 logger = get_logger(__name__)
 
 INDEX_INFO = IndexConfig.MARKER
 FAISS_FILE = "index.faiss"
+SCAN_FILE = "scan.faiss"
 VECTORS_FILE = "vectors.npy"
 # An 8-bit index's candidates per line asked for, rescored exactly: the codes order lines within about 1e-3 of
 # their cosine, so the exact top k lies well inside the top few k (docs/BENCHMARKS.md#compressed-index).
 RESCORE_FACTOR = 4
 RESCORE_MIN = 40
-LINES_DIR = "lines"
 BM25_DIR = "bm25"
-METADATA = CORPUS.names
 # What a query reads from index.json.
 INFO_KEYS = ("model", "query_instruction", "max_seq_length", "prompts", "embedding_dim", "probe", "index_type", "size")
 # Any fixed text does: what matters is that the model that built the index and the one querying it agree on it.
@@ -234,16 +235,16 @@ def build_index(config: IndexConfig) -> dict[str, Any]:
     record = model_record(model)
     config = dataclasses.replace(config, index_type=chosen_index_type(config.index_type, len(rows)))
     with atomic_output_dir(config.out, INDEX_INFO) as tmp:
-        Dataset.from_dict({key: [row[key] for row in rows] for key in METADATA}).save_to_disk(str(tmp / LINES_DIR))
+        write_lines(tmp / LINES_FILE, rows)
         del rows  # the texts are read back from the table: the rows' objects can then all be freed, none pinned
-        texts = load_from_disk(str(tmp / LINES_DIR))["text"][:]
+        texts = Lines(tmp / LINES_FILE).column("text").to_pylist()
         vectors = VectorsFile(tmp / VECTORS_FILE, len(texts), record["embedding_dim"])
         encode_seconds = encode_to_file(model, texts, vectors, config.batch_size)
         del model
         start = time.perf_counter()
         index = index_vectors(new_faiss_index(config, record["embedding_dim"]), vectors)
         size = index.ntotal
-        faiss.write_index(index, str(tmp / FAISS_FILE))
+        write_faiss(index, tmp)
         del index
         if not rescored(config.index_type):
             vectors.path.unlink()
@@ -338,6 +339,14 @@ def _folder_mb(folder: Path) -> float:
 # query
 
 
+def write_faiss(index: faiss.Index, folder: Path) -> None:
+    """index.faiss; a pq4-sq8 index (`IndexRefine`) as its 8-bit codes there and its 4-bit scan in SCAN_FILE."""
+    if isinstance(index, faiss.IndexRefine):
+        faiss.write_index(faiss.downcast_index(index.base_index), str(folder / SCAN_FILE))
+        index = faiss.downcast_index(index.refine_index)
+    faiss.write_index(index, str(folder / FAISS_FILE))
+
+
 def read_faiss(path: Path) -> faiss.Index:
     """The index with its vectors or codes memory-mapped read-only (every type `just index` writes: the flat
     codes of flat and sq8, an HNSW graph's storage), so processes that open the same file share one copy in the
@@ -345,8 +354,8 @@ def read_faiss(path: Path) -> faiss.Index:
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
 
 
-def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Dataset]:
-    """index.json, index.faiss and lines/, checked to belong together; anything damaged is one line that says
+def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Lines]:
+    """index.json, index.faiss and lines.arrow, checked to belong together; anything damaged is one line that says
     to rebuild, never a traceback from faiss or datasets."""
     if not (folder / INDEX_INFO).is_file():
         raise UserError(
@@ -360,22 +369,38 @@ def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Datase
     missing = [key for key in INFO_KEYS if key not in info] if isinstance(info, dict) else list(INFO_KEYS)
     if missing:
         raise UserError(f"{folder / INDEX_INFO} lacks {', '.join(missing)}: not written by `just index`; {rebuild}")
+    index = _read_or_rebuild(read_faiss, folder / FAISS_FILE, rebuild)
     try:
-        index = read_faiss(folder / FAISS_FILE)
-    except RuntimeError as error:
-        reason = str(error).rsplit("Error: ", 1)[-1].strip()
-        raise UserError(f"{folder / FAISS_FILE} is unreadable (truncated or corrupt: {reason}): {rebuild}") from None
-    try:
-        lines = load_from_disk(str(folder / LINES_DIR))
-    except (OSError, ValueError) as error:
-        raise UserError(f"{folder / LINES_DIR} is missing or unreadable ({error}): {rebuild}") from None
+        lines = Lines(folder / LINES_FILE)
+    except (OSError, pa.ArrowException) as error:
+        raise UserError(f"{folder / LINES_FILE} is missing or unreadable ({error}): {rebuild}") from None
     if not index.ntotal == len(lines) == info["size"] or index.d != info["embedding_dim"]:
         raise UserError(
-            f"{folder} does not hold together: {FAISS_FILE} has {index.ntotal:,} {index.d}-dim vectors, {LINES_DIR}/ "
+            f"{folder} does not hold together: {FAISS_FILE} has {index.ntotal:,} {index.d}-dim vectors, {LINES_FILE} "
             f"{len(lines):,} lines, {INDEX_INFO} says {info['size']:,} of {info['embedding_dim']} dims "
             f"(files of two builds?): {rebuild}"
         )
     return info, index, lines
+
+
+def _read_or_rebuild(read: Callable[[Path], faiss.Index], path: Path, rebuild: str) -> faiss.Index:
+    try:
+        return read(path)
+    except RuntimeError as error:
+        reason = str(error).rsplit("Error: ", 1)[-1].strip()
+        raise UserError(f"{path} is unreadable (truncated or corrupt: {reason}): {rebuild}") from None
+
+
+def read_scan(folder: Path, codes: faiss.Index) -> faiss.IndexRefine:
+    """A pq4-sq8 index put together: the 4-bit scan of SCAN_FILE, checked to match the 8-bit codes it is refined by."""
+    rebuild = f"rebuild it: just index --model PATH --out {folder}"
+    scan = _read_or_rebuild(lambda path: faiss.read_index(str(path)), folder / SCAN_FILE, rebuild)
+    if (scan.ntotal, scan.d) != (codes.ntotal, codes.d):
+        raise UserError(
+            f"{folder} does not hold together: {SCAN_FILE} has {scan.ntotal:,} {scan.d}-dim vectors, {FAISS_FILE} "
+            f"{codes.ntotal:,} {codes.d}-dim: {rebuild}"
+        )
+    return faiss.IndexRefine(scan, codes)
 
 
 def read_vectors(folder: Path, index: faiss.Index) -> np.ndarray:
@@ -410,7 +435,7 @@ class PoetryIndex:
         if rescored(self.info["index_type"]):
             self.searched = RescoredIndex(self.index, read_vectors(self.folder, self.index))
         elif self.info["index_type"] == "pq4-sq8":
-            self.searched = RefinedIndex(self.index)
+            self.searched = RefinedIndex(read_scan(self.folder, self.index))
 
         name = model or self.info["model"]
         self.backend = backend or self.info.get("backend", "torch")  # indexes from before --backend: torch
@@ -510,8 +535,8 @@ class PoetryIndex:
                 for row_scores, row_ids in zip(scores, ids, strict=True)
             ]
         found_ids = sorted({i for row in hits for i, _, _ in row})
-        columns = self.lines[found_ids]
-        metadata = {i: {key: columns[key][n] for key in METADATA} for n, i in enumerate(found_ids)}
+        columns = self.lines.rows(found_ids)
+        metadata = {i: {key: columns[key][n] for key in FIELDS} for n, i in enumerate(found_ids)}
         return [
             [{"rank": rank, "score": score, **extra, **metadata[i]} for rank, (i, score, extra) in enumerate(row, 1)]
             for row in hits

@@ -285,7 +285,7 @@ class Searcher:
         """Each hit's "poem": its group's whole lines, the hit's line marked, or None for a group without a title."""
         poem_rows = self.poems.rows_of([hit["group"] for hit in hits]) if hits else []
         rows = sorted({row for found in poem_rows for row in found})
-        texts = dict(zip(rows, self.index.lines[rows]["text"], strict=True)) if rows else {}
+        texts = dict(zip(rows, self.index.lines.rows(rows)["text"], strict=True)) if rows else {}
         for hit, found in zip(hits, poem_rows, strict=True):
             lines = whole_lines([texts[row] for row in found])
             poem = {key: hit[key] for key in ("title", "author", "dynasty", "group")}
