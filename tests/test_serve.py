@@ -539,6 +539,44 @@ def test_the_batcher_groups_waiting_requests_up_to_the_cap_and_keeps_errors_to_t
         batcher.submit("g")
 
 
+def test_the_window_waits_for_company_only_while_batches_hold_several_requests():
+    """A lone client's request goes at once; after a batch of several, the next first request waits the window
+    for others (here a long one, so either way is plain)."""
+    seen, release = [], threading.Event()
+
+    def handle(payloads):
+        seen.append(list(payloads))
+        release.wait(10)
+        return payloads
+
+    batcher = Batcher(handle, window=30.0, max_batch=2, max_waiting=8)
+    release.set()
+    try:
+        assert batcher.submit("alone").result(5) == "alone"  # not held for the 30 s window
+        release.clear()
+        busy = batcher.submit("a")
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:  # the model is busy with "a"
+            time.sleep(0.01)
+        together = [batcher.submit("b"), batcher.submit("c")]
+        release.set()
+        assert busy.result(5) == "a" and [future.result(5) for future in together] == ["b", "c"]
+        assert seen == [["alone"], ["a"], ["b", "c"]]
+        release.clear()
+        crowded = batcher.submit("d")  # after a batch of two: waits for company
+        time.sleep(0.3)
+        assert not crowded.done() and seen == [["alone"], ["a"], ["b", "c"]]
+        batcher.submit("e")
+        deadline = time.monotonic() + 10
+        while len(seen) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen[3] == ["d", "e"]  # joined within the window (a full batch goes at once)
+        release.set()
+    finally:
+        release.set()
+        batcher.close()
+
+
 def test_requests_that_arrive_together_share_a_model_call_and_get_their_own_results(index):
     """Concurrent requests with different options, through the app: answered in shared batches, each exactly as
     the same request alone."""

@@ -683,7 +683,8 @@ class ServeConfig(RetrievalOptions):
     )
     batch_window_ms: float = option(
         5.0,
-        "how long the first waiting request waits for others to share its model call (0: only those already waiting)",
+        "how long the first waiting request waits for others to share its model call, while batches hold several "
+        "requests (a lone client never waits; 0: only those already waiting)",
         ge=0,
         le=1000,
     )

@@ -331,20 +331,20 @@ class RefinedIndex:
         return self.index.search(queries, k, params=params)
 
 
-def _folder_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
-
-
-# ---------------------------------------------------------------------------------------------------------
-# query
-
-
 def write_faiss(index: faiss.Index, folder: Path) -> None:
     """index.faiss; a pq4-sq8 index (`IndexRefine`) as its 8-bit codes there and its 4-bit scan in SCAN_FILE."""
     if isinstance(index, faiss.IndexRefine):
         faiss.write_index(faiss.downcast_index(index.base_index), str(folder / SCAN_FILE))
         index = faiss.downcast_index(index.refine_index)
     faiss.write_index(index, str(folder / FAISS_FILE))
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------------------
+# query
 
 
 def read_faiss(path: Path) -> faiss.Index:
@@ -356,7 +356,7 @@ def read_faiss(path: Path) -> faiss.Index:
 
 def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Lines]:
     """index.json, index.faiss and lines.arrow, checked to belong together; anything damaged is one line that says
-    to rebuild, never a traceback from faiss or datasets."""
+    to rebuild, never a traceback from faiss or pyarrow."""
     if not (folder / INDEX_INFO).is_file():
         raise UserError(
             f"no index at {folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"

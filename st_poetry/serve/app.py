@@ -132,8 +132,10 @@ class Batcher:
 
     A fast tokenizer refuses concurrent use ("Already borrowed") and on a few CPU cores parallel encodes would
     only compete, so one thread calls the model; a batch of queries costs it far less than the same queries one
-    by one. The first waiting request waits at most `window` seconds from its arrival (one that already waited while
-    the model was busy goes at once) for others to join, up to `max_batch` queries; a request is never split. When
+    by one. While several clients keep the server busy (the last batch held more than one request), the first
+    waiting request waits at most `window` seconds from its arrival (one that already waited while the model was
+    busy goes at once) for others to join, up to `max_batch` queries; a lone client's request waits for nobody. A
+    request is never split. When
     `max_waiting` requests wait, `submit` raises Busy. `handle` gets the batch's payloads and returns their answers
     in order; when it fails, the batch's requests are answered one at a time, so an error is only its own request's.
     """
@@ -167,6 +169,7 @@ class Batcher:
 
     def _run(self) -> None:
         carried: Job | None = None
+        window = 0.0  # no company to wait for until a batch holds more than one request
         while not self.closed or carried is not None:
             first = carried if carried is not None else self.jobs.get()
             carried = None
@@ -175,7 +178,7 @@ class Batcher:
             batch, size = [first], first.size
             while size < self.max_batch:
                 try:
-                    job = self.jobs.get(timeout=max(0.0, first.arrived + self.window - time.monotonic()))
+                    job = self.jobs.get(timeout=max(0.0, first.arrived + window - time.monotonic()))
                 except queue.Empty:
                     break
                 if job is None:
@@ -186,6 +189,7 @@ class Batcher:
                     break
                 batch.append(job)
                 size += job.size
+            window = self.window if len(batch) > 1 else 0.0
             self._answer([job for job in batch if job.future.set_running_or_notify_cancel()])
         leftover = [carried] if carried is not None else []
         while True:
