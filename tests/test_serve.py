@@ -847,9 +847,10 @@ def sq8_index(index_dir):
     return out
 
 
-def test_two_workers_map_one_index_file_and_answer_as_one_process_does(sq8_index):
+def test_two_workers_map_one_index_file_answer_as_one_process_does_and_outlive_each_other(sq8_index):
     """`serve --workers 2` as a user runs it: two worker processes, both with the same index.faiss mapped shared
-    (not copied), answering /health and searches with the results of an in-process search."""
+    (not copied), answering /health and searches with the results of an in-process search; a worker killed, the
+    other goes on answering while uvicorn starts a new one."""
     import psutil
 
     with socket.socket() as probe:
@@ -857,34 +858,52 @@ def test_two_workers_map_one_index_file_and_answer_as_one_process_does(sq8_index
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "st_poetry", "serve", "--index", str(sq8_index), "--port", str(port)]
     server = subprocess.Popen([*command, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    expected = [hit["text"] for hit in PoetryIndex(sq8_index).search([DESCRIPTION], 5, hybrid=True)[0]]
+
+    def get(path: str) -> dict:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", path)
+        return json.loads(connection.getresponse().read())
+
+    def mapping_workers(count: int) -> list:
+        """The server's processes that map index.faiss, once `count` of them do (a worker maps the file once its
+        app is loaded, before the port answers for it)."""
+
+        def maps_index(child: psutil.Process) -> bool:
+            try:
+                return any(region.path == str(sq8_index / "index.faiss") for region in child.memory_maps())
+            except psutil.Error:  # a worker gone, or not yet reaped
+                return False
+
+        deadline, found = time.monotonic() + 60, []
+        while len(found) < count and time.monotonic() < deadline:
+            found = [child for child in psutil.Process(server.pid).children(recursive=True) if maps_index(child)]
+            time.sleep(0.5)
+        return found
+
     try:
         deadline, health = time.monotonic() + 120, None
         while health is None and time.monotonic() < deadline and server.poll() is None:
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/health")
-                health = json.loads(connection.getresponse().read())
+                health = get("/health")
             except OSError:
                 time.sleep(0.5)
         assert health == {"status": "ok", "lines": PoetryIndex(sq8_index).index.ntotal}, server.poll()
-        expected = [hit["text"] for hit in PoetryIndex(sq8_index).search([DESCRIPTION], 5, hybrid=True)[0]]
         for _ in range(4):  # answered by either worker
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            connection.request("GET", f"/api/search?q={quote(DESCRIPTION)}&k=5")
-            assert [hit["text"] for hit in json.loads(connection.getresponse().read())["results"]] == expected
-        # both workers up (a worker maps the file once its app is loaded, before the port answers for it)
-        deadline, mapping = time.monotonic() + 60, []
-        while len(mapping) < 2 and time.monotonic() < deadline:
-            mapping = [
-                child
-                for child in psutil.Process(server.pid).children(recursive=True)
-                if any(region.path == str(sq8_index / "index.faiss") for region in child.memory_maps(grouped=True))
-            ]
-            time.sleep(0.5)
-        assert len(mapping) == 2
-        for child in mapping:
+            assert [hit["text"] for hit in get(f"/api/search?q={quote(DESCRIPTION)}&k=5")["results"]] == expected
+        workers = mapping_workers(2)
+        assert len(workers) == 2
+        for child in workers:
             maps = Path(f"/proc/{child.pid}/maps").read_text().splitlines()
             assert all(line.split()[1] == "r--s" for line in maps if line.endswith("index.faiss"))
+
+        workers[0].kill()
+        workers[0].wait(10)
+        for _ in range(6):  # the survivor answers every one
+            assert [hit["text"] for hit in get(f"/api/search?q={quote(DESCRIPTION)}&k=5")["results"]] == expected
+        assert get("/health")["status"] == "ok"
+        replaced = mapping_workers(2)
+        assert len(replaced) == 2 and workers[0].pid not in {child.pid for child in replaced}
     finally:
         server.terminate()
         server.wait(30)
