@@ -45,8 +45,7 @@ def write_lines(path: str | Path, rows: Sequence[dict[str, str]]) -> None:
 
 def sorted_codes(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """The column as codes into its distinct values sorted, "" first (code 0) whether or not a row has it."""
-    values = pc.unique(pa.chunked_array([pa.array([""]), *column.chunks]))
-    values = values.take(pc.sort_indices(values))
+    values = pc.unique(pa.chunked_array([pa.array([""]), *column.chunks])).sort()
     codes = pc.index_in(column, value_set=values)
     return pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, values) for chunk in codes.chunks])
 

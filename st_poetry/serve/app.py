@@ -135,9 +135,9 @@ class Batcher:
     by one. While several clients keep the server busy (the last batch held more than one request), the first
     waiting request waits at most `window` seconds from its arrival (one that already waited while the model was
     busy goes at once) for others to join, up to `max_batch` queries; a lone client's request waits for nobody. A
-    request is never split. When
-    `max_waiting` requests wait, `submit` raises Busy. `handle` gets the batch's payloads and returns their answers
-    in order; when it fails, the batch's requests are answered one at a time, so an error is only its own request's.
+    request is never split. When `max_waiting` requests wait, `submit` raises Busy. `handle` gets the batch's
+    payloads and returns their answers in order; when it fails, the batch's requests are answered one at a time, so
+    an error is only its own request's.
     """
 
     def __init__(
@@ -287,9 +287,9 @@ class Searcher:
 
     def add_poems(self, hits: list[dict[str, Any]]) -> None:
         """Each hit's "poem": its group's whole lines, the hit's line marked, or None for a group without a title."""
-        poem_rows = self.poems.rows_of([hit["group"] for hit in hits]) if hits else []
+        poem_rows = self.poems.rows_of([hit["group"] for hit in hits])
         rows = sorted({row for found in poem_rows for row in found})
-        texts = dict(zip(rows, self.index.lines.rows(rows)["text"], strict=True)) if rows else {}
+        texts = dict(zip(rows, self.index.lines.rows(rows)["text"], strict=True))
         for hit, found in zip(hits, poem_rows, strict=True):
             lines = whole_lines([texts[row] for row in found])
             poem = {key: hit[key] for key in ("title", "author", "dynasty", "group")}
