@@ -560,7 +560,7 @@ class IndexConfig:
         "corpus.jsonl: rows with text and optional id, title, author, dynasty, group",
         input=True,
     )
-    out: str = option("indexes/poetry", "index folder (index.faiss, lines/, index.json)", output=True)
+    out: str = option("indexes/poetry", "index folder (index.faiss, lines.arrow, bm25/, index.json)", output=True)
     index_type: Literal["auto", "sq8", "pq4-sq8", "flat", "hnsw", "hnsw-sq8"] = option(
         "auto",
         f"auto = sq8 below {AUTO_PQ_LINES:,} lines, pq4-sq8 from there; sq8 = a scan of 8-bit codes (a "

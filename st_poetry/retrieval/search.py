@@ -361,7 +361,7 @@ def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Lines]
         raise UserError(
             f"no index at {folder} (no {INDEX_INFO}): build one with `just index --model PATH --out {folder}`"
         )
-    rebuild = f"rebuild it: just index --model PATH --out {folder}"
+    rebuild = rebuild_hint(folder)
     try:
         info = json.loads((folder / INDEX_INFO).read_text(encoding="utf-8"))
     except (ValueError, OSError) as error:
@@ -369,7 +369,7 @@ def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Lines]
     missing = [key for key in INFO_KEYS if key not in info] if isinstance(info, dict) else list(INFO_KEYS)
     if missing:
         raise UserError(f"{folder / INDEX_INFO} lacks {', '.join(missing)}: not written by `just index`; {rebuild}")
-    index = _read_or_rebuild(read_faiss, folder / FAISS_FILE, rebuild)
+    index = _read_faiss_or_rebuild(read_faiss, folder / FAISS_FILE)
     try:
         lines = Lines(folder / LINES_FILE)
     except (OSError, pa.ArrowException) as error:
@@ -383,29 +383,33 @@ def read_index_folder(folder: Path) -> tuple[dict[str, Any], faiss.Index, Lines]
     return info, index, lines
 
 
-def _read_or_rebuild(read: Callable[[Path], faiss.Index], path: Path, rebuild: str) -> faiss.Index:
+def rebuild_hint(folder: Path) -> str:
+    """The end of every message about a damaged index folder."""
+    return f"rebuild it: just index --model PATH --out {folder}"
+
+
+def _read_faiss_or_rebuild(read: Callable[[Path], faiss.Index], path: Path) -> faiss.Index:
     try:
         return read(path)
     except RuntimeError as error:
         reason = str(error).rsplit("Error: ", 1)[-1].strip()
-        raise UserError(f"{path} is unreadable (truncated or corrupt: {reason}): {rebuild}") from None
+        raise UserError(f"{path} is unreadable (truncated or corrupt: {reason}): {rebuild_hint(path.parent)}") from None
 
 
 def read_scan(folder: Path, codes: faiss.Index) -> faiss.IndexRefine:
     """A pq4-sq8 index put together: the 4-bit scan of SCAN_FILE, checked to match the 8-bit codes it is refined by."""
-    rebuild = f"rebuild it: just index --model PATH --out {folder}"
-    scan = _read_or_rebuild(lambda path: faiss.read_index(str(path)), folder / SCAN_FILE, rebuild)
+    scan = _read_faiss_or_rebuild(lambda path: faiss.read_index(str(path)), folder / SCAN_FILE)
     if (scan.ntotal, scan.d) != (codes.ntotal, codes.d):
         raise UserError(
             f"{folder} does not hold together: {SCAN_FILE} has {scan.ntotal:,} {scan.d}-dim vectors, {FAISS_FILE} "
-            f"{codes.ntotal:,} {codes.d}-dim: {rebuild}"
+            f"{codes.ntotal:,} {codes.d}-dim: {rebuild_hint(folder)}"
         )
     return faiss.IndexRefine(scan, codes)
 
 
 def read_vectors(folder: Path, index: faiss.Index) -> np.ndarray:
     """vectors.npy memory-mapped read-only, checked to match index.faiss."""
-    rebuild = f"rebuild it: just index --model PATH --out {folder}"
+    rebuild = rebuild_hint(folder)
     try:
         vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
     except (OSError, ValueError) as error:
@@ -486,7 +490,7 @@ class PoetryIndex:
                 f"`just index --model {self.info['model']} --out {self.folder}`, or search with --no-hybrid"
             )
         folder = self.folder / self.info["bm25"]["folder"]
-        rebuild = f"rebuild it: just index --model PATH --out {self.folder}"
+        rebuild = rebuild_hint(self.folder)
         try:
             bm25 = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
         except (OSError, ValueError) as error:
